@@ -1,0 +1,73 @@
+//! Per-request context that filters read and write.
+
+use std::any::Any;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderName, HeaderValue};
+
+/// What the chain learned about one request. Created by the sidecar before the
+/// chain runs, dropped when the response has been sent (which releases any
+/// [`RequestCtx::hold`] guards, such as concurrency-limit permits).
+pub struct RequestCtx {
+    pub request_id: String,
+    pub route: Arc<str>,
+    pub client_ip: IpAddr,
+    /// The client connected over TLS (decides the `Secure` cookie flag).
+    pub tls: bool,
+    /// Wall-clock time at which the request arrived.
+    pub received_at: SystemTime,
+    /// Verified calling application (signature key id).
+    pub client_id: Option<String>,
+    /// Verified end user (session subject).
+    pub user: Option<String>,
+    /// Headers to add to the request that goes to the app, e.g.
+    /// `x-meshgate-user`. Identity headers from the client were already removed.
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers to add to the response that goes to the client.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// One entry per filter that ran: (filter instance, outcome), for the access log.
+    pub verdicts: Vec<(Arc<str>, &'static str)>,
+    /// Per-request scratch data a filter hands from its request phase to its
+    /// response phase (for example the request's signature, for binding).
+    pub extensions: http::Extensions,
+    guards: Vec<Box<dyn Any + Send>>,
+}
+
+impl RequestCtx {
+    pub fn new(request_id: String, route: Arc<str>, client_ip: IpAddr, tls: bool) -> Self {
+        RequestCtx {
+            request_id,
+            route,
+            client_ip,
+            tls,
+            received_at: SystemTime::now(),
+            client_id: None,
+            user: None,
+            upstream_headers: Vec::new(),
+            response_headers: Vec::new(),
+            verdicts: Vec::new(),
+            extensions: http::Extensions::new(),
+            guards: Vec::new(),
+        }
+    }
+
+    /// Keeps `guard` alive until the request is finished (response body sent
+    /// or connection gone).
+    pub fn hold(&mut self, guard: impl Any + Send) {
+        self.guards.push(Box::new(guard));
+    }
+
+    /// Adds an identity header for the app, replacing an earlier value of the
+    /// same name set by another filter.
+    pub fn set_upstream_header(&mut self, name: HeaderName, value: HeaderValue) {
+        self.upstream_headers.retain(|(n, _)| n != name);
+        self.upstream_headers.push((name, value));
+    }
+
+    /// Takes the guards out, to be dropped when the response body completes.
+    pub fn take_guards(&mut self) -> Vec<Box<dyn Any + Send>> {
+        std::mem::take(&mut self.guards)
+    }
+}

@@ -1,0 +1,118 @@
+//! The filter contract.
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+use crate::body::{Body, BufferError};
+use crate::context::RequestCtx;
+use crate::error::Rejection;
+
+/// A filter's answer for the request phase.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on with the next filter (or the app).
+    Continue,
+    /// Answer the client now; the app is not called.
+    Reject(Rejection),
+}
+
+/// The request as a filter sees it: the head, and the body behind a bounded
+/// buffer.
+pub struct RequestView<'a> {
+    pub head: &'a mut http::request::Parts,
+    body: &'a mut Body,
+    max_body: usize,
+}
+
+impl<'a> RequestView<'a> {
+    pub fn new(head: &'a mut http::request::Parts, body: &'a mut Body, max_body: usize) -> Self {
+        RequestView {
+            head,
+            body,
+            max_body,
+        }
+    }
+
+    /// Buffers the request body (at most the route's `max_body_bytes`; beyond
+    /// that the answer is 413 `body_too_large`). Without this call bodies
+    /// stream to the app untouched.
+    pub async fn body(&mut self) -> Result<Bytes, Rejection> {
+        self.body
+            .buffer(self.max_body)
+            .await
+            .map_err(body_rejection)
+    }
+}
+
+/// The app's response as a filter sees it.
+pub struct ResponseView<'a> {
+    pub head: &'a mut http::response::Parts,
+    body: &'a mut Body,
+    max_body: usize,
+}
+
+impl<'a> ResponseView<'a> {
+    pub fn new(head: &'a mut http::response::Parts, body: &'a mut Body, max_body: usize) -> Self {
+        ResponseView {
+            head,
+            body,
+            max_body,
+        }
+    }
+
+    /// Buffers the response body, bounded like [`RequestView::body`].
+    pub async fn body(&mut self) -> Result<Bytes, Rejection> {
+        self.body
+            .buffer(self.max_body)
+            .await
+            .map_err(body_rejection)
+    }
+
+    /// Replaces the response body.
+    pub fn set_body(&mut self, body: Bytes) {
+        *self.body = Body::full(body);
+    }
+}
+
+fn body_rejection(err: BufferError) -> Rejection {
+    match err {
+        BufferError::TooLarge => {
+            Rejection::new("body_too_large", "body exceeds the configured limit")
+        }
+        BufferError::Read(e) => {
+            Rejection::new("bad_request", format!("reading the body failed: {e}"))
+        }
+    }
+}
+
+/// One filter instance. Instances are built from validated config for each
+/// config snapshot; long-lived state they need (counters, caches, store
+/// connections) comes from [`crate::State`] so it survives reloads.
+///
+/// The sidecar dispatches statically through [`crate::AnyFilter`], so these
+/// futures are never boxed.
+pub trait Filter: Send + Sync {
+    /// Runs before the app is called.
+    fn on_request(
+        &self,
+        req: &mut RequestView<'_>,
+        cx: &mut RequestCtx,
+    ) -> impl Future<Output = Verdict> + Send;
+
+    /// Runs on the app's response, in reverse chain order. An error replaces
+    /// the app's response with the rejection.
+    fn on_response(
+        &self,
+        _rsp: &mut ResponseView<'_>,
+        _cx: &mut RequestCtx,
+    ) -> impl Future<Output = Result<(), Rejection>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Whether [`Filter::on_response`] does anything; lets the data path skip
+    /// the response phase entirely for chains that do not need it.
+    fn has_response_phase(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,123 @@
+//! Long-lived filter state that outlives config snapshots.
+//!
+//! Filters are rebuilt on every config reload, but their counters, caches and
+//! store connections must not be: a reload that keeps a rate-limit rule keeps
+//! counting, and a reload must not reopen a replay window. Filters fetch their
+//! state here by a key derived from their instance name, so the same instance
+//! name gets the same state object across reloads.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// State that can be carried to a new process at upgrade time.
+pub trait Handover: Any + Send + Sync {
+    /// A serializable copy of the state, or `None` when there is nothing worth
+    /// handing over.
+    fn export(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Loads what [`Handover::export`] produced in the old process.
+    fn import(&self, _value: serde_json::Value) {}
+}
+
+type Slot = Arc<dyn Any + Send + Sync>;
+type Slots = HashMap<String, (Slot, Arc<dyn Handover>)>;
+
+/// Registry of long-lived state objects, keyed by string.
+#[derive(Default)]
+pub struct State {
+    slots: Mutex<Slots>,
+    /// Exports from the previous process waiting for their slot to be created.
+    pending_imports: Mutex<HashMap<String, serde_json::Value>>,
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns the state object under `key`, creating it with `init` the first
+    /// time. A key reused with another type is replaced (the filter's type
+    /// changed, so its old state is meaningless).
+    pub fn get_or_insert<T: Handover>(&self, key: &str, init: impl FnOnce() -> T) -> Arc<T> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((slot, _)) = slots.get(key) {
+            if let Ok(existing) = Arc::clone(slot).downcast::<T>() {
+                return existing;
+            }
+        }
+        let value = Arc::new(init());
+        if let Some(saved) = self
+            .pending_imports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
+        {
+            value.import(saved);
+        }
+        slots.insert(
+            key.to_string(),
+            (value.clone() as Slot, value.clone() as Arc<dyn Handover>),
+        );
+        value
+    }
+
+    /// Exports every slot that has something to hand over.
+    pub fn export_all(&self) -> HashMap<String, serde_json::Value> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .filter_map(|(k, (_, h))| h.export().map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    /// Loads exports from a previous process: into existing slots now, and into
+    /// slots created later when they are first asked for.
+    pub fn import_all(&self, exports: HashMap<String, serde_json::Value>) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self
+            .pending_imports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (key, value) in exports {
+            match slots.get(&key) {
+                Some((_, h)) => h.import(value),
+                None => {
+                    pending.insert(key, value);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[derive(Default)]
+    struct Counter(AtomicU64);
+    impl Handover for Counter {
+        fn export(&self) -> Option<serde_json::Value> {
+            Some(self.0.load(Ordering::Relaxed).into())
+        }
+        fn import(&self, v: serde_json::Value) {
+            self.0.store(v.as_u64().unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn same_key_same_object_and_handover_roundtrip() {
+        let state = State::new();
+        let a = state.get_or_insert("limit/rule", Counter::default);
+        a.0.store(7, Ordering::Relaxed);
+        let b = state.get_or_insert("limit/rule", Counter::default);
+        assert!(Arc::ptr_eq(&a, &b));
+
+        let next = State::new();
+        next.import_all(state.export_all());
+        let c = next.get_or_insert("limit/rule", Counter::default);
+        assert_eq!(c.0.load(Ordering::Relaxed), 7);
+    }
+}

@@ -1,0 +1,205 @@
+//! The config as written in a YAML file or pushed by the control plane.
+//!
+//! These types only describe shape; [`super::validate`] turns them into the
+//! validated [`super::Config`]. Unknown fields are errors, so a typo is caught
+//! instead of silently ignored.
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use meshgate_filters::FilterSpec;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// Optional label of this config; the control plane sets it on push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub inbound: InboundSpec,
+    #[serde(default)]
+    pub app: AppSpec,
+    #[serde(default)]
+    pub admin: AdminSpec,
+    /// Shared Redis server for filters that use `store: redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    /// Ordered routes; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// Named filter instances, referenced by routes.
+    #[serde(default)]
+    pub filters: IndexMap<String, FilterSpec>,
+    /// Custom numeric codes per error reason (e.g. `rate_limited: 1029`).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub error_codes: IndexMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundSpec {
+    pub listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Largest request head (request line and headers) accepted; larger is 431.
+    pub max_header_bytes: usize,
+    /// Largest body a filter may buffer; larger is 413. Streamed bodies are not limited.
+    pub max_body_bytes: usize,
+    /// Time to receive the request head from the client.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time from the request to the app's response head; beyond it 504.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Keep-alive connections idle this long are closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for InboundSpec {
+    fn default() -> Self {
+        InboundSpec {
+            listen: "0.0.0.0:15006".into(),
+            tls: None,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c); needed for gRPC apps.
+    Http2,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppSpec {
+    /// `host:port` or `unix:/path/to.sock`.
+    pub address: String,
+    pub protocol: AppProtocol,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Path of the app's health check; no health checking when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// Idle pooled connections kept per app.
+    pub max_idle_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for AppSpec {
+    fn default() -> Self {
+        AppSpec {
+            address: "127.0.0.1:8080".into(),
+            protocol: AppProtocol::Http1,
+            connect_timeout: Duration::from_secs(1),
+            health_path: None,
+            health_interval: Duration::from_secs(5),
+            health_timeout: Duration::from_secs(1),
+            max_idle_connections: 256,
+            pool_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSpec {
+    pub listen: String,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        AdminSpec {
+            listen: "127.0.0.1:15000".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSpec {
+    /// `redis://host:port/db`; a password in it is redacted in dumps.
+    pub url: String,
+    /// Per-command timeout; a slow Redis never stalls requests longer.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: MatchSpec,
+    /// Filter instances run in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// Answer from config without calling the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<RespondSpec>,
+    /// Overrides `inbound.request_timeout` for this route.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub timeout: Option<Duration>,
+    /// Overrides `inbound.max_body_bytes` for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Host (authority without port), exact, or `*.example.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSpec {
+    #[serde(default = "default_status")]
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub headers: IndexMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+}
+
+fn default_status() -> u16 {
+    200
+}

@@ -1,0 +1,519 @@
+//! Validation of a [`ConfigSpec`] into a [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use indexmap::IndexMap;
+use meshgate_filters::error::reason;
+use meshgate_filters::{FieldErrors, FilterConfig, ValidateCx};
+
+use super::spec::*;
+
+/// A fully validated config. Cheap to share; immutable once built.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub version: Option<String>,
+    pub inbound: Inbound,
+    pub app: App,
+    pub admin_listen: SocketAddr,
+    pub redis: Option<RedisConfig>,
+    pub routes: Vec<Route>,
+    pub filters: IndexMap<String, FilterConfig>,
+    /// Numeric code per error reason, defaults already filled in.
+    pub error_codes: IndexMap<&'static str, u32>,
+    /// The spec this was validated from, for dumps and state files.
+    pub spec: Arc<ConfigSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub listen: SocketAddr,
+    pub tls: Option<Tls>,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// TLS files, already read so a reload that breaks them is rejected.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppAddress {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub address: AppAddress,
+    pub protocol: AppProtocol,
+    pub connect_timeout: Duration,
+    pub health_path: Option<String>,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub max_idle_connections: usize,
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: MatchRule,
+    pub action: RouteAction,
+    pub timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Any,
+    Exact(String),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct MatchRule {
+    pub path: PathMatch,
+    /// Empty means any method.
+    pub methods: Vec<Method>,
+    /// Lower-case host; a leading `*.` matches any subdomain.
+    pub host: Option<String>,
+}
+
+impl MatchRule {
+    /// Whether a request matches. `host` is the authority without port.
+    pub fn matches(&self, method: &Method, path: &str, host: Option<&str>) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        };
+        if !path_ok || (!self.methods.is_empty() && !self.methods.contains(method)) {
+            return false;
+        }
+        match (&self.host, host) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(want), Some(got)) => match want.strip_prefix("*.") {
+                Some(suffix) => {
+                    got.len() > suffix.len() + 1
+                        && got[got.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                        && got.as_bytes()[got.len() - suffix.len() - 1] == b'.'
+                }
+                None => want.eq_ignore_ascii_case(got),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// Run these filter instances, then forward to the app.
+    Forward { filters: Vec<String> },
+    /// Answer from config.
+    Respond(Responder),
+}
+
+#[derive(Debug, Clone)]
+pub struct Responder {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: bytes_like::Body,
+}
+
+/// Keeps this crate free of a `bytes` dependency for one field.
+pub mod bytes_like {
+    pub type Body = std::sync::Arc<str>;
+}
+
+fn socket_addr(value: &str, path: &str, errors: &mut FieldErrors) -> Option<SocketAddr> {
+    value
+        .parse::<SocketAddr>()
+        .map_err(|_| {
+            errors.push(
+                path,
+                format!("{value:?} is not an address of the form ip:port"),
+            )
+        })
+        .ok()
+}
+
+fn positive(d: Duration, path: &str, errors: &mut FieldErrors) -> Duration {
+    if d.is_zero() {
+        errors.push(path, "must be greater than zero");
+    }
+    d
+}
+
+/// Validates every field of `spec`; on success the config can be applied as a whole.
+pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldErrors> {
+    let mut errors = FieldErrors::default();
+
+    // inbound
+    let i = &spec.inbound;
+    let listen = socket_addr(&i.listen, "inbound.listen", &mut errors);
+    let tls = i.tls.as_ref().and_then(|t| {
+        let cert = cx
+            .read_file("inbound.tls.cert", t.cert.as_ref())
+            .map_err(|e| errors.0.push(e))
+            .ok()?;
+        let key = cx
+            .read_file("inbound.tls.key", t.key.as_ref())
+            .map_err(|e| errors.0.push(e))
+            .ok()?;
+        Some(Tls {
+            cert_path: cx.resolve(t.cert.as_ref()),
+            key_path: cx.resolve(t.key.as_ref()),
+            cert_pem: cert.unwrap_or_default(),
+            key_pem: key.unwrap_or_default(),
+        })
+    });
+    if i.max_header_bytes < 1024 {
+        errors.push("inbound.max_header_bytes", "must be at least 1024");
+    }
+    let inbound = Inbound {
+        listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        tls,
+        max_header_bytes: i.max_header_bytes,
+        max_body_bytes: i.max_body_bytes,
+        header_timeout: positive(i.header_timeout, "inbound.header_timeout", &mut errors),
+        request_timeout: positive(i.request_timeout, "inbound.request_timeout", &mut errors),
+        idle_timeout: positive(i.idle_timeout, "inbound.idle_timeout", &mut errors),
+    };
+
+    // app
+    let a = &spec.app;
+    let address = if let Some(p) = a.address.strip_prefix("unix:") {
+        if p.is_empty() {
+            errors.push("app.address", "unix: needs a socket path");
+        }
+        AppAddress::Unix(PathBuf::from(p))
+    } else {
+        match a
+            .address
+            .rsplit_once(':')
+            .map(|(h, p)| (h, p.parse::<u16>()))
+        {
+            Some((host, Ok(_))) if !host.is_empty() => AppAddress::Tcp(a.address.clone()),
+            _ => {
+                errors.push(
+                    "app.address",
+                    format!("{:?} is neither host:port nor unix:/path", a.address),
+                );
+                AppAddress::Tcp(a.address.clone())
+            }
+        }
+    };
+    if let Some(h) = &a.health_path {
+        if !h.starts_with('/') {
+            errors.push("app.health_path", "must start with '/'");
+        }
+    }
+    let app = App {
+        address,
+        protocol: a.protocol,
+        connect_timeout: positive(a.connect_timeout, "app.connect_timeout", &mut errors),
+        health_path: a.health_path.clone(),
+        health_interval: positive(a.health_interval, "app.health_interval", &mut errors),
+        health_timeout: positive(a.health_timeout, "app.health_timeout", &mut errors),
+        max_idle_connections: a.max_idle_connections,
+        pool_idle_timeout: a.pool_idle_timeout,
+    };
+
+    let admin_listen = socket_addr(&spec.admin.listen, "admin.listen", &mut errors)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+
+    let redis = spec.redis.as_ref().map(|r| {
+        if !(r.url.starts_with("redis://")
+            || r.url.starts_with("rediss://")
+            || r.url.starts_with("redis+unix://"))
+        {
+            errors.push(
+                "redis.url",
+                "must start with redis://, rediss:// or redis+unix://",
+            );
+        }
+        RedisConfig {
+            url: r.url.clone(),
+            timeout: positive(r.timeout, "redis.timeout", &mut errors),
+        }
+    });
+
+    // filters
+    let mut filters = IndexMap::new();
+    for (name, f) in &spec.filters {
+        let path = format!("filters.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errors.push(&path, "filter names use letters, digits, '-' and '_'");
+        }
+        match f.validate(&path, cx) {
+            Ok(c) => {
+                if c.uses_redis() && spec.redis.is_none() {
+                    errors.push(
+                        &path,
+                        "uses a Redis store but the config has no `redis:` section",
+                    );
+                }
+                filters.insert(name.clone(), c);
+            }
+            Err(e) => errors.extend(e),
+        }
+    }
+
+    // routes
+    let mut routes = Vec::with_capacity(spec.routes.len());
+    let mut seen = std::collections::HashSet::new();
+    for (idx, r) in spec.routes.iter().enumerate() {
+        let path = format!("routes[{idx}]");
+        if r.name.is_empty() {
+            errors.push(format!("{path}.name"), "is required");
+        } else if !seen.insert(r.name.as_str()) {
+            errors.push(
+                format!("{path}.name"),
+                format!("duplicate route name {:?}", r.name),
+            );
+        }
+        let m = &r.matcher;
+        let path_match = match (&m.path, &m.path_prefix) {
+            (Some(_), Some(_)) => {
+                errors.push(
+                    format!("{path}.match"),
+                    "set either path or path_prefix, not both",
+                );
+                PathMatch::Any
+            }
+            (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
+                let field = if m.path.is_some() {
+                    "path"
+                } else {
+                    "path_prefix"
+                };
+                errors.push(format!("{path}.match.{field}"), "must start with '/'");
+                PathMatch::Any
+            }
+            (Some(p), None) => PathMatch::Exact(p.clone()),
+            (None, Some(p)) => PathMatch::Prefix(p.clone()),
+            (None, None) => PathMatch::Any,
+        };
+        let methods = m
+            .methods
+            .iter()
+            .enumerate()
+            .filter_map(|(mi, s)| {
+                Method::from_bytes(s.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| {
+                        errors.push(
+                            format!("{path}.match.methods[{mi}]"),
+                            format!("invalid method {s:?}"),
+                        )
+                    })
+                    .ok()
+            })
+            .collect();
+        let action = match &r.respond {
+            Some(resp) => {
+                if !r.filters.is_empty() {
+                    errors.push(
+                        format!("{path}.filters"),
+                        "a route that responds itself runs no filters",
+                    );
+                }
+                let status = StatusCode::from_u16(resp.status)
+                    .map_err(|_| {
+                        errors.push(
+                            format!("{path}.respond.status"),
+                            format!("{} is not an HTTP status", resp.status),
+                        )
+                    })
+                    .unwrap_or(StatusCode::OK);
+                let headers = resp
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let name = HeaderName::try_from(k.as_str())
+                            .map_err(|_| {
+                                errors.push(
+                                    format!("{path}.respond.headers.{k}"),
+                                    "invalid header name",
+                                )
+                            })
+                            .ok()?;
+                        let value = HeaderValue::try_from(v.as_str())
+                            .map_err(|_| {
+                                errors.push(
+                                    format!("{path}.respond.headers.{k}"),
+                                    "invalid header value",
+                                )
+                            })
+                            .ok()?;
+                        Some((name, value))
+                    })
+                    .collect();
+                RouteAction::Respond(Responder {
+                    status,
+                    headers,
+                    body: Arc::from(resp.body.as_str()),
+                })
+            }
+            None => {
+                for (fi, f) in r.filters.iter().enumerate() {
+                    if !spec.filters.contains_key(f) {
+                        errors.push(
+                            format!("{path}.filters[{fi}]"),
+                            format!("no filter named {f:?} in `filters`"),
+                        );
+                    }
+                }
+                RouteAction::Forward {
+                    filters: r.filters.clone(),
+                }
+            }
+        };
+        if let Some(t) = r.timeout {
+            positive(t, &format!("{path}.timeout"), &mut errors);
+        }
+        routes.push(Route {
+            name: Arc::from(r.name.as_str()),
+            matcher: MatchRule {
+                path: path_match,
+                methods,
+                host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            },
+            action,
+            timeout: r.timeout.unwrap_or(inbound.request_timeout),
+            max_body_bytes: r.max_body_bytes.unwrap_or(inbound.max_body_bytes),
+        });
+    }
+
+    // error codes
+    let mut error_codes: IndexMap<&'static str, u32> = meshgate_filters::error::REASONS
+        .iter()
+        .map(|r| (r.name, r.default_code))
+        .collect();
+    for (name, code) in &spec.error_codes {
+        match reason(name) {
+            Some(r) => {
+                error_codes.insert(r.name, *code);
+            }
+            None => errors.push(format!("error_codes.{name}"), "unknown error reason"),
+        }
+    }
+
+    errors.into_result(Config {
+        version: spec.version.clone(),
+        inbound,
+        app,
+        admin_listen,
+        redis,
+        routes,
+        filters,
+        error_codes,
+        spec: Arc::new(spec.clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_yaml;
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        let spec = match parse_yaml(yaml) {
+            Ok(s) => s,
+            Err(e) => return e.0.iter().map(|e| e.to_string()).collect(),
+        };
+        match validate(&spec, &ValidateCx::control_plane()) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn issue_example_validates() {
+        let yaml = r#"
+inbound: { listen: "0.0.0.0:15006" }
+app: { address: "127.0.0.1:8080", health_path: /healthz }
+admin: { listen: "127.0.0.1:15000" }
+routes:
+  - name: api
+    match: { path_prefix: /api/, methods: [GET, POST] }
+    filters: [policy]
+  - name: bill-mock
+    match: { path: /mock/bill }
+    respond: { status: 200, headers: { content-type: application/json }, body: '{"bill":[]}' }
+filters:
+  policy: { type: header, require: [x-app] }
+"#;
+        assert_eq!(errors_of(yaml), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let yaml = r#"
+inbound: { listen: "nope" }
+app: { address: "localhost" }
+routes:
+  - name: a
+    match: { path: "x" }
+    filters: [missing]
+  - name: a
+    respond: { status: 99 }
+error_codes: { no_such_reason: 1 }
+"#;
+        assert_eq!(
+            errors_of(yaml),
+            vec![
+                "inbound.listen: \"nope\" is not an address of the form ip:port",
+                "app.address: \"localhost\" is neither host:port nor unix:/path",
+                "routes[0].match.path: must start with '/'",
+                "routes[0].filters[0]: no filter named \"missing\" in `filters`",
+                "routes[1].name: duplicate route name \"a\"",
+                "routes[1].respond.status: 99 is not an HTTP status",
+                "error_codes.no_such_reason: unknown error reason",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let errs = errors_of("app: { adress: \"127.0.0.1:1\" }\n");
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("app.adress: ") && errs[0].contains("unknown field `adress`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn host_matching() {
+        let rule = MatchRule {
+            path: PathMatch::Any,
+            methods: vec![],
+            host: Some("*.example.com".into()),
+        };
+        assert!(rule.matches(&Method::GET, "/", Some("api.example.com")));
+        assert!(!rule.matches(&Method::GET, "/", Some("example.com")));
+        assert!(!rule.matches(&Method::GET, "/", Some("evilexample.com")));
+    }
+}
