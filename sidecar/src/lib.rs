@@ -17,6 +17,7 @@ pub mod snapshot;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod xds_source;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -107,6 +108,16 @@ pub async fn run_async(
             .map_err(|e| anyhow::anyhow!("embedded config: {e}"))?;
     }
 
+    // With --xds the file is only the bootstrap (node-local addresses, first config).
+    let bootstrap = {
+        let s = store.load();
+        s.loaded.then(|| s.config.spec.clone())
+    };
+    let mut xds = xds_source::XdsSource::from_args(&args.xds, bootstrap.as_deref())?;
+    if let Some(xds) = &mut xds {
+        xds.boot_from_state(&store);
+    }
+
     let snapshot = store.load();
     let inbound_addr = snapshot.config.inbound.listen;
     let admin_addr = snapshot.config.admin_listen;
@@ -145,8 +156,13 @@ pub async fn run_async(
             metrics.run_upkeep();
         }
     });
-    if let Some(path) = &args.config {
-        file_source::watch(store.clone(), path.clone())?;
+    match xds {
+        Some(xds) => xds.spawn(store.clone())?,
+        None => {
+            if let Some(path) = &args.config {
+                file_source::watch(store.clone(), path.clone())?;
+            }
+        }
     }
 
     let shared = Arc::new(Shared {
