@@ -29,7 +29,9 @@
 #define MAX_HEAD 16384
 #define MAX_HEADERS 64
 #define MAX_BODY (1024 * 1024)
-#define IDLE_TIMEOUT_S 65
+/* Longer than the sidecar's pool idle timeout (90s by default), so the
+ * sidecar, not the app, closes idle keep-alive connections. */
+#define IDLE_TIMEOUT_S 120
 #define PEER_TIMEOUT_S 5
 
 static const char *egress_addr;
@@ -531,6 +533,7 @@ int main(int argc, char **argv) {
         int fd = accept(listener, NULL, NULL);
         if (fd < 0) {
             if (errno != EINTR) perror("accept");
+            if (errno == EMFILE || errno == ENFILE) usleep(10000); /* don't spin */
             continue;
         }
         pthread_t thread;

@@ -46,6 +46,12 @@ public final class Wallet {
         // The peer call names the service in Host while connecting to the egress
         // listener; the JDK client refuses a custom Host unless allowed up front.
         System.setProperty("jdk.httpclient.allowRestrictedHeaders", "host");
+        // Idle keep-alive connections must outlive the sidecar's pool idle
+        // timeout (90s by default); the JDK server's default is 30s.
+        System.setProperty("sun.net.httpserver.idleInterval", "120");
+        // Headers and body are written separately; without TCP_NODELAY each
+        // response can stall on Nagle plus delayed ACKs (~40ms).
+        System.setProperty("sun.net.httpserver.nodelay", "true");
 
         int port = Integer.parseInt(args.length > 0 ? args[0] : env("PORT", "8080"));
         String host = env("HOST", "127.0.0.1");

@@ -121,7 +121,10 @@ const server = http.createServer((req, res) => {
   }
 });
 
-server.keepAliveTimeout = 65000;
+// Idle keep-alive connections must outlive the sidecar's pool idle timeout
+// (90s by default), or the sidecar may reuse one just as the app closes it.
+server.keepAliveTimeout = 120000;
+server.headersTimeout = 121000;
 server.listen(PORT, HOST, () => {
   console.error(`wallet (node) listening on ${HOST}:${PORT}, egress ${EGRESS}, peer ${PEER_HOST}`);
 });
