@@ -220,3 +220,28 @@ fn c_app_keeps_connections_alive_and_serves_them_concurrently() {
 fn java_app_keeps_connections_alive_and_serves_them_concurrently() {
     check_connections(AppLang::Java);
 }
+
+/// Like most HTTP/1.1 servers (RFC 9112 section 3.2), the Node and C apps answer
+/// a request without `Host` with 400, so a sidecar that forgets to send one
+/// (health checks, HTTP/2 clients forwarded as HTTP/1.1) shows up in tests.
+/// The JDK's server accepts such requests.
+fn check_host_required(lang: AppLang) {
+    let app = start(lang, AppOptions::new(free_port()));
+    let mut conn = TcpStream::connect(app.addr()).expect("connect");
+    conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nconnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    conn.read_to_string(&mut out).expect("read until close");
+    assert!(out.starts_with("HTTP/1.1 400"), "{lang}: {out}");
+}
+
+#[test]
+fn node_app_requires_a_host_header() {
+    check_host_required(AppLang::Node);
+}
+
+#[test]
+fn c_app_requires_a_host_header() {
+    check_host_required(AppLang::C);
+}

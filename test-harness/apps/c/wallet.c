@@ -453,6 +453,12 @@ static void *serve_connection(void *arg) {
         const char *connection = header_get(&r, "connection");
         keep_alive = r.minor_version == 1 ? !(connection && strcasecmp(connection, "close") == 0)
                                           : (connection && strcasecmp(connection, "keep-alive") == 0);
+        /* RFC 9112 3.2: an HTTP/1.1 request without Host is a 400, as in
+         * most real servers; a proxy in front must always send one. */
+        if (r.minor_version == 1 && !header_get(&r, "host")) {
+            respond(fd, 400, "text/plain", "", 0, NULL, 0);
+            goto done;
+        }
         if (header_get(&r, "transfer-encoding")) {
             respond(fd, 501, "text/plain", "", 0, NULL, 0);
             goto done;
