@@ -5,6 +5,7 @@
 //! build them first (`cargo build --bins`; the test command does).
 #![forbid(unsafe_code)]
 
+pub mod apps;
 pub mod http_client;
 
 use std::net::TcpListener;
