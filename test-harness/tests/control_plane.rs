@@ -30,8 +30,13 @@ impl ControlPlane {
     }
 
     fn start_at(data_dir: &Path, grpc: u16, admin: u16) -> ControlPlane {
+        Self::start_with(data_dir, grpc, admin, &[])
+    }
+
+    fn start_with(data_dir: &Path, grpc: u16, admin: u16, extra: &[String]) -> ControlPlane {
         let mut cmd = Command::new(bin("meshgate-cp"));
         cmd.arg("serve")
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .args([
@@ -164,11 +169,22 @@ struct Node {
 }
 
 fn start_node(cp: &ControlPlane, id: &str, labels: &[&str], tls: Option<&Path>) -> Node {
+    start_node_with(cp, id, labels, tls, &[], &cp.xds_url())
+}
+
+fn start_node_with(
+    _cp: &ControlPlane,
+    id: &str,
+    labels: &[&str],
+    tls: Option<&Path>,
+    extra: &[String],
+    xds_url: &str,
+) -> Node {
     let app = EchoApp::start();
     let state = tempfile::tempdir().expect("state dir");
     let mut args: Vec<String> = vec![
         "--xds".into(),
-        cp.xds_url(),
+        xds_url.into(),
         "--node-id".into(),
         id.into(),
         "--service".into(),
@@ -180,6 +196,7 @@ fn start_node(cp: &ControlPlane, id: &str, labels: &[&str], tls: Option<&Path>) 
         args.push("--label".into());
         args.push((*l).into());
     }
+    args.extend(extra.iter().cloned());
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut sidecar = Sidecar::spawn(&bootstrap(&app.addr(), tls), &arg_refs);
     sidecar.wait_ready();
@@ -622,4 +639,71 @@ fn envoy_layout_grpc_client_subscribes_and_acks() {
         String::from_utf8_lossy(&out.stderr),
         cp.proc.output()
     );
+}
+
+fn write_self_signed(dir: &Path, name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+    let ck =
+        rcgen::generate_simple_self_signed(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("cert");
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    (cert, key)
+}
+
+#[test]
+fn xds_over_mutual_tls_admits_only_trusted_sidecars() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let pki = data.path();
+    let (server_cert, server_key) = write_self_signed(pki, "cp", &["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = write_self_signed(pki, "sidecar", &["node-a"]);
+    let (rogue_cert, rogue_key) = write_self_signed(pki, "rogue", &["node-x"]);
+    let s = |p: &Path| p.display().to_string();
+    let tls_args = [
+        "--tls-cert".to_string(),
+        s(&server_cert),
+        "--tls-key".into(),
+        s(&server_key),
+        "--tls-client-ca".into(),
+        s(&client_cert),
+    ];
+    let cp = ControlPlane::start_with(&pki.join("cp"), free_port(), free_port(), &tls_args);
+    cp.push("orders", &pushed("secure", ""), "");
+    let url = format!("https://127.0.0.1:{}", cp.grpc);
+    let client = |cert: &Path, key: &Path| {
+        vec![
+            "--xds-ca".to_string(),
+            s(&server_cert),
+            "--xds-cert".into(),
+            s(cert),
+            "--xds-key".into(),
+            s(key),
+        ]
+    };
+    let a = start_node_with(
+        &cp,
+        "node-a",
+        &[],
+        None,
+        &client(&client_cert, &client_key),
+        &url,
+    );
+    let x = start_node_with(
+        &cp,
+        "node-x",
+        &[],
+        None,
+        &client(&rogue_cert, &rogue_key),
+        &url,
+    );
+    a.wait_version("v1");
+    assert_eq!(a.which(), "secure");
+    wait_acked(&cp, &[&a], "v1");
+    // The sidecar with an untrusted certificate never gets a config.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(x.which(), "bootstrap");
+    assert!(cp.node("node-x").is_none(), "{:#?}", cp.status());
 }
