@@ -134,15 +134,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (rss_idle, _) = rss_kib(pid);
 
     let acks: Acks = Arc::default();
+    // Streams end with errors when the control plane is stopped at the end; not worth reporting then.
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let url = format!("http://127.0.0.1:{grpc}");
     let connect_started = Instant::now();
     for i in 0..args.streams {
         let acks = acks.clone();
         let url = url.clone();
         let service = args.service.clone();
+        let finished = finished.clone();
         tokio::spawn(async move {
             if let Err(e) = simulated_sidecar(url, format!("load-{i}"), service, acks).await {
-                eprintln!("stream {i}: {e:#}");
+                if !finished.load(std::sync::atomic::Ordering::Relaxed) {
+                    eprintln!("stream {i}: {e:#}");
+                }
             }
         });
     }
@@ -228,6 +233,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "control plane RSS: idle={} KiB, {} streams={} KiB, after pushes={} KiB, peak={} KiB",
         rss_idle, args.streams, rss_connected, rss_end, hwm
     );
+    finished.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(cp);
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
