@@ -49,7 +49,7 @@ local window = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local sliding = ARGV[4] == '1'
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local w = math.floor(now / window)
 local cur = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
 local cw = tonumber(cur[1])
@@ -72,7 +72,7 @@ local retry = reset
 if take == 0 and sliding and p > 0 and c < limit then
   retry = math.max(1, math.ceil(window * (1 - (limit - c - 1) / p)) - elapsed)
 end
-return {take, math.max(0, limit - used - take), reset, retry}
+return {take, math.max(0, limit - used - take), math.floor(reset), math.ceil(retry)}
 "#,
     )
 });
@@ -497,7 +497,7 @@ impl GlobalRule {
         Ok(Grant {
             granted: granted.max(0) as u64,
             remaining: remaining.max(0) as u64,
-            ttl_ms: ttl_ms.max(1) as u64,
+            ttl_ms: ttl_ms.max(0) as u64,
             retry_ms: retry_ms.max(1) as u64,
         })
     }

@@ -310,4 +310,6 @@ impl Filter for RateLimitFilter {
 }
 
 #[cfg(test)]
+mod redis_tests;
+#[cfg(test)]
 mod tests;
