@@ -245,7 +245,9 @@ impl LeaseCell {
         };
         let live = live.max(1);
         // Never more than half of an even share of what is left.
-        let share_cap = match l.global_remaining {
+        // What Redis said is left, unless that was about an earlier window.
+        let expired = now_ns >= l.valid_until_ns && now_ns >= l.exhausted_until_ns;
+        let share_cap = match l.global_remaining.filter(|_| !expired) {
             Some(rem) => rem / (2 * live),
             None => quota / (4 * live),
         };

@@ -24,6 +24,7 @@ mod local;
 mod spec;
 mod state;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -90,7 +91,21 @@ struct Rule {
 impl Rule {
     /// The key of this request, or `None` when a descriptor is missing (the
     /// rule then does not apply). Several descriptors are joined with `|`.
-    fn key(&self, req: &RequestView<'_>, cx: &RequestCtx) -> Option<String> {
+    fn key<'a>(&self, req: &'a RequestView<'_>, cx: &'a RequestCtx) -> Option<Cow<'a, str>> {
+        // The common single-descriptor key borrows instead of allocating.
+        if let [part] = self.config.key.as_slice() {
+            return match part {
+                KeyPart::Route => Some(Cow::Borrowed(&*cx.route)),
+                KeyPart::ClientId => cx.client_id.as_deref().map(Cow::Borrowed),
+                KeyPart::User => cx.user.as_deref().map(Cow::Borrowed),
+                KeyPart::ClientIp => Some(Cow::Owned(cx.client_ip.to_string())),
+                KeyPart::Header(name) => req
+                    .head
+                    .headers
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes())),
+            };
+        }
         let mut key = String::new();
         for (i, part) in self.config.key.iter().enumerate() {
             if i > 0 {
@@ -110,7 +125,7 @@ impl Rule {
                 }
             }
         }
-        Some(key)
+        Some(Cow::Owned(key))
     }
 }
 

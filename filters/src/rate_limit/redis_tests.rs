@@ -34,9 +34,10 @@ impl RedisProc {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server installed");
+        let redis = RedisProc { child, port };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return RedisProc { child, port };
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
