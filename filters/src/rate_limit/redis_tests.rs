@@ -229,3 +229,71 @@ async fn script_flush_and_restart_are_survived() {
     }
     assert!(redis.evalsha_calls().await >= 1, "back on Redis");
 }
+
+fn sidecar_with(redis: &RedisProc, state: &State, rule: serde_json::Value) -> RateLimitFilter {
+    let spec: RateLimitSpec =
+        serde_json::from_value(serde_json::json!({ "rules": [rule] })).expect("spec");
+    let config = spec
+        .validate("filters.limit", &ValidateCx::control_plane())
+        .expect("valid");
+    let store =
+        crate::store::RedisStore::new(&redis.url(), Duration::from_millis(200)).expect("store");
+    RateLimitFilter::build(
+        "limit",
+        &config,
+        &BuildCx {
+            state,
+            redis: Some(Arc::new(store)),
+        },
+    )
+}
+
+/// Three sidecars drain a global quota that does not refill during the test:
+/// together they admit exactly the quota, leases notwithstanding.
+async fn three_sidecars_admit_exactly(rule: serde_json::Value, quota: usize) {
+    let redis = RedisProc::start();
+    let states: Vec<State> = (0..3).map(|_| State::new()).collect();
+    let sidecars: Vec<Arc<RateLimitFilter>> = states
+        .iter()
+        .map(|s| Arc::new(sidecar_with(&redis, s, rule.clone())))
+        .collect();
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = sidecars
+        .iter()
+        .map(|f| {
+            let f = f.clone();
+            let admitted = admitted.clone();
+            tokio::spawn(async move {
+                for _ in 0..quota {
+                    if admits(&f).await {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert_eq!(admitted.load(Ordering::Relaxed), quota);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_token_bucket_is_exact() {
+    three_sidecars_admit_exactly(
+        serde_json::json!({"name": "b", "key": "route", "algorithm": "token_bucket",
+            "rate": "1/h", "burst": 90, "scope": "global"}),
+        90,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_sliding_window_is_exact() {
+    three_sidecars_admit_exactly(
+        serde_json::json!({"name": "s", "key": "route", "algorithm": "sliding_window",
+            "limit": 120, "window": "1h", "scope": "global"}),
+        120,
+    )
+    .await;
+}
