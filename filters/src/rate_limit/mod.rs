@@ -205,8 +205,9 @@ impl Filter for RateLimitFilter {
         let now_s = now / 1_000_000_000;
         let mut taken: Vec<Taken> = Vec::new();
         let mut reports: Vec<Report<'_>> = Vec::new();
-        let mut passed: Vec<&Rule> = Vec::new();
-        for rule in &self.rules {
+        // Rules that admitted (at most MAX_RULES, so a bit set suffices).
+        let mut passed: u64 = 0;
+        for (index, rule) in self.rules.iter().enumerate() {
             let Some(key) = rule.key(req, cx) else {
                 continue;
             };
@@ -268,13 +269,15 @@ impl Filter for RateLimitFilter {
                     remaining,
                     reset_ns,
                 } => {
-                    passed.push(rule);
-                    reports.push(Report {
-                        name: &rule.config.name,
-                        params,
-                        remaining,
-                        reset_ns,
-                    });
+                    passed |= 1 << index;
+                    if self.response_headers {
+                        reports.push(Report {
+                            name: &rule.config.name,
+                            params,
+                            remaining,
+                            reset_ns,
+                        });
+                    }
                 }
                 Outcome::Reject { retry_ns, reset_ns } => {
                     let report = Report {
@@ -285,7 +288,9 @@ impl Filter for RateLimitFilter {
                     };
                     if rule.config.shadow {
                         rule.metrics.shadow_limited.increment(1);
-                        reports.push(report);
+                        if self.response_headers {
+                            reports.push(report);
+                        }
                         continue;
                     }
                     rule.metrics.limited.increment(1);
@@ -304,8 +309,10 @@ impl Filter for RateLimitFilter {
                 }
             }
         }
-        for rule in passed {
-            rule.metrics.allowed.increment(1);
+        for (index, rule) in self.rules.iter().enumerate() {
+            if passed & (1 << index) != 0 {
+                rule.metrics.allowed.increment(1);
+            }
         }
         for t in taken {
             if let Taken::Local {

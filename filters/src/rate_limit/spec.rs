@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FieldErrors, ValidateCx};
 
+/// Rules per filter instance.
+pub const MAX_RULES: usize = 64;
+
 /// Default bound on distinct keys tracked per rule (per sidecar).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
@@ -222,6 +225,12 @@ impl RateLimitSpec {
         let mut errors = FieldErrors::default();
         if self.rules.is_empty() {
             errors.push(format!("{path}.rules"), "at least one rule is required");
+        }
+        if self.rules.len() > MAX_RULES {
+            errors.push(
+                format!("{path}.rules"),
+                format!("at most {MAX_RULES} rules per instance"),
+            );
         }
         let mut rules = Vec::new();
         let mut seen = HashMap::new();
