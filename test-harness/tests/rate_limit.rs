@@ -315,3 +315,61 @@ fn redis_down_follows_each_failure_mode_and_recovers() {
     let (scripts, _) = redis_calls(&redis);
     assert!(scripts > 0, "leases come from Redis again");
 }
+
+#[test]
+fn concurrency_permits_are_held_until_the_response_is_sent() {
+    let app = EchoApp::start();
+    let sidecar = Sidecar::start(&config(
+        &app.addr(),
+        None,
+        r#"  - { name: api, match: { path_prefix: / }, filters: [limit] }"#,
+        r#"  limit:
+    type: rate_limit
+    rules:
+      - { name: in-flight, key: route, algorithm: concurrency, max: 2 }"#,
+    ));
+    let slow = sidecar.url("/slow?ms=1500");
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let url = slow.clone();
+            std::thread::spawn(move || get(&url).expect("slow request").status)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let rsp = get(&sidecar.url("/fast")).expect("request");
+    assert_eq!(rsp.status, 429, "two in flight: {}", rsp.text());
+    for h in held {
+        assert_eq!(h.join().expect("thread"), 200);
+    }
+    assert_eq!(get(&sidecar.url("/fast")).expect("request").status, 200);
+}
+
+#[test]
+fn reload_keeps_counts_and_applies_the_new_limit() {
+    let app = EchoApp::start();
+    let yaml = |limit: u32| {
+        config(
+            &app.addr(),
+            None,
+            r#"  - { name: api, match: { path_prefix: / }, filters: [limit] }"#,
+            &format!(
+                r#"  limit:
+    type: rate_limit
+    rules:
+      - {{ name: per-route, key: route, algorithm: fixed_window, limit: {limit}, window: 1h }}"#
+            ),
+        )
+    };
+    let sidecar = Sidecar::start(&yaml(5));
+    let url = sidecar.url("/x");
+    assert_eq!(count(&statuses(&url, 3), 200), 3);
+    let before = sidecar.version();
+    sidecar.write_config(&yaml(6));
+    sidecar.wait_version_change(&before);
+    let after = statuses(&url, 6);
+    assert_eq!(
+        count(&after, 200),
+        3,
+        "3 counted before the reload: {after:?}"
+    );
+}
