@@ -35,7 +35,7 @@ pub struct RuleSpec {
     /// Descriptors that make up the key: `route`, `client_id`, `user`,
     /// `client_ip`, `header:<name>`; one string or a list.
     pub key: KeySpec,
-    pub algorithm: AlgorithmName,
+    pub algorithm: Choice<AlgorithmName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,10 +46,10 @@ pub struct RuleSpec {
     pub burst: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<u64>,
-    #[serde(default)]
-    pub scope: Scope,
+    #[serde(default = "local_scope")]
+    pub scope: Choice<Scope>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_store_error: Option<StoreErrorMode>,
+    pub on_store_error: Option<Choice<StoreErrorMode>>,
     /// Number of sidecars sharing a global limit, used by `local_fallback`
     /// instead of the count learned from Redis heartbeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +60,45 @@ pub struct RuleSpec {
     pub overrides: Vec<OverrideSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keys: Option<usize>,
+}
+
+/// A known keyword, or what was written instead (reported by validation with
+/// its field path rather than as a shape error).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Choice<T> {
+    Known(T),
+    Unknown(Unknown),
+}
+
+/// Placeholder for an unrecognised keyword (its text is not kept).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(from = "serde_json::Value", into = "String")]
+pub struct Unknown;
+
+impl From<serde_json::Value> for Unknown {
+    fn from(_: serde_json::Value) -> Self {
+        Unknown
+    }
+}
+
+impl From<Unknown> for String {
+    fn from(_: Unknown) -> String {
+        String::new()
+    }
+}
+
+impl<T: Copy> Choice<T> {
+    fn known(self, default: T) -> T {
+        match self {
+            Choice::Known(t) => t,
+            Choice::Unknown(_) => default,
+        }
+    }
+}
+
+fn local_scope() -> Choice<Scope> {
+    Choice::Known(Scope::Local)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -260,6 +299,15 @@ impl RateLimitSpec {
 }
 
 impl RuleSpec {
+    /// Only meaningful once validation has rejected unknown keywords.
+    fn algorithm(&self) -> AlgorithmName {
+        self.algorithm.known(AlgorithmName::FixedWindow)
+    }
+
+    fn scope(&self) -> Scope {
+        self.scope.known(Scope::Local)
+    }
+
     fn validate(
         &self,
         path: &str,
@@ -267,6 +315,24 @@ impl RuleSpec {
         errors: &mut FieldErrors,
     ) -> Option<RuleConfig> {
         let before = errors.0.len();
+        if let Choice::Unknown(_) = self.algorithm {
+            errors.push(
+                format!("{path}.algorithm"),
+                "unknown algorithm; expected fixed_window, sliding_window, token_bucket or concurrency",
+            );
+        }
+        if let Choice::Unknown(_) = self.scope {
+            errors.push(format!("{path}.scope"), "expected local or global");
+        }
+        if let Some(Choice::Unknown(_)) = self.on_store_error {
+            errors.push(
+                format!("{path}.on_store_error"),
+                "expected fail_open, fail_closed or local_fallback",
+            );
+        }
+        if errors.0.len() != before {
+            return None;
+        }
         if self.name.is_empty()
             || self.name.len() > 64
             || !self
@@ -297,13 +363,13 @@ impl RuleSpec {
                 }
             }
         }
-        if self.algorithm == AlgorithmName::Concurrency && self.scope == Scope::Global {
+        if self.algorithm() == AlgorithmName::Concurrency && self.scope() == Scope::Global {
             errors.push(
                 format!("{path}.scope"),
                 "concurrency limits are per sidecar; use scope: local",
             );
         }
-        if self.scope == Scope::Local {
+        if self.scope() == Scope::Local {
             if self.on_store_error.is_some() {
                 errors.push(
                     format!("{path}.on_store_error"),
@@ -333,11 +399,15 @@ impl RuleSpec {
         Some(RuleConfig {
             name: self.name.clone(),
             key,
-            algorithm: self.algorithm,
+            algorithm: self.algorithm(),
             params: params?,
             overrides,
-            scope: self.scope,
-            on_store_error: self.on_store_error.unwrap_or(StoreErrorMode::LocalFallback),
+            scope: self.scope(),
+            on_store_error: self
+                .on_store_error
+                .map_or(StoreErrorMode::LocalFallback, |m| {
+                    m.known(StoreErrorMode::LocalFallback)
+                }),
             fallback_peers: self.fallback_peers,
             shadow: self.shadow.unwrap_or(shadow_all),
             max_keys,
@@ -357,7 +427,7 @@ impl RuleSpec {
             if set {
                 errors.push(
                     format!("{path}.{field}"),
-                    format!("not used by algorithm {}", self.algorithm.as_str()),
+                    format!("not used by algorithm {}", self.algorithm().as_str()),
                 );
             }
         };
@@ -375,7 +445,7 @@ impl RuleSpec {
                 self.max.is_some(),
             ),
         };
-        let params = match self.algorithm {
+        let params = match self.algorithm() {
             AlgorithmName::FixedWindow | AlgorithmName::SlidingWindow => {
                 forbid(errors, "rate", rate_set);
                 forbid(errors, "burst", burst_set);
@@ -645,7 +715,8 @@ mod tests {
             r#"{"rules": [
               {"name": "a", "key": "client_id", "algorithm": "token_bucket", "rate": "100/fortnight", "limit": 3},
               {"name": "b", "key": ["route", "header:bad header"], "algorithm": "fixed_window", "limit": 0, "window": "soon"},
-              {"name": "a", "key": ["nope"], "algorithm": "concurrency", "max": 1, "scope": "global"}
+              {"name": "a", "key": ["nope"], "algorithm": "concurrency", "max": 1, "scope": "global"},
+              {"name": "d", "key": "route", "algorithm": "leaky", "scope": "galaxy", "on_store_error": "shrug"}
             ]}"#,
         );
         let errs = validate(&s).expect_err("invalid");
@@ -659,6 +730,9 @@ mod tests {
             "filters.limit.rules[2].name",
             "filters.limit.rules[2].key[0]",
             "filters.limit.rules[2].scope",
+            "filters.limit.rules[3].algorithm",
+            "filters.limit.rules[3].scope",
+            "filters.limit.rules[3].on_store_error",
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }
