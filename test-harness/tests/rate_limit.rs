@@ -373,3 +373,30 @@ fn reload_keeps_counts_and_applies_the_new_limit() {
         "3 counted before the reload: {after:?}"
     );
 }
+
+#[test]
+fn a_paused_redis_costs_at_most_the_store_timeout() {
+    let redis = Redis::start();
+    let app = EchoApp::start();
+    let sidecar = Sidecar::start(&config(
+        &app.addr(),
+        Some(&redis.url()),
+        r#"  - { name: api, match: { path_prefix: / }, filters: [limit] }"#,
+        r#"  limit:
+    type: rate_limit
+    rules:
+      - { name: total, key: route, algorithm: fixed_window, limit: 10, window: 1s, scope: global,
+          on_store_error: local_fallback, fallback_peers: 2 }"#,
+    ));
+    let url = sidecar.url("/x");
+    assert_eq!(get(&url).expect("warm up").status, 200);
+    // Redis stops answering (but keeps the connection) for 4 seconds.
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "4000", "ALL"]).trim(), "OK");
+    sleep_to_next_window(Duration::from_millis(20));
+    let started = std::time::Instant::now();
+    let s = statuses(&url, 15);
+    let took = started.elapsed();
+    assert_eq!(count(&s, 200), 5, "fallback share while Redis hangs: {s:?}");
+    // One request waits for the 200ms timeout; the others skip Redis.
+    assert!(took < Duration::from_millis(900), "took {took:?}");
+}
