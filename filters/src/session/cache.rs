@@ -83,9 +83,14 @@ impl SessionCache {
             .entry(id.to_string())
             .or_default()
             .clone();
+        let _leave = LeaveFlight {
+            cache: self,
+            id,
+            flight: &flight,
+        };
         // If the caller running the lookup is cancelled, the next waiter
         // takes over (OnceCell semantics), so nobody waits forever.
-        let result = flight
+        flight
             .get_or_init(|| async {
                 // A flight that finished between the cache check and joining
                 // left its answer in the cache.
@@ -99,17 +104,46 @@ impl SessionCache {
                 result
             })
             .await
-            .clone();
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if in_flight.get(id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            in_flight.remove(id);
-        }
-        result
+            .clone()
+    }
+
+    #[cfg(test)]
+    pub fn flights(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Removes a flight from the table when its answer is in (or when its last
+/// waiter gave up), also if the request was cancelled mid-lookup.
+struct LeaveFlight<'a> {
+    cache: &'a SessionCache,
+    id: &'a str,
+    flight: &'a Flight,
+}
+
+impl Drop for LeaveFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .cache
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let ours = in_flight
+            .get(self.id)
+            .is_some_and(|f| Arc::ptr_eq(f, self.flight));
+        // Done, or nobody else waits on it (the table and this caller hold
+        // the only references).
+        if ours && (self.flight.initialized() || Arc::strong_count(self.flight) <= 2) {
+            in_flight.remove(self.id);
+        }
     }
 }
 

@@ -1047,3 +1047,167 @@ fn uses_redis_only_for_the_redis_store() {
     let c = session_spec(json!({})).validate("f", &cx).expect("valid");
     assert!(!c.uses_redis());
 }
+
+// ---------------------------------------------------------------- remote JWKS
+
+/// A JWKS endpoint in this process: counts fetches, serves what it is told,
+/// answers 500 when `fail` is set.
+struct JwksServer {
+    port: u16,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+    body: Arc<std::sync::Mutex<String>>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn jwks_server(initial: Value) -> JwksServer {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let body = Arc::new(std::sync::Mutex::new(initial.to_string()));
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (f, b, x) = (fetches.clone(), body.clone(), fail.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (f, b, x) = (f.clone(), b.clone(), x.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let status = if x.load(Ordering::SeqCst) { 500 } else { 200 };
+                    let text = b.lock().expect("body").clone();
+                    async move {
+                        http::Response::builder()
+                            .status(status)
+                            .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    JwksServer {
+        port,
+        fetches,
+        body,
+        fail,
+    }
+}
+
+fn only(jwks: &Value, kid: &str) -> Value {
+    let keys: Vec<Value> = jwks["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| k["kid"] == kid)
+        .cloned()
+        .collect();
+    json!({ "keys": keys })
+}
+
+#[tokio::test]
+async fn remote_jwks_rotation_is_rate_limited_and_outages_are_bounded() {
+    let server = jwks_server(only(&jwks(), "es")).await;
+    let state = State::new();
+    let spec = jwt_spec(json!({
+        "jwks": null,
+        "jwks_url": format!("http://127.0.0.1:{}/jwks.json", server.port),
+        "jwks_refresh": "300ms",
+        "jwks_min_refresh": "200ms",
+        "jwks_max_stale": "1s",
+    }));
+    let filter = build(&spec, &state);
+    let es = format!("Bearer {}", mint(Algorithm::ES256, good_claims()));
+    let ed = format!("Bearer {}", mint(Algorithm::EdDSA, good_claims()));
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &es)]).await.0),
+        "pass"
+    );
+    assert_eq!(server.fetches.load(Ordering::SeqCst), 1);
+
+    // Unknown kid: at most one fetch per jwks_min_refresh.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for _ in 0..5 {
+        assert_eq!(
+            reason(&run(&filter, &[("authorization", &ed)]).await.0),
+            "token_invalid"
+        );
+    }
+    assert_eq!(server.fetches.load(Ordering::SeqCst), 2);
+
+    // Rotation: the new key appears and is picked up on the next unknown kid.
+    *server.body.lock().expect("body") = only(&jwks(), "ed").to_string();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &ed)]).await.0),
+        "pass"
+    );
+    assert_eq!(server.fetches.load(Ordering::SeqCst), 3);
+
+    // The endpoint fails: keys keep serving up to jwks_max_stale, then 503.
+    server.fail.store(true, Ordering::SeqCst);
+    let failing_since = std::time::Instant::now();
+    while failing_since.elapsed() < Duration::from_millis(700) {
+        assert_eq!(
+            reason(&run(&filter, &[("authorization", &ed)]).await.0),
+            "pass"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        server.fetches.load(Ordering::SeqCst) >= 4,
+        "background refreshes were tried"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (result, _, _) = run(&filter, &[("authorization", &ed)]).await;
+    assert_eq!(reason(&result), "session_store_unavailable");
+    // ...and recovers when the endpoint does.
+    server.fail.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &ed)]).await.0),
+        "pass"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_lookup_leaves_no_flight_behind() {
+    let fake = Arc::new(FakeStore::default());
+    fake.delay_ms.store(200, Ordering::SeqCst);
+    let id = "H".repeat(43);
+    fake.put(
+        &id,
+        SessionRecord {
+            sub: "u".into(),
+            claims: Default::default(),
+            iat: 0,
+            exp: store::unix_now() + 60,
+            revoked: false,
+        },
+    );
+    let cache = Arc::new(cache::SessionCache::default());
+    let backend = Backend::Fake(fake.clone());
+    let settings = cache::CacheSettings {
+        ttl: Duration::from_secs(5),
+        max_entries: 10,
+        idle: Duration::from_secs(60),
+    };
+    let task = {
+        let (cache, backend, id) = (cache.clone(), backend.clone(), id.clone());
+        tokio::spawn(async move { cache.get(&id, &backend, &settings).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(cache.flights(), 1);
+    task.abort();
+    let _ = task.await;
+    assert_eq!(cache.flights(), 0, "the abandoned flight is gone");
+    let found = cache.get(&id, &backend, &settings).await.expect("lookup");
+    assert!(matches!(found, store::Lookup::Active(_)));
+    assert_eq!(cache.flights(), 0);
+}
