@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
+use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 
 use super::jwt::KeySet;
@@ -33,21 +35,51 @@ struct Current {
     last_attempt: Option<Instant>,
 }
 
-/// Long-lived cache of one remote JWKS (one per filter instance and URL).
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Long-lived cache of one remote JWKS (one per filter instance, URL and
+/// trust roots).
 pub struct RemoteJwks {
     current: RwLock<Current>,
     refresh_lock: tokio::sync::Mutex<()>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    /// `Err` when the TLS setup failed (reported on every fetch).
+    client: Result<HttpsClient, String>,
 }
 
-impl Default for RemoteJwks {
-    fn default() -> Self {
+impl RemoteJwks {
+    /// A cache whose fetches trust `ca` (PEM-decoded certificates) or, without
+    /// it, the public web PKI roots.
+    pub fn new(ca: Option<&[CertificateDer<'static>]>) -> Self {
         RemoteJwks {
             current: RwLock::default(),
             refresh_lock: tokio::sync::Mutex::new(()),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: https_client(ca),
         }
     }
+}
+
+fn https_client(ca: Option<&[CertificateDer<'static>]>) -> Result<HttpsClient, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match ca {
+        Some(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs {
+                roots.add(cert.clone()).map_err(|e| e.to_string())?;
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(tls)
+        }
+        None => builder
+            .with_provider_and_webpki_roots(provider)
+            .map_err(|e| e.to_string())?,
+    };
+    let connector = builder.https_or_http().enable_http1().build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// The settings of one config snapshot.
@@ -151,11 +183,11 @@ impl RemoteJwks {
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
         let work = async {
-            let response = self
+            let client = self
                 .client
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
+                .as_ref()
+                .map_err(|e| format!("TLS setup: {e}"))?;
+            let response = client.request(request).await.map_err(|e| e.to_string())?;
             if !response.status().is_success() {
                 return Err(format!("status {}", response.status()));
             }

@@ -97,10 +97,10 @@ impl SessionFilter {
                 keys: match &jwt.keys {
                     KeySource::Static(keys) => Keys::Static(keys.clone()),
                     KeySource::Remote(remote) => Keys::Remote(
-                        cx.state
-                            .get_or_insert(&format!("{name}/jwks/{}", remote.url), || {
-                                RemoteJwks::default()
-                            }),
+                        cx.state.get_or_insert(
+                            &format!("{name}/jwks/{}/{}", remote.url, trust_roots_id(remote)),
+                            || RemoteJwks::new(remote.ca.as_deref().map(Vec::as_slice)),
+                        ),
                         RemoteSettings {
                             config: remote.clone(),
                             algorithms: jwt.algorithms.clone(),
@@ -364,6 +364,26 @@ impl SessionFilter {
                 "internal_error",
                 "the session id could not be delivered",
             ))
+        }
+    }
+}
+
+/// Names the trust roots of a remote JWKS, so a changed CA bundle gets a
+/// fresh client.
+fn trust_roots_id(remote: &RemoteJwksConfig) -> String {
+    match &remote.ca {
+        None => "webpki".to_string(),
+        Some(certs) => {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            for cert in certs.iter() {
+                ctx.update(cert.as_ref());
+            }
+            let digest = ctx.finish();
+            let hex: String = digest.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("ca-{hex}")
         }
     }
 }

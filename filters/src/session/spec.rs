@@ -124,6 +124,9 @@ pub struct SessionSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub jwks_timeout: Option<Duration>,
+    /// PEM CA bundle trusted for an https `jwks_url` (default: public web PKI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -242,6 +245,8 @@ impl Default for KeySource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteJwksConfig {
     pub url: http::Uri,
+    /// Trust roots for https; `None`: the public web PKI.
+    pub ca: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
     pub refresh: Duration,
     pub min_refresh: Duration,
     pub max_stale: Duration,
@@ -376,6 +381,7 @@ impl SessionSpec {
             ("jwks_min_refresh", self.jwks_min_refresh.is_some()),
             ("jwks_max_stale", self.jwks_max_stale.is_some()),
             ("jwks_timeout", self.jwks_timeout.is_some()),
+            ("jwks_ca_file", self.jwks_ca_file.is_some()),
             ("issuer", self.issuer.is_some()),
             ("audiences", !self.audiences.is_empty()),
             ("required_claims", self.required_claims.is_some()),
@@ -487,9 +493,20 @@ impl SessionSpec {
         } else if let Some(url) = &self.jwks_url {
             let field = format!("{path}.jwks_url");
             match url.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some() =>
+                {
+                    let ca = self.jwks_ca(path, cx, errors);
+                    if ca.is_some() && uri.scheme_str() != Some("https") {
+                        errors.push(
+                            format!("{path}.jwks_ca_file"),
+                            "only used with an https jwks_url",
+                        );
+                    }
                     KeySource::Remote(RemoteJwksConfig {
                         url: uri,
+                        ca,
                         refresh: self.positive(
                             self.jwks_refresh,
                             Duration::from_secs(300),
@@ -511,19 +528,15 @@ impl SessionSpec {
                         ),
                     })
                 }
-                Ok(uri) if uri.scheme_str() == Some("https") => {
-                    errors.push(
-                        field,
-                        "https JWKS URLs are not supported yet; serve the JWKS over http inside the pod or use jwks_file",
-                    );
-                    KeySource::default()
-                }
                 _ => {
-                    errors.push(field, format!("not an http URL: {url:?}"));
+                    errors.push(field, format!("not an http(s) URL: {url:?}"));
                     KeySource::default()
                 }
             }
         } else {
+            if self.jwks_ca_file.is_some() {
+                errors.push(format!("{path}.jwks_ca_file"), "only used with jwks_url");
+            }
             KeySource::default()
         };
         let mut required_claims = self
@@ -548,6 +561,35 @@ impl SessionSpec {
             required_claims,
             leeway: self.leeway.unwrap_or(DEFAULT_LEEWAY),
             algorithms,
+        }
+    }
+
+    /// The CA bundle of `jwks_ca_file`, if set.
+    fn jwks_ca(
+        &self,
+        path: &str,
+        cx: &ValidateCx,
+        errors: &mut FieldErrors,
+    ) -> Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>> {
+        use rustls::pki_types::pem::PemObject;
+        let file = self.jwks_ca_file.as_ref()?;
+        let field = format!("{path}.jwks_ca_file");
+        let bytes = match cx.read_file(&field, file) {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(e) => {
+                errors.0.push(e);
+                return None;
+            }
+        };
+        let certs: Result<Vec<_>, _> =
+            rustls::pki_types::CertificateDer::pem_slice_iter(&bytes).collect();
+        match certs {
+            Ok(certs) if !certs.is_empty() => Some(Arc::new(certs)),
+            _ => {
+                errors.push(field, "no PEM certificates in the file");
+                None
+            }
         }
     }
 

@@ -1211,3 +1211,50 @@ async fn a_cancelled_lookup_leaves_no_flight_behind() {
     assert!(matches!(found, store::Lookup::Active(_)));
     assert_eq!(cache.flights(), 0);
 }
+
+#[test]
+fn jwks_url_and_ca_file_validation() {
+    let dir = std::env::temp_dir().join(format!("meshgate-session-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("empty.pem"), "no certificates here").expect("write");
+    let cx = ValidateCx::sidecar(&dir);
+    let spec = |extra: Value| jwt_spec(merge_into(json!({"jwks": null}), extra));
+    let ok = spec(json!({"jwks_url": "https://id.example.com/jwks.json"}));
+    assert!(ok.validate("f", &cx).is_ok());
+    let paths = |s: SessionSpec| -> Vec<String> {
+        s.validate("f", &cx)
+            .expect_err("invalid")
+            .0
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    };
+    assert_eq!(
+        paths(spec(json!({"jwks_url": "ftp://x/jwks"}))),
+        ["f.jwks_url"]
+    );
+    assert_eq!(
+        paths(spec(
+            json!({"jwks_url": "https://id.example.com/jwks.json", "jwks_ca_file": "empty.pem"})
+        )),
+        ["f.jwks_ca_file"]
+    );
+    assert_eq!(
+        paths(spec(
+            json!({"jwks_url": "https://id.example.com/jwks.json", "jwks_ca_file": "missing.pem"})
+        )),
+        ["f.jwks_ca_file"]
+    );
+    assert_eq!(
+        paths(spec(
+            json!({"jwks_url": "http://x/jwks", "jwks_refresh": "0s"})
+        )),
+        ["f.jwks_refresh"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn merge_into(mut base: Value, extra: Value) -> Value {
+    merge(&mut base, extra);
+    base
+}
