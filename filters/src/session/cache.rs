@@ -74,6 +74,7 @@ impl SessionCache {
         s: &CacheSettings,
     ) -> Result<Lookup, StoreFailure> {
         if let Some(hit) = self.cached(id, s.ttl) {
+            metrics::counter!("meshgate_session_cache_total", "result" => "hit").increment(1);
             return Ok(hit);
         }
         let flight: Flight = self
@@ -97,6 +98,7 @@ impl SessionCache {
                 if let Some(hit) = self.cached(id, s.ttl) {
                     return Ok(hit);
                 }
+                metrics::counter!("meshgate_session_cache_total", "result" => "miss").increment(1);
                 let result = backend.get(id, s.idle).await;
                 if let Ok(lookup) = &result {
                     self.insert(id, lookup.clone(), s);

@@ -706,7 +706,23 @@ impl SessionSpec {
         if let Some(jwks) = copy.jwks.as_mut() {
             redact_jwks(jwks);
         }
+        if let Some(url) = copy.jwks_url.as_mut() {
+            redact_userinfo(url);
+        }
         copy
+    }
+}
+
+/// `http://user:secret@host/...` -> `http://[redacted]@host/...`.
+fn redact_userinfo(url: &mut String) {
+    let Some(scheme_end) = url.find("://") else {
+        return;
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if let Some(at) = rest[..authority_end].rfind('@') {
+        let start = scheme_end + 3;
+        url.replace_range(start..start + at, "[redacted]");
     }
 }
 
