@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use meshgate_test_harness::{
-    free_port, request, wait_until, workspace_root, EchoApp, HttpResult, Proc, Redis, Sidecar,
+    free_port, request, wait_until, EchoApp, HttpResult, Proc, Redis, Sidecar,
 };
 use serde_json::Value;
 
@@ -17,7 +17,9 @@ const ISS: &str = "https://id.example.com";
 const AUD: &str = "wallet";
 
 fn script(name: &str) -> PathBuf {
-    workspace_root().join("test-harness/scripts").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
 }
 
 fn jwt_tool(args: &[&str]) -> String {
