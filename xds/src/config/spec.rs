@@ -52,9 +52,6 @@ pub struct InboundSpec {
     /// Time from the request to the app's response head; beyond it 504.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Keep-alive connections idle this long are closed.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
 }
 
 impl Default for InboundSpec {
@@ -66,7 +63,6 @@ impl Default for InboundSpec {
             max_body_bytes: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -126,13 +122,19 @@ impl Default for AppSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSpec {
+    /// The admin API (metrics, config dump, drain, log level). Loopback only.
     pub listen: String,
+    /// Optional listener serving only `/ready` and `/live`, for probes that
+    /// come from outside the pod (kubelet). Any address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_listen: Option<String>,
 }
 
 impl Default for AdminSpec {
     fn default() -> Self {
         AdminSpec {
             listen: "127.0.0.1:15000".into(),
+            health_listen: None,
         }
     }
 }

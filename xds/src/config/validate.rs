@@ -19,6 +19,7 @@ pub struct Config {
     pub inbound: Inbound,
     pub app: App,
     pub admin_listen: SocketAddr,
+    pub health_listen: Option<SocketAddr>,
     pub redis: Option<RedisConfig>,
     pub routes: Vec<Route>,
     pub filters: IndexMap<String, FilterConfig>,
@@ -36,7 +37,6 @@ pub struct Inbound {
     pub max_body_bytes: usize,
     pub header_timeout: Duration,
     pub request_timeout: Duration,
-    pub idle_timeout: Duration,
 }
 
 /// TLS files, already read so a reload that breaks them is rejected.
@@ -195,7 +195,6 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
         max_body_bytes: i.max_body_bytes,
         header_timeout: positive(i.header_timeout, "inbound.header_timeout", &mut errors),
         request_timeout: positive(i.request_timeout, "inbound.request_timeout", &mut errors),
-        idle_timeout: positive(i.idle_timeout, "inbound.idle_timeout", &mut errors),
     };
 
     // app
@@ -239,6 +238,17 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
 
     let admin_listen = socket_addr(&spec.admin.listen, "admin.listen", &mut errors)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    if !admin_listen.ip().is_loopback() {
+        errors.push(
+            "admin.listen",
+            "the admin API serves only loopback addresses; use admin.health_listen for probes",
+        );
+    }
+    let health_listen = spec
+        .admin
+        .health_listen
+        .as_ref()
+        .and_then(|h| socket_addr(h, "admin.health_listen", &mut errors));
 
     let redis = spec.redis.as_ref().map(|r| {
         if !(r.url.starts_with("redis://")
@@ -425,6 +435,7 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
         inbound,
         app,
         admin_listen,
+        health_listen,
         redis,
         routes,
         filters,

@@ -1,0 +1,61 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshgate",
+    version,
+    about = "Service-mesh sidecar with API-gateway filters: signatures, sessions, rate limits"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check a config file and print every error with its field path (exit 1 on error).
+    Validate {
+        /// The YAML config file.
+        file: PathBuf,
+    },
+    /// Run a sample app on 127.0.0.1:8080 and the sidecar in front of it on the
+    /// embedded quick-start config (no control plane, no Redis).
+    Demo {
+        /// Port of the sample app.
+        #[arg(long, default_value_t = 8080)]
+        app_port: u16,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// YAML config file; watched and hot-reloaded on change.
+    #[arg(long, short, env = "MESHGATE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Log filter, e.g. `info`, `debug`, `info,access=off` (the access log is target `access`).
+    /// Changeable at runtime: POST /logging?level=... on the admin port.
+    #[arg(long, env = "MESHGATE_LOG", default_value = "info", global = true)]
+    pub log_level: String,
+
+    /// Log format: JSON lines or human-readable text.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+
+    /// On drain or SIGTERM, how long in-flight requests may take before the process exits anyway.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub drain_timeout: Duration,
+}

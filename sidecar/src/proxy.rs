@@ -1,0 +1,390 @@
+//! One request through the sidecar: limits, route, filter chain, forward to
+//! the app, response phase, access log.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use meshgate_filters::{Body, BodyError, Rejection, RequestCtx, RequestView, ResponseView};
+use meshgate_xds::config::AppProtocol;
+
+use crate::config_store::ConfigStore;
+use crate::headers::{self, X_REQUEST_ID};
+use crate::health::AppHealth;
+use crate::reply;
+use crate::snapshot::{RouteTarget, Snapshot};
+use crate::upstream::{classify, ForwardFailure};
+
+/// What every request handler shares.
+pub struct Shared {
+    pub store: Arc<ConfigStore>,
+    pub health: Arc<AppHealth>,
+}
+
+/// The client side of one connection.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Handles one inbound request. Never fails: every problem becomes a JSON answer.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<LoggedBody> {
+    let snapshot = shared.store.load();
+    let request_id = headers::request_id(req.headers());
+    let mut log = AccessLog {
+        started: Instant::now(),
+        request_id,
+        route: None,
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        status: 0,
+        upstream: None,
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        verdicts: Vec::new(),
+        guards: Vec::new(),
+    };
+    let mut rsp = match forward(&shared, &snapshot, &conn, req, &mut log).await {
+        Ok(rsp) => rsp,
+        Err(rej) => reply::rejection(rej, &snapshot.error_codes, &log.request_id),
+    };
+    if let Ok(v) = HeaderValue::try_from(log.request_id.as_str()) {
+        rsp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    log.status = rsp.status().as_u16();
+    rsp.map(|body| LoggedBody {
+        inner: body,
+        bytes_out: 0,
+        log: Some(log),
+    })
+}
+
+async fn forward(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    log: &mut AccessLog,
+) -> Result<Response<Body>, Rejection> {
+    let inbound = &snapshot.config.inbound;
+    if headers::head_size(req.method(), req.uri(), req.headers()) > inbound.max_header_bytes {
+        return Err(Rejection::new(
+            "header_too_large",
+            format!("request head exceeds {} bytes", inbound.max_header_bytes),
+        ));
+    }
+    let host = host_of(&req);
+    let Some(route) = snapshot.route(req.method(), req.uri().path(), host.as_deref()) else {
+        return Err(Rejection::new(
+            "route_not_found",
+            format!("no route for {} {}", req.method(), req.uri().path()),
+        ));
+    };
+    log.route = Some(route.route.name.clone());
+    let chain = match &route.target {
+        RouteTarget::Respond(responder) => return Ok(reply::mock(responder)),
+        RouteTarget::Forward(chain) => chain,
+    };
+    if !shared.health.is_healthy() {
+        return Err(Rejection::new(
+            "app_unhealthy",
+            "the app is failing its health check",
+        ));
+    }
+
+    let upgrade = headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        log.bytes_in.store(len, Ordering::Relaxed);
+    }
+    let (mut head, incoming) = req.into_parts();
+    headers::strip_identity(&mut head.headers);
+    headers::strip_hop_by_hop(&mut head.headers, upgrade);
+
+    let mut cx = RequestCtx::new(
+        log.request_id.clone(),
+        route.route.name.clone(),
+        conn.peer.ip(),
+        conn.tls,
+    );
+    let mut body = Body::Incoming(incoming);
+    let verdict = chain
+        .on_request(
+            &mut RequestView::new(&mut head, &mut body, route.route.max_body_bytes),
+            &mut cx,
+        )
+        .await;
+    log.verdicts = std::mem::take(&mut cx.verdicts);
+    verdict?;
+
+    headers::add_forwarded(&mut head.headers, conn.peer.ip(), conn.tls);
+    if let Ok(v) = HeaderValue::try_from(log.request_id.as_str()) {
+        head.headers.insert(X_REQUEST_ID.clone(), v);
+    }
+    for (name, value) in cx.upstream_headers.drain(..) {
+        head.headers.insert(name, value);
+    }
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    head.uri = snapshot
+        .upstream
+        .uri(path)
+        .map_err(|_| Rejection::new("bad_request", "request target cannot be forwarded"))?;
+    head.version = match snapshot.config.app.protocol {
+        AppProtocol::Http1 => Version::HTTP_11,
+        AppProtocol::Http2 => Version::HTTP_2,
+    };
+    if head.version == Version::HTTP_2 {
+        // HTTP/2 carries the authority in the URI; a Host header would be a duplicate.
+        head.headers.remove(HOST);
+    }
+    let upstream_body = Body::boxed(CountingBody {
+        inner: body,
+        count: log.bytes_in.clone(),
+    });
+
+    let sent = Instant::now();
+    let result = tokio::time::timeout(
+        route.route.timeout,
+        snapshot
+            .upstream
+            .send(Request::from_parts(head, upstream_body)),
+    )
+    .await;
+    log.upstream = Some(sent.elapsed());
+    let mut upstream_rsp = match result {
+        Err(_) => {
+            return Err(Rejection::new(
+                "upstream_timeout",
+                format!("the app did not answer within {:?}", route.route.timeout),
+            ))
+        }
+        Ok(Err(e)) => {
+            let failure = classify(&e);
+            if e.is_connect() {
+                metrics::counter!("meshgate_upstream_connect_errors_total").increment(1);
+            }
+            tracing::warn!(request_id = %log.request_id, error = %e, ?failure, "forwarding to the app failed");
+            return Err(match failure {
+                ForwardFailure::ConnectTimeout => {
+                    Rejection::new("upstream_timeout", "connecting to the app timed out")
+                }
+                ForwardFailure::Unreachable => {
+                    Rejection::new("upstream_unreachable", "the app is not reachable")
+                }
+                ForwardFailure::Protocol => {
+                    Rejection::new("upstream_error", "the app's response was not valid HTTP")
+                }
+            });
+        }
+        Ok(Ok(rsp)) => rsp,
+    };
+
+    if upstream_rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let app_upgrade = hyper::upgrade::on(&mut upstream_rsp);
+            tokio::spawn(tunnel(client_upgrade, app_upgrade));
+            let (head, _) = upstream_rsp.into_parts();
+            log.guards = cx.take_guards();
+            return Ok(Response::from_parts(head, Body::Empty));
+        }
+    }
+
+    let (mut rhead, incoming) = upstream_rsp.into_parts();
+    headers::strip_hop_by_hop(&mut rhead.headers, false);
+    let mut rbody = Body::Incoming(incoming);
+    if chain.has_response_phase() {
+        let result = chain
+            .on_response(
+                &mut ResponseView::new(&mut rhead, &mut rbody, route.route.max_body_bytes),
+                &mut cx,
+            )
+            .await;
+        log.verdicts.extend(std::mem::take(&mut cx.verdicts));
+        result?;
+        if let Body::Full(Some(bytes)) = &rbody {
+            rhead
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        }
+    }
+    for (name, value) in cx.response_headers.drain(..) {
+        rhead.headers.append(name, value);
+    }
+    log.guards = cx.take_guards();
+    Ok(Response::from_parts(rhead, rbody))
+}
+
+/// Host without port, from the Host header or the URI authority (HTTP/2).
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => raw.split(':').next().unwrap_or(raw),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// Copies bytes both ways between the upgraded client and app connections.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, app) {
+        Ok((client, app)) => {
+            let mut client = TokioIo::new(client);
+            let mut app = TokioIo::new(app);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut app).await {
+                tracing::debug!(error = %e, "upgraded connection closed");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "protocol upgrade failed"),
+    }
+}
+
+/// Counts request body bytes that reach the app, for the access log.
+struct CountingBody {
+    inner: Body,
+    count: Arc<AtomicU64>,
+}
+
+impl http_body::Body for CountingBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Everything the access log line and request metrics need; written when the
+/// response body is finished (or the client went away).
+pub struct AccessLog {
+    started: Instant,
+    request_id: String,
+    route: Option<Arc<str>>,
+    method: http::Method,
+    path: String,
+    status: u16,
+    upstream: Option<Duration>,
+    bytes_in: Arc<AtomicU64>,
+    verdicts: Vec<(Arc<str>, &'static str)>,
+    /// Held until the response is done (e.g. concurrency-limit permits).
+    guards: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+impl AccessLog {
+    fn finish(self, bytes_out: u64) {
+        let elapsed = self.started.elapsed();
+        let route = self.route.as_deref().unwrap_or("-").to_string();
+        metrics::counter!("meshgate_requests_total", "route" => route.clone(), "status" => self.status.to_string())
+            .increment(1);
+        metrics::histogram!("meshgate_request_duration_seconds", "route" => route.clone())
+            .record(elapsed.as_secs_f64());
+        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+            let verdicts: Vec<String> = self
+                .verdicts
+                .iter()
+                .map(|(f, v)| format!("{f}:{v}"))
+                .collect();
+            tracing::info!(
+                target: "access",
+                request_id = %self.request_id,
+                route = %route,
+                method = %self.method,
+                path = %self.path,
+                status = self.status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0),
+                bytes_in = self.bytes_in.load(Ordering::Relaxed),
+                bytes_out,
+                verdicts = %verdicts.join(","),
+            );
+        }
+        drop(self.guards);
+    }
+}
+
+/// The response body, which writes the access log when it is done.
+pub struct LoggedBody {
+    inner: Body,
+    bytes_out: u64,
+    log: Option<AccessLog>,
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes_out += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(log) = this.log.take() {
+                    log.finish(this.bytes_out);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.finish(self.bytes_out);
+        }
+    }
+}
