@@ -28,6 +28,7 @@
 pub mod alipay;
 pub mod base;
 pub mod digest;
+pub mod egress;
 pub mod keys;
 pub mod replay;
 pub mod sign;
