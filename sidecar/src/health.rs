@@ -60,10 +60,18 @@ pub async fn run(store: Arc<ConfigStore>, health: Arc<AppHealth>) {
         };
         let up = match snapshot.upstream.uri(&path) {
             Ok(uri) => {
-                let mut req = Request::get(uri).body(Body::Empty).unwrap_or_default();
-                if app.protocol == meshgate_xds::config::AppProtocol::Http2 {
-                    *req.version_mut() = http::Version::HTTP_2;
+                let host = match &app.address {
+                    meshgate_xds::config::AppAddress::Tcp(addr) => addr.clone(),
+                    meshgate_xds::config::AppAddress::Unix(_) => "localhost".to_string(),
+                };
+                let h2 = app.protocol == meshgate_xds::config::AppProtocol::Http2;
+                let mut req = Request::get(uri);
+                if h2 {
+                    req = req.version(http::Version::HTTP_2);
+                } else {
+                    req = req.header(http::header::HOST, host);
                 }
+                let req = req.body(Body::Empty).unwrap_or_default();
                 matches!(
                     tokio::time::timeout(app.health_timeout, snapshot.upstream.send(req)).await,
                     Ok(Ok(rsp)) if rsp.status().is_success()

@@ -132,6 +132,11 @@ async fn forward(
         .await;
     log.verdicts = std::mem::take(&mut cx.verdicts);
     verdict?;
+    if route.route.buffer_request {
+        RequestView::new(&mut head, &mut body, route.route.max_body_bytes)
+            .body()
+            .await?;
+    }
 
     headers::add_forwarded(&mut head.headers, conn.peer.ip(), conn.tls);
     if let Ok(v) = HeaderValue::try_from(log.request_id.as_str()) {
@@ -140,6 +145,7 @@ async fn forward(
     for (name, value) in cx.upstream_headers.drain(..) {
         head.headers.insert(name, value);
     }
+    let client_authority = head.uri.authority().map(|a| a.to_string());
     let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
     head.uri = snapshot
         .upstream
@@ -152,6 +158,12 @@ async fn forward(
     if head.version == Version::HTTP_2 {
         // HTTP/2 carries the authority in the URI; a Host header would be a duplicate.
         head.headers.remove(HOST);
+    } else if !head.headers.contains_key(HOST) {
+        // An HTTP/2 client sent :authority only; HTTP/1.1 apps require Host.
+        let host = client_authority.as_deref().unwrap_or("localhost");
+        if let Ok(v) = HeaderValue::try_from(host) {
+            head.headers.insert(HOST, v);
+        }
     }
     let upstream_body = Body::boxed(CountingBody {
         inner: body,
@@ -223,6 +235,9 @@ async fn forward(
                 .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         }
     }
+    // `x-meshgate-*` response headers are instructions from the app to the
+    // sidecar (e.g. session issuance); they never reach the client.
+    headers::strip_identity(&mut rhead.headers);
     for (name, value) in cx.response_headers.drain(..) {
         rhead.headers.append(name, value);
     }

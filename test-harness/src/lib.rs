@@ -1,2 +1,391 @@
-//! Helpers for end-to-end tests that spawn real processes on free ports.
+//! Helpers for end-to-end tests that spawn real processes on free ports:
+//! the `meshgate` binary, the echo app, a real `redis-server`.
+//!
+//! Binaries are taken from the cargo target directory of the running test;
+//! build them first (`cargo build --bins`; the test command does).
 #![forbid(unsafe_code)]
+
+pub mod apps;
+pub mod http_client;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use http_client::{get, request, HttpResult};
+
+/// `target/debug` (or the profile directory) of the running test binary.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("deps dir");
+    if deps.ends_with("deps") {
+        deps.parent().expect("profile dir").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    }
+}
+
+/// Path of a workspace binary, failing with a clear message when it is not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// The workspace root (for sample apps and scripts).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until `check` is true or `timeout` passed.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    check()
+}
+
+/// A child process killed when dropped; its output goes to a log file.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// The echo app (`meshgate-echo-app`): shows what reached it.
+pub struct EchoApp {
+    pub port: u16,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl EchoApp {
+    pub fn start() -> EchoApp {
+        let port = free_port();
+        Self::start_at(&format!("127.0.0.1:{port}"), port)
+    }
+
+    /// Listens on a unix socket at `path` (`port` is then 0).
+    pub fn start_unix(path: &Path) -> EchoApp {
+        let app = Self::spawn(&format!("unix:{}", path.display()));
+        assert!(
+            wait_until(Duration::from_secs(10), || path.exists()),
+            "echo app did not create {}",
+            path.display()
+        );
+        EchoApp { port: 0, ..app }
+    }
+
+    fn start_at(addr: &str, port: u16) -> EchoApp {
+        let app = Self::spawn(addr);
+        assert!(
+            wait_until(Duration::from_secs(10), || port_open(port)),
+            "echo app did not start: {}",
+            app.proc.output()
+        );
+        EchoApp { port, ..app }
+    }
+
+    fn spawn(addr: &str) -> EchoApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proc = Proc::spawn(
+            "echo-app",
+            Command::new(bin("meshgate-echo-app")).arg(addr),
+            dir.path().join("echo.log"),
+        );
+        EchoApp {
+            port: 0,
+            proc,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// A running `meshgate` with its config file in a temp directory.
+///
+/// The config text may use `${INBOUND}`, `${ADMIN}` (addresses on free ports)
+/// and `${DIR}` (the temp directory); they are replaced before writing.
+pub struct Sidecar {
+    pub inbound_port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+    pub proc: Proc,
+    template_vars: Vec<(String, String)>,
+}
+
+impl Sidecar {
+    pub fn start(config: &str) -> Sidecar {
+        Self::start_with_args(config, &[])
+    }
+
+    pub fn start_with_args(config: &str, args: &[&str]) -> Sidecar {
+        let mut sidecar = Self::spawn(config, args);
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    /// Starts without waiting for readiness (for tests of failing starts).
+    pub fn spawn(config: &str, args: &[&str]) -> Sidecar {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbound_port = free_port();
+        let admin_port = free_port();
+        let template_vars = vec![
+            (
+                "${INBOUND}".to_string(),
+                format!("127.0.0.1:{inbound_port}"),
+            ),
+            ("${ADMIN}".to_string(), format!("127.0.0.1:{admin_port}")),
+            ("${DIR}".to_string(), dir.path().display().to_string()),
+        ];
+        let config_path = dir.path().join("meshgate.yaml");
+        std::fs::write(&config_path, render(config, &template_vars)).expect("write config");
+        let mut cmd = Command::new(bin("meshgate"));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .env("MESHGATE_LOG", "info");
+        let proc = Proc::spawn("meshgate", &mut cmd, dir.path().join("meshgate.log"));
+        Sidecar {
+            inbound_port,
+            admin_port,
+            dir,
+            proc,
+            template_vars,
+        }
+    }
+
+    pub fn wait_ready(&mut self) {
+        let url = self.admin_url("/ready");
+        let proc = &mut self.proc;
+        let ok = wait_until(Duration::from_secs(20), || {
+            if !proc.is_running() {
+                return true; // exited: fail below with its log
+            }
+            get(&url).map(|r| r.status == 200).unwrap_or(false)
+        }) && self.proc.is_running();
+        assert!(
+            ok,
+            "meshgate did not become ready; log:\n{}",
+            self.proc.output()
+        );
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("meshgate.yaml")
+    }
+
+    /// Rewrites the config file (the sidecar reloads it by itself).
+    pub fn write_config(&self, config: &str) {
+        let tmp = self.dir.path().join("meshgate.yaml.tmp");
+        std::fs::write(&tmp, render(config, &self.template_vars)).expect("write config");
+        std::fs::rename(&tmp, self.config_path()).expect("replace config");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.inbound_port, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    pub fn config_dump(&self) -> serde_json::Value {
+        let rsp = get(&self.admin_url("/config_dump")).expect("config_dump");
+        serde_json::from_slice(&rsp.body).expect("config_dump json")
+    }
+
+    pub fn version(&self) -> String {
+        self.config_dump()["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits until `/config_dump` shows a version other than `old`.
+    pub fn wait_version_change(&self, old: &str) -> String {
+        let mut new = String::new();
+        let changed = wait_until(Duration::from_secs(10), || {
+            new = self.version();
+            new != old
+        });
+        assert!(
+            changed,
+            "config version stayed {old}; log:\n{}",
+            self.proc.output()
+        );
+        new
+    }
+
+    pub fn metrics(&self) -> String {
+        String::from_utf8_lossy(&get(&self.admin_url("/metrics")).expect("metrics").body)
+            .to_string()
+    }
+}
+
+fn render(config: &str, vars: &[(String, String)]) -> String {
+    vars.iter().fold(config.to_string(), |text, (k, v)| {
+        text.replace(k.as_str(), v)
+    })
+}
+
+/// A real `redis-server` on a free port, without persistence.
+pub struct Redis {
+    pub port: u16,
+    proc: Option<Proc>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts redis-server; panics with a clear message when it is not installed.
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut redis = Redis {
+            port: free_port(),
+            proc: None,
+            dir,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Whether redis-server is installed.
+    pub fn available() -> bool {
+        Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (simulates a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(self.dir.path());
+        self.proc = Some(Proc::spawn(
+            "redis-server",
+            &mut cmd,
+            self.dir.path().join("redis.log"),
+        ));
+        let port = self.port;
+        assert!(
+            wait_until(Duration::from_secs(10), || self.cli(&["ping"]).trim()
+                == "PONG"),
+            "redis-server did not start on {port}"
+        );
+    }
+
+    /// Runs `redis-cli` against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -179,6 +179,11 @@ pub struct RouteSpec {
     /// Overrides `inbound.max_body_bytes` for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
+    /// Read the whole request body (up to `max_body_bytes`, else 413) before
+    /// calling the app, which then always gets a `Content-Length`. Off by
+    /// default: bodies stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub buffer_request: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

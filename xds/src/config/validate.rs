@@ -82,6 +82,7 @@ pub struct Route {
     pub action: RouteAction,
     pub timeout: Duration,
     pub max_body_bytes: usize,
+    pub buffer_request: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -416,6 +417,7 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
             action,
             timeout: r.timeout.unwrap_or(inbound.request_timeout),
             max_body_bytes: r.max_body_bytes.unwrap_or(inbound.max_body_bytes),
+            buffer_request: r.buffer_request,
         });
     }
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, lints, unit tests and the end-to-end
+# tests that spawn the real meshgate binary, real apps and a real redis-server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The end-to-end tests spawn the binaries; build them first.
+cargo build --workspace --bins
+if [ -x docker/lint.sh ]; then
+  bash docker/lint.sh
+fi
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
