@@ -74,9 +74,7 @@ fn key(alg: Algorithm) -> Key {
         }
         Algorithm::EcdsaP256Sha256 => parse_private(alg, ECC_P256_PRIVATE),
         Algorithm::Ed25519 => parse_private(alg, ED25519_PRIVATE),
-        Algorithm::RsaPssSha512 | Algorithm::RsaV15Sha256 => {
-            parse_private(alg, RSA_PRIVATE_PKCS1)
-        }
+        Algorithm::RsaPssSha512 | Algorithm::RsaV15Sha256 => parse_private(alg, RSA_PRIVATE_PKCS1),
         Algorithm::Sm2Sm3 => {
             let secret = sm2::SecretKey::from_slice(&[7u8; 32]).expect("sm2 scalar");
             Ok(PrivateKey::Sm2(

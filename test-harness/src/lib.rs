@@ -26,9 +26,14 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// Path of a workspace binary, failing with a clear message when it is not built.
+/// Path of a workspace binary, failing with a clear message when it is not
+/// built. `MESHGATE_BIN_DIR` overrides the directory (useful when a target
+/// directory is shared between checkouts).
 pub fn bin(name: &str) -> PathBuf {
-    let path = target_dir().join(name);
+    let dir = std::env::var_os("MESHGATE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(target_dir);
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --bins` first",
