@@ -297,3 +297,70 @@ fn redis_nonce_store_is_shared_by_two_sidecars() {
     let (status, err) = send("POST", &url, &headers, "x");
     assert_eq!((status, error_of(&err)), (503, "replay_store_unavailable"));
 }
+
+#[test]
+fn responses_are_signed_and_bound_to_the_request() {
+    let app = EchoApp::start();
+    let key_dir = tempfile::tempdir().expect("tempdir");
+    let private = key_dir.path().join("gw.pem");
+    std::fs::write(&private, ED25519_PRIVATE).expect("key");
+    let extra_filter = format!(
+        r#"    sign_response:
+      key: {{ id: gw-1, alg: ed25519, private_key_file: "{}" }}
+      components: ["@status", "content-digest"]
+      bind_request: true
+"#,
+        private.display()
+    );
+    let yaml = verify_yaml(&app.addr(), &hmac_keys(SECRET), "") + &extra_filter;
+    let sidecar = Sidecar::start(&yaml);
+    let url = sidecar.url("/pay?order=1");
+    let headers = py_sign("POST", &url, "x", &hmac_args(SECRET));
+    let mut req = Request::post(&url);
+    for (k, v) in &headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let rsp = request(req.body(Bytes::from_static(b"x")).expect("request")).expect("send");
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let input = rsp.header("signature-input").expect("signed response");
+    assert!(input.contains(r#""signature";key="sig1";req"#), "{input}");
+
+    // verified by the other implementation, with the request it answers
+    let response_headers: serde_json::Map<String, serde_json::Value> = rsp
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().into()))
+        .collect();
+    let spec = serde_json::json!({
+        "request": {
+            "method": "POST",
+            "url": url,
+            "headers": headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect::<serde_json::Map<_, _>>(),
+        },
+        "response": {"status": rsp.status, "headers": response_headers, "body": rsp.text()},
+        "key_id": "gw-1",
+        "alg": "ed25519",
+        "public_key_pem": ED25519_PUBLIC,
+    });
+    let mut child = Command::new("python3")
+        .arg(workspace_root().join("test-harness/scripts/verify_response.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 verifier");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(spec.to_string().as_bytes())
+            .expect("write spec");
+    }
+    let out = child.wait_with_output().expect("verifier");
+    assert!(
+        out.status.success(),
+        "response signature rejected: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -259,12 +259,16 @@ fn component_values(
         let text = single
             .serialize_value()
             .map_err(|e| BaseError::Malformed(format!("{id}: {e}")))?;
-        // `member=value` -> `value` (a bare `member` is boolean true)
-        let value = text
-            .strip_prefix(member)
-            .map(|rest| rest.strip_prefix('=').unwrap_or("?1"))
-            .unwrap_or(&text);
-        return Ok(vec![value.as_bytes().to_vec()]);
+        // `member=value` -> `value`; a bare `member` (with any parameters) is
+        // boolean true: `?1;param`
+        let value = match text.strip_prefix(member) {
+            Some(rest) => match rest.strip_prefix('=') {
+                Some(v) => v.to_string(),
+                None => format!("?1{rest}"),
+            },
+            None => text,
+        };
+        return Ok(vec![value.into_bytes()]);
     }
     if sf {
         return Ok(vec![reserialize_structured(name, &combined)

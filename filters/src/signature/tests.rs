@@ -919,3 +919,68 @@ async fn alipay_rsa2_request() {
         "signature_invalid"
     );
 }
+
+/// Component derivation examples of RFC 9421 §2.1 and §2.2.
+#[test]
+fn rfc9421_section2_component_values() {
+    let head = http::Request::post(
+        "/parameters?var=this%20is%20a%20big%0Amultiline%20value&bar=with+plus+whitespace&fa%C3%A7ade%22%3A%20=something",
+    )
+    .header("host", "www.example.com")
+    .header("x-ows-header", "  Leading and trailing whitespace.  ")
+    .header("cache-control", "max-age=60")
+    .header("cache-control", "   must-revalidate")
+    .header("example-dict", " a=1,    b=2;x=1;y=2,   c=(a   b   c), d")
+    .header("example-header", "value, with, lots")
+    .header("example-header", "of, commas")
+    .body(())
+    .expect("request")
+    .into_parts()
+    .0;
+    let input = r#"sig=("@method" "@target-uri" "@authority" "@scheme" "@request-target" "@path" "@query" "@query-param";name="var" "@query-param";name="bar" "@query-param";name="fa%C3%A7ade%22%3A%20" "x-ows-header" "cache-control" "example-dict" "example-dict";key="a" "example-dict";key="b" "example-dict";key="c" "example-dict";key="d" "example-dict";sf "example-header";bs);created=1"#;
+    let base = signature_base(&req_message(&head), &inner_list(input)).expect("base");
+    let lines: Vec<String> = String::from_utf8(base)
+        .expect("utf8")
+        .lines()
+        .map(String::from)
+        .collect();
+    let expected = [
+        r#""@method": POST"#,
+        r#""@target-uri": https://www.example.com/parameters?var=this%20is%20a%20big%0Amultiline%20value&bar=with+plus+whitespace&fa%C3%A7ade%22%3A%20=something"#,
+        r#""@authority": www.example.com"#,
+        r#""@scheme": https"#,
+        r#""@request-target": /parameters?var=this%20is%20a%20big%0Amultiline%20value&bar=with+plus+whitespace&fa%C3%A7ade%22%3A%20=something"#,
+        r#""@path": /parameters"#,
+        r#""@query": ?var=this%20is%20a%20big%0Amultiline%20value&bar=with+plus+whitespace&fa%C3%A7ade%22%3A%20=something"#,
+        r#""@query-param";name="var": this%20is%20a%20big%0Amultiline%20value"#,
+        r#""@query-param";name="bar": with%20plus%20whitespace"#,
+        r#""@query-param";name="fa%C3%A7ade%22%3A%20": something"#,
+        r#""x-ows-header": Leading and trailing whitespace."#,
+        r#""cache-control": max-age=60, must-revalidate"#,
+        r#""example-dict": a=1,    b=2;x=1;y=2,   c=(a   b   c), d"#,
+        r#""example-dict";key="a": 1"#,
+        r#""example-dict";key="b": 2;x=1;y=2"#,
+        r#""example-dict";key="c": (a b c)"#,
+        r#""example-dict";key="d": ?1"#,
+        r#""example-dict";sf: a=1, b=2;x=1;y=2, c=(a b c), d"#,
+        r#""example-header";bs: :dmFsdWUsIHdpdGgsIGxvdHM=:, :b2YsIGNvbW1hcw==:"#,
+    ];
+    assert_eq!(&lines[..expected.len()], &expected[..]);
+
+    // a covered query parameter or header the request lacks
+    let missing = inner_list(r#"sig=("@query-param";name="nope");created=1"#);
+    assert!(matches!(
+        signature_base(&req_message(&head), &missing),
+        Err(base::BaseError::Missing(_))
+    ));
+    // @status is for responses; ;req only in responses
+    for bad in [
+        r#"sig=("@status");created=1"#,
+        r#"sig=("@method";req);created=1"#,
+    ] {
+        assert!(matches!(
+            signature_base(&req_message(&head), &inner_list(bad)),
+            Err(base::BaseError::Malformed(_))
+        ));
+    }
+}
