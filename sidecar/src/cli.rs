@@ -55,6 +55,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
     pub log_format: LogFormat,
 
+    /// Worker threads serving traffic (default: one per available core).
+    /// Sidecars usually get one or two cores; set this to the pod's CPU limit.
+    #[arg(long, env = "MESHGATE_CONCURRENCY", global = true)]
+    pub concurrency: Option<usize>,
+
     /// On drain or SIGTERM, how long in-flight requests may take before the process exits anyway.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub drain_timeout: Duration,

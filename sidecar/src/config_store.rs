@@ -98,11 +98,20 @@ impl ConfigStore {
         source: ConfigSource,
     ) -> Result<Arc<Snapshot>, FieldErrors> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let previous_version = Some(self.load().version.clone());
         let result = self.build(spec, source.clone());
         match &result {
             Ok(snapshot) => {
                 metrics::counter!("meshgate_config_reloads_total", "result" => "ok").increment(1);
                 metrics::gauge!("meshgate_config_applied_timestamp_seconds").set(unix_now());
+                if let Some(previous) = previous_version
+                    .as_ref()
+                    .filter(|v| **v != snapshot.version)
+                {
+                    metrics::gauge!("meshgate_config_info", "version" => previous.clone()).set(0.0);
+                }
+                metrics::gauge!("meshgate_config_info", "version" => snapshot.version.clone())
+                    .set(1.0);
                 tracing::info!(version = %snapshot.version, source = ?source, "config applied");
                 for hook in self
                     .on_applied

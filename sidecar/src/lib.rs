@@ -79,6 +79,15 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// The multi-threaded runtime with `--concurrency` worker threads.
+pub fn runtime(args: &RunArgs) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.concurrency.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()
+}
+
 /// The sidecar's main task. `embedded` is a config used when no file is given
 /// (the demo).
 pub async fn run_async(

@@ -26,9 +26,9 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// Path of a workspace binary, failing with a clear message when it is not
-/// built. `MESHGATE_BIN_DIR` overrides the directory (useful when a target
-/// directory is shared between checkouts).
+/// Path of a workspace binary, failing with a clear message when it is not built.
+/// `MESHGATE_BIN_DIR` overrides where binaries are taken from (for a target
+/// directory shared by several checkouts).
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("MESHGATE_BIN_DIR")
         .map(PathBuf::from)

@@ -488,6 +488,15 @@ fn hot_reload_applies_valid_and_rejects_invalid_files() {
         sidecar.proc.output().contains("routes[0].match.methods[0]"),
         "the log names the field"
     );
+    let m = sidecar.metrics();
+    assert!(
+        m.contains(&format!("meshgate_config_info{{version=\"{v2}\"}} 1")),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("meshgate_config_info{{version=\"{v1}\"}} 0")),
+        "{m}"
+    );
 }
 
 #[test]
