@@ -13,6 +13,7 @@ pub mod headers;
 pub mod health;
 pub mod proxy;
 pub mod reply;
+pub mod route_metrics;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
@@ -79,13 +80,21 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// The multi-threaded runtime with `--concurrency` worker threads.
+/// The runtime: `--concurrency` worker threads. With one, a current-thread
+/// runtime avoids the work-stealing scheduler's overhead entirely.
 pub fn runtime(args: &RunArgs) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.concurrency.filter(|n| *n > 0) {
-        builder.worker_threads(n);
+    match args.concurrency {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) if n > 1 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
     }
-    builder.enable_all().build()
 }
 
 /// The sidecar's main task. `embedded` is a config used when no file is given
