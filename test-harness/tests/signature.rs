@@ -9,7 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
-use meshgate_test_harness::{free_port, request, workspace_root, EchoApp, Redis, Sidecar};
+use meshgate_test_harness::{free_port, request, EchoApp, Redis, Sidecar};
+
+/// This checkout's scripts (not the harness library's: a target directory
+/// shared between checkouts may hold a library built elsewhere).
+fn scripts_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
 
 const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
 const NEXT_SECRET: &str = "bmV4dC1zZWNyZXQtZm9yLXRlc3RzLTMyLWJ5dGVzISE=";
@@ -42,7 +48,7 @@ fn send(
 /// Signs with the Python package; returns the headers to add.
 fn py_sign(method: &str, url: &str, body: &str, args: &[&str]) -> Vec<(String, String)> {
     let out = Command::new("python3")
-        .arg(workspace_root().join("test-harness/scripts/sign_request.py"))
+        .arg(scripts_dir().join("sign_request.py"))
         .args(["--method", method, "--url", url, "--body", body])
         .args(args)
         .output()
@@ -346,7 +352,7 @@ fn responses_are_signed_and_bound_to_the_request() {
         "public_key_pem": ED25519_PUBLIC,
     });
     let mut child = Command::new("python3")
-        .arg(workspace_root().join("test-harness/scripts/verify_response.py"))
+        .arg(scripts_dir().join("verify_response.py"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
