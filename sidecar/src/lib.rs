@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config_store;
 pub mod demo;
 pub mod drain;
+pub mod egress;
 pub mod file_source;
 pub mod headers;
 pub mod health;
@@ -140,6 +141,7 @@ pub async fn run_async(
     let inbound_addr = snapshot.config.inbound.listen;
     let admin_addr = snapshot.config.admin_listen;
     let health_addr = snapshot.config.health_listen;
+    let egress_addr = snapshot.config.egress.as_ref().map(|e| e.listen);
     drop(snapshot);
 
     let inbound = tokio::net::TcpListener::from_std(
@@ -166,6 +168,13 @@ pub async fn run_async(
             .await
             .map_err(|e| anyhow::anyhow!("admin.health_listen {addr}: {e}"))?;
         tokio::spawn(admin::serve(listener, admin.clone(), true));
+    }
+    if let Some(addr) = egress_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("egress.listen {addr}: {e}"))?;
+        let egress = Arc::new(egress::Egress::new(store.clone()));
+        tokio::spawn(egress::serve(listener, egress, drain.clone()));
     }
     tokio::spawn(health::run(store.clone(), health.clone()));
     tokio::spawn(async move {
