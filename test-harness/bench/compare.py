@@ -104,6 +104,10 @@ def total_stats(pids):
     return cpu, rss
 
 
+def headers_lua(headers):
+    return "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
+
+
 def run_wrk(port, duration, connections, script):
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script,
                           f"http://127.0.0.1:{port}/bench"], capture_output=True, text=True, timeout=duration + 30).stdout
@@ -115,8 +119,9 @@ def run_wrk(port, duration, connections, script):
     return r
 
 
-def run_h2load(port, duration, connections):
-    out = subprocess.run(["h2load", f"-c{connections}", "-m10", "-t1", f"-D{duration}",
+def run_h2load(port, duration, connections, headers):
+    extra = [arg for k, v in headers.items() for arg in ("-H", f"{k}: {v}")]
+    out = subprocess.run(["h2load", f"-c{connections}", "-m10", "-t1", f"-D{duration}", *extra,
                           f"http://127.0.0.1:{port}/bench"], capture_output=True, text=True, timeout=duration + 30).stdout
     rps = float(re.search(r"finished in .*?, ([\d.]+) req/s", out).group(1))
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
@@ -169,9 +174,6 @@ def main():
                        cwd=ROOT, check=True)
     release = os.path.join(TARGET, "release")
     tmp = tempfile.mkdtemp(prefix="meshgate-bench-")
-    script = os.path.join(tmp, "report.lua")
-    with open(script, "w") as f:
-        f.write(WRK_LUA)
 
     app_port = free_port()
     app = subprocess.Popen([os.path.join(release, "meshgate-echo-app"), f"127.0.0.1:{app_port}"],
@@ -199,9 +201,6 @@ def main():
                 with open(cfg, "w") as f:
                     f.write(meshgate_config(port, admin, app_port, chain))
                 # Filter keys/JWKS referenced by chain configs resolve against the config's directory.
-                for extra in os.listdir(os.path.join(BENCH_DIR, "chains")):
-                    if not extra.endswith(".yaml"):
-                        shutil.copy(os.path.join(BENCH_DIR, "chains", extra), tmp)
                 proc = subprocess.Popen([os.path.join(release, "meshgate"), "--config", cfg, "--concurrency", "1",
                                          "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             elif kind == "nginx":
@@ -241,17 +240,27 @@ backend app
                 proc = subprocess.Popen(["haproxy", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_port(port)
             time.sleep(0.5)
+        headers = {}
+        if spec is not None and spec[1] is not None:
+            signer = spec[1][:-len(".yaml")] + ".headers.py"
+            if os.path.exists(signer):
+                # Sign for the authority the load tool sends (host:port of the target).
+                headers = json.loads(subprocess.run([sys.executable, signer, f"http://127.0.0.1:{port}/bench"],
+                                                    check=True, capture_output=True, text=True).stdout)
+        target_script = os.path.join(tmp, f"wrk-{port}.lua")
+        with open(target_script, "w") as f:
+            f.write(headers_lua(headers) + WRK_LUA)
         measured = proc if proc is not None else app
         pids = pids_of(measured)
         _, rss_idle = total_stats(pids)
-        run_wrk(port, 2, args.connections, script)  # warm-up
+        run_wrk(port, 2, args.connections, target_script)  # warm-up
         cpu0, _ = total_stats(pids)
-        h1 = run_wrk(port, args.duration, args.connections, script)
+        h1 = run_wrk(port, args.duration, args.connections, target_script)
         cpu1, _ = total_stats(pids)
         h2 = None
         if not (spec and spec[0] == "nginx"):  # nginx proxies h2 only with TLS here; skip h2c
             try:
-                h2 = run_h2load(port, args.duration, args.connections)
+                h2 = run_h2load(port, args.duration, args.connections, headers)
             except Exception as e:  # noqa: BLE001
                 print(f"{name}: h2load failed: {e}", file=sys.stderr)
         socks = hold_connections(port, 1000)
