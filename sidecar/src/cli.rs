@@ -77,4 +77,51 @@ pub struct RunArgs {
     /// arguments) to take over; default: the running binary.
     #[arg(long, env = "MESHGATE_UPGRADE_BINARY", global = true)]
     pub upgrade_binary: Option<PathBuf>,
+
+    /// After handing over and draining, stay idle until SIGTERM instead of
+    /// exiting: in Kubernetes, a container that exits is restarted with its
+    /// old image, which would take the sockets back.
+    #[arg(long, env = "MESHGATE_IDLE_AFTER_HANDOVER", global = true)]
+    pub idle_after_handover: bool,
+
+    #[command(flatten)]
+    pub xds: XdsArgs,
+}
+
+/// Config from the control plane over xDS (see docs/control-plane.md).
+#[derive(Args, Debug, Clone, Default)]
+pub struct XdsArgs {
+    /// Control plane xDS URL (`http://host:18000`, or `https://` with --xds-ca).
+    /// With it, the --config file is only the bootstrap: it provides the
+    /// node-local addresses and the config served until the first push.
+    #[arg(long = "xds", env = "MESHGATE_XDS", global = true)]
+    pub url: Option<String>,
+    /// This sidecar's node id (default: the host name).
+    #[arg(long, env = "MESHGATE_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+    /// The service this sidecar fronts (the xDS node cluster).
+    #[arg(long, env = "MESHGATE_SERVICE", global = true)]
+    pub service: Option<String>,
+    /// A label for gray releases, `key=value`; repeatable.
+    #[arg(long = "label", value_parser = parse_label, global = true)]
+    pub labels: Vec<(String, String)>,
+    /// Where the last config applied from xDS is kept, to boot from it when
+    /// the control plane is unreachable.
+    #[arg(long, env = "MESHGATE_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// CA certificate (PEM) of the control plane, for TLS.
+    #[arg(long, global = true)]
+    pub xds_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS to the control plane.
+    #[arg(long, requires = "xds_key", global = true)]
+    pub xds_cert: Option<PathBuf>,
+    #[arg(long, requires = "xds_cert", global = true)]
+    pub xds_key: Option<PathBuf>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} is not key=value")),
+    }
 }

@@ -65,6 +65,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Removes every client-supplied `x-meshgate-*` header: identity reaches the
 /// app only from the filters that verified it.
 pub fn strip_identity(headers: &mut HeaderMap) {
+    if !headers
+        .keys()
+        .any(|n| n.as_str().starts_with(IDENTITY_HEADER_PREFIX))
+    {
+        return;
+    }
     let reserved: Vec<HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().starts_with(IDENTITY_HEADER_PREFIX))

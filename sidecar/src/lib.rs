@@ -12,12 +12,14 @@ pub mod headers;
 pub mod health;
 pub mod proxy;
 pub mod reply;
+pub mod route_metrics;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod xds_source;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,13 +83,21 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// The multi-threaded runtime with `--concurrency` worker threads.
+/// The runtime: `--concurrency` worker threads. With one, a current-thread
+/// runtime avoids the work-stealing scheduler's overhead entirely.
 pub fn runtime(args: &RunArgs) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.concurrency.filter(|n| *n > 0) {
-        builder.worker_threads(n);
+    match args.concurrency {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) if n > 1 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
     }
-    builder.enable_all().build()
 }
 
 /// The sidecar's main task. `embedded` is a config used when no file is given
@@ -162,6 +172,19 @@ pub async fn run_async(
         }
     }
 
+    // With --xds the file is only the bootstrap (node-local addresses, first config).
+    let bootstrap = {
+        let s = store.load();
+        s.loaded.then(|| s.config.spec.clone())
+    };
+    let mut xds = xds_source::XdsSource::from_args(&args.xds, bootstrap.as_deref())?;
+    if let Some(xds) = &mut xds {
+        // A handed-over config is newer than anything in the state dir.
+        if takeover.is_none() {
+            xds.boot_from_state(&store);
+        }
+    }
+
     let snapshot = store.load();
     let inbound_addr = snapshot.config.inbound.listen;
     let admin_addr = snapshot.config.admin_listen;
@@ -217,8 +240,13 @@ pub async fn run_async(
             metrics.run_upkeep();
         }
     });
-    if let Some(path) = &args.config {
-        file_source::watch(store.clone(), path.clone())?;
+    match xds {
+        Some(xds) => xds.spawn(store.clone())?,
+        None => {
+            if let Some(path) = &args.config {
+                file_source::watch(store.clone(), path.clone())?;
+            }
+        }
     }
 
     let shared = Arc::new(Shared {
@@ -247,10 +275,11 @@ pub async fn run_async(
     if let Some(listener) = health_listener {
         tokio::spawn(admin::serve(listener, admin.clone(), true));
     }
+    let mut handed_over = None;
     if let (Some(path), Some(successor)) = (&args.upgrade_socket, successor) {
         let socket = upgrade::bind_socket(path)
             .map_err(|e| anyhow::anyhow!("--upgrade-socket {}: {e}", path.display()))?;
-        tokio::spawn(upgrade::serve(
+        handed_over = Some(tokio::spawn(upgrade::serve(
             socket,
             path.clone(),
             upgrade::Outgoing {
@@ -260,7 +289,7 @@ pub async fn run_async(
                 drain: drain.clone(),
                 stop_admin: admin.stop_accepting.clone(),
             },
-        ));
+        )));
         tokio::spawn(successor.on_signal());
     }
     tracing::info!(inbound = %inbound_addr, admin = %admin_addr, version = %store.load().version, pid = std::process::id(), "meshgate serving");
@@ -280,6 +309,18 @@ pub async fn run_async(
             connections = left,
             "drain deadline reached; closing remaining connections"
         );
+    }
+    let handed_over = match handed_over {
+        Some(task) => task.await.unwrap_or(false),
+        None => false,
+    };
+    if handed_over && args.idle_after_handover {
+        tracing::info!("meshgate drained after handing over; idle until SIGTERM");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     }
     tracing::info!("meshgate drained; exiting");
     Ok(())

@@ -21,6 +21,7 @@ use crate::config_store::ConfigStore;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::health::AppHealth;
 use crate::reply;
+use crate::route_metrics::RouteMetrics;
 use crate::snapshot::{RouteTarget, Snapshot};
 use crate::upstream::{classify, ForwardFailure};
 
@@ -49,9 +50,9 @@ pub async fn handle(
     let mut log = AccessLog {
         started: Instant::now(),
         request_id,
-        route: None,
+        route: snapshot.unrouted_metrics.clone(),
         method: req.method().clone(),
-        path: req.uri().path().to_string(),
+        uri: req.uri().clone(),
         status: 0,
         upstream: None,
         bytes_in: Arc::new(AtomicU64::new(0)),
@@ -94,7 +95,7 @@ async fn forward(
             format!("no route for {} {}", req.method(), req.uri().path()),
         ));
     };
-    log.route = Some(route.route.name.clone());
+    log.route = route.metrics.clone();
     let chain = match &route.target {
         RouteTarget::Respond(responder) => return Ok(reply::mock(responder)),
         RouteTarget::Forward(chain) => chain,
@@ -148,10 +149,14 @@ async fn forward(
         head.headers.insert(name, value);
     }
     let client_authority = head.uri.authority().map(|a| a.to_string());
-    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = head
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     head.uri = snapshot
         .upstream
-        .uri(path)
+        .uri_from(path)
         .map_err(|_| Rejection::new("bad_request", "request target cannot be forwarded"))?;
     head.version = match snapshot.config.app.protocol {
         AppProtocol::Http1 => Version::HTTP_11,
@@ -167,10 +172,17 @@ async fn forward(
             head.headers.insert(HOST, v);
         }
     }
-    let upstream_body = Body::boxed(CountingBody {
-        inner: body,
-        count: log.bytes_in.clone(),
-    });
+    // A body of announced length was counted from Content-Length; count a
+    // streamed one as it goes (the wrapper costs an allocation, so only then).
+    let upstream_body =
+        if log.bytes_in.load(Ordering::Relaxed) == 0 && !http_body::Body::is_end_stream(&body) {
+            Body::boxed(CountingBody {
+                inner: body,
+                count: log.bytes_in.clone(),
+            })
+        } else {
+            body
+        };
 
     let sent = Instant::now();
     let result = tokio::time::timeout(
@@ -319,9 +331,9 @@ impl http_body::Body for CountingBody {
 pub struct AccessLog {
     started: Instant,
     request_id: String,
-    route: Option<Arc<str>>,
+    route: Arc<RouteMetrics>,
     method: http::Method,
-    path: String,
+    uri: http::Uri,
     status: u16,
     upstream: Option<Duration>,
     bytes_in: Arc<AtomicU64>,
@@ -333,11 +345,7 @@ pub struct AccessLog {
 impl AccessLog {
     fn finish(self, bytes_out: u64) {
         let elapsed = self.started.elapsed();
-        let route = self.route.as_deref().unwrap_or("-").to_string();
-        metrics::counter!("meshgate_requests_total", "route" => route.clone(), "status" => self.status.to_string())
-            .increment(1);
-        metrics::histogram!("meshgate_request_duration_seconds", "route" => route.clone())
-            .record(elapsed.as_secs_f64());
+        self.route.record(self.status, elapsed.as_secs_f64());
         if tracing::enabled!(target: "access", tracing::Level::INFO) {
             let verdicts: Vec<String> = self
                 .verdicts
@@ -347,9 +355,9 @@ impl AccessLog {
             tracing::info!(
                 target: "access",
                 request_id = %self.request_id,
-                route = %route,
+                route = %self.route.route(),
                 method = %self.method,
-                path = %self.path,
+                path = %self.uri.path(),
                 status = self.status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0),

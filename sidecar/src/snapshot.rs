@@ -11,6 +11,7 @@ use meshgate_filters::{AnyFilter, BuildCx, Chain};
 use meshgate_xds::config::{Config, Responder, Route, RouteAction};
 use tokio_rustls::TlsAcceptor;
 
+use crate::route_metrics::RouteMetrics;
 use crate::upstream::Upstream;
 
 /// Where a config came from.
@@ -35,6 +36,7 @@ pub enum RouteTarget {
 pub struct CompiledRoute {
     pub route: Route,
     pub target: RouteTarget,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 pub struct Snapshot {
@@ -48,6 +50,8 @@ pub struct Snapshot {
     pub error_codes: IndexMap<&'static str, u32>,
     /// False only for the built-in default before the first real config.
     pub loaded: bool,
+    /// Metrics of requests that matched no route.
+    pub unrouted_metrics: Arc<RouteMetrics>,
 }
 
 impl Snapshot {
@@ -93,6 +97,7 @@ impl Snapshot {
                 CompiledRoute {
                     route: route.clone(),
                     target,
+                    metrics: RouteMetrics::new(route.name.clone()),
                 }
             })
             .collect();
@@ -105,6 +110,7 @@ impl Snapshot {
             upstream,
             tls,
             loaded: true,
+            unrouted_metrics: RouteMetrics::new(Arc::from("-")),
             config,
         }
     }

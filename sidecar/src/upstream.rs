@@ -142,9 +142,9 @@ impl AsyncWrite for AppStream {
 /// The pooled HTTP client for one app.
 pub struct Upstream {
     client: Client<AppConnector, Body>,
-    /// `http://host:port` (or `http://localhost` for unix sockets): the
-    /// scheme and authority put on every forwarded request URI.
-    base: String,
+    /// `host:port` (or `localhost` for unix sockets): the authority put on
+    /// every forwarded request URI.
+    authority: http::uri::Authority,
     /// The app settings this client was built from; a reload with the same
     /// settings reuses the client and its pool.
     pub settings: (AppAddress, AppProtocol, Duration, usize, Duration),
@@ -152,10 +152,14 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(app: &App) -> Upstream {
-        let (target, base) = match &app.address {
-            AppAddress::Tcp(addr) => (Target::Tcp(addr.clone()), format!("http://{addr}")),
-            AppAddress::Unix(path) => (Target::Unix(path.clone()), "http://localhost".to_string()),
+        let (target, authority) = match &app.address {
+            AppAddress::Tcp(addr) => (Target::Tcp(addr.clone()), addr.as_str()),
+            AppAddress::Unix(path) => (Target::Unix(path.clone()), "localhost"),
         };
+        // Validation guarantees `host:port`; fall back to localhost rather than panic.
+        let authority = authority
+            .parse()
+            .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"));
         let connector = AppConnector {
             target,
             connect_timeout: app.connect_timeout,
@@ -175,7 +179,7 @@ impl Upstream {
         }
         Upstream {
             client: builder.build(connector),
-            base,
+            authority,
             settings: Self::settings_of(app),
         }
     }
@@ -192,7 +196,17 @@ impl Upstream {
 
     /// The absolute URI for `path_and_query` on the app.
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Ok(Uri::try_from(format!("{}{}", self.base, path_and_query))?)
+        self.uri_from(path_and_query.parse::<http::uri::PathAndQuery>()?)
+    }
+
+    /// The absolute URI on the app for an already parsed path and query
+    /// (cheap: no re-parsing on the hot path).
+    pub fn uri_from(&self, path_and_query: http::uri::PathAndQuery) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
     }
 
     pub async fn send(

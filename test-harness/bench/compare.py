@@ -233,7 +233,7 @@ defaults
   timeout server 30s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{port} proto h2,http/1.1
+  bind 127.0.0.1:{port}
   default_backend app
 backend app
   server app 127.0.0.1:{app_port}

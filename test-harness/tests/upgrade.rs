@@ -644,3 +644,50 @@ fn new_process_dying_mid_handover_leaves_the_old_process_serving() {
         .metrics()
         .contains("meshgate_upgrades_total{result=\"failed\"} 1"));
 }
+
+/// Rate-limit buckets live in the filter state and move with the upgrade: a
+/// bucket nearly exhausted before is still nearly exhausted after.
+#[test]
+fn rate_limit_bucket_survives_the_upgrade() {
+    let app = EchoApp::start();
+    let socket_dir = tempfile::tempdir().expect("tempdir");
+    let socket = socket_dir.path().join("upgrade.sock");
+    let socket = socket.to_str().expect("utf-8 path").to_string();
+    let yaml = format!(
+        r#"
+inbound: {{ listen: "${{INBOUND}}" }}
+app: {{ address: "{}" }}
+admin: {{ listen: "${{ADMIN}}" }}
+routes:
+  - {{ name: api, match: {{ path_prefix: / }}, filters: [limit] }}
+filters:
+  limit:
+    type: rate_limit
+    rules:
+      - {{ name: bucket, key: route, algorithm: token_bucket, rate: 10/h, burst: 10 }}
+"#,
+        app.addr()
+    );
+    let mut sidecar = Sidecar::start_with_args(
+        &yaml,
+        &["--upgrade-socket", &socket, "--drain-timeout", "5s"],
+    );
+    for i in 0..9 {
+        let rsp = meshgate_test_harness::get(&sidecar.url("/x")).expect("request");
+        assert_eq!(rsp.status, 200, "request {i}: {}", rsp.text());
+    }
+    let mut old = sidecar.spawn_upgrade();
+    wait_old_exit(&mut old, 1);
+    wait_ready_from(&sidecar, sidecar.proc.child.id());
+    assert!(sidecar.proc.output().contains("filter state imported"));
+    let last = meshgate_test_harness::get(&sidecar.url("/x")).expect("request");
+    assert_eq!(last.status, 200, "{}", last.text());
+    let limited = meshgate_test_harness::get(&sidecar.url("/x")).expect("request");
+    assert_eq!(
+        limited.status,
+        429,
+        "the bucket was handed over: {}",
+        limited.text()
+    );
+    assert_eq!(limited.json()["error"], "rate_limited");
+}

@@ -83,12 +83,12 @@ pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Serves upgrade requests one at a time until one succeeds (then starts the
-/// drain) or the process drains for another reason.
-pub async fn serve(listener: UnixListener, path: PathBuf, outgoing: Outgoing) {
+/// drain; returns true) or the process drains for another reason (false).
+pub async fn serve(listener: UnixListener, path: PathBuf, outgoing: Outgoing) -> bool {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = outgoing.drain.started() => return,
+            _ = outgoing.drain.started() => return false,
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -103,7 +103,7 @@ pub async fn serve(listener: UnixListener, path: PathBuf, outgoing: Outgoing) {
                 metrics::counter!("meshgate_upgrades_total", "result" => "handed_over")
                     .increment(1);
                 tracing::info!(new_pid = pid, "handed over to the new process; draining");
-                return;
+                return true;
             }
             Err(e) => {
                 metrics::counter!("meshgate_upgrades_total", "result" => "failed").increment(1);
@@ -409,5 +409,142 @@ pub fn notify_systemd(message: &str) {
     };
     if let Err(e) = sent {
         tracing::debug!(error = %e, "systemd notification not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgate_filters::state::Handover;
+    use meshgate_filters::State;
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Like a token bucket: the import replaces.
+    #[derive(Default)]
+    struct Tokens(AtomicU64);
+    impl Handover for Tokens {
+        fn export(&self) -> Option<serde_json::Value> {
+            Some(self.0.load(Ordering::Relaxed).into())
+        }
+        fn import(&self, v: serde_json::Value) {
+            self.0.store(v.as_u64().unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+
+    /// Like a nonce cache: the import merges.
+    #[derive(Default)]
+    struct Nonces(Mutex<BTreeSet<String>>);
+    impl Nonces {
+        /// False when the nonce was seen before (a replay).
+        fn first_use(&self, nonce: &str) -> bool {
+            self.0.lock().expect("lock").insert(nonce.to_string())
+        }
+    }
+    impl Handover for Nonces {
+        fn export(&self) -> Option<serde_json::Value> {
+            serde_json::to_value(&*self.0.lock().expect("lock")).ok()
+        }
+        fn import(&self, v: serde_json::Value) {
+            if let Ok(seen) = serde_json::from_value::<BTreeSet<String>>(v) {
+                self.0.lock().expect("lock").extend(seen);
+            }
+        }
+    }
+
+    /// Old and new process in one test: the listener, the config and the
+    /// state cross the socket; the old side ends up draining.
+    #[tokio::test]
+    async fn handover_carries_listeners_config_and_state() {
+        let dir = tempfile_dir();
+        let path = dir.join("upgrade.sock");
+        let old_state = Arc::new(State::new());
+        let store = Arc::new(ConfigStore::new(dir.clone(), old_state.clone()).expect("store"));
+        old_state
+            .get_or_insert("limit/bucket", Tokens::default)
+            .0
+            .store(1, Ordering::Relaxed);
+        assert!(old_state
+            .get_or_insert("sig/nonces", Nonces::default)
+            .first_use("n-1"));
+
+        let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        let addr = listener.local_addr().expect("addr");
+        let drain = Drain::new();
+        let phase = Arc::new(Mutex::new(SERVING.to_string()));
+        let stop_admin = watch::channel(false).0;
+        let outgoing = Outgoing {
+            store,
+            listeners: vec![OwnListener {
+                name: "inbound",
+                addr,
+                listener,
+            }],
+            phase: phase.clone(),
+            drain: drain.clone(),
+            stop_admin: stop_admin.clone(),
+        };
+        let server = tokio::spawn(serve(
+            bind_socket(&path).expect("bind socket"),
+            path.clone(),
+            outgoing,
+        ));
+
+        let mut takeover = connect(&path)
+            .await
+            .expect("connect")
+            .expect("an old process");
+        assert_eq!(takeover.old_pid, std::process::id());
+        assert_eq!(*phase.lock().expect("lock"), HANDING_OVER);
+        let taken = takeover
+            .take_listener(addr)
+            .expect("listener for the address");
+        assert!(takeover.take_listener(addr).is_none());
+        let new_state = State::new();
+        new_state.import_all(takeover.receive_state().await.expect("state"));
+        assert!(
+            !drain.is_draining(),
+            "the old process serves until complete"
+        );
+        takeover.complete().await.expect("complete");
+        assert!(server.await.expect("server task"), "handed over");
+
+        assert!(drain.is_draining());
+        assert_eq!(*phase.lock().expect("lock"), DRAINING);
+        assert!(*stop_admin.borrow());
+        assert!(!path.exists(), "the new process binds the path next");
+        // Filters built after the import find their state.
+        let tokens = new_state.get_or_insert("limit/bucket", Tokens::default);
+        assert_eq!(tokens.0.load(Ordering::Relaxed), 1);
+        let nonces = new_state.get_or_insert("sig/nonces", Nonces::default);
+        assert!(
+            !nonces.first_use("n-1"),
+            "a nonce used before is a replay after"
+        );
+        assert!(nonces.first_use("n-2"));
+        // The same socket, still listening.
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        taken.accept().expect("accept on the handed-over socket");
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_means_a_fresh_start() {
+        let dir = tempfile_dir();
+        let path = dir.join("upgrade.sock");
+        assert!(connect(&path).await.expect("missing socket").is_none());
+        // A stale socket file (its process is gone) is not an error either.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        assert!(connect(&path).await.expect("stale socket").is_none());
+        let _fresh = bind_socket(&path).expect("stale file replaced");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "meshgate-upgrade-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
     }
 }

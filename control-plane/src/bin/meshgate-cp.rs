@@ -1,0 +1,129 @@
+//! meshgate-cp: the meshgate control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meshgate_control_plane::{admin, ads::Ads, ControlPlane};
+use meshgate_xds::pb::AggregatedDiscoveryServiceServer;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+#[derive(Parser)]
+#[command(name = "meshgate-cp", version, about = "meshgate control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve xDS (gRPC) to sidecars and the admin REST API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Directory of the durable config history.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address of the xDS (ADS) gRPC server.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    grpc: SocketAddr,
+    /// Address of the admin REST API.
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    admin: SocketAddr,
+    /// Bearer token required by the admin API.
+    #[arg(
+        long,
+        env = "MESHGATE_CP_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// File holding the admin bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Server certificate (PEM) for xDS over TLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA for client certificates; when set, sidecars must present one (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let token: Option<Arc<str>> = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().into()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading token file {}", f.display()))?
+                .trim()
+                .into(),
+        ),
+        (None, None) => None,
+    };
+    if token.as_deref().is_some_and(str::is_empty) {
+        anyhow::bail!("the admin token is empty");
+    }
+    if token.is_none() {
+        tracing::warn!("no --token: the admin API accepts unauthenticated requests");
+    }
+    let cp = ControlPlane::open(&args.data_dir)
+        .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+
+    let admin_listener = admin::bind(args.admin)
+        .await
+        .with_context(|| format!("binding admin {}", args.admin))?;
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("binding grpc {}", args.grpc))?;
+    let mut server = Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .tcp_nodelay(true);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(ca) = &args.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        server = server.tls_config(tls).context("xds tls config")?;
+    }
+    tracing::info!(grpc = %args.grpc, admin = %args.admin, data_dir = %args.data_dir.display(), "meshgate-cp serving");
+    let grpc = server
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(Ads::new(cp.clone()))
+                .max_decoding_message_size(16 * 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        );
+    tokio::select! {
+        r = grpc => r.context("grpc server")?,
+        r = admin::serve(admin_listener, cp, token) => r.context("admin server")?,
+    }
+    Ok(())
+}
