@@ -691,3 +691,49 @@ filters:
     );
     assert_eq!(limited.json()["error"], "rate_limited");
 }
+
+/// A WebSocket tunnel through the old process keeps working after the
+/// handover, holds the old process (up to the drain deadline) and lets it
+/// exit once closed; new WebSockets go to the new process.
+#[test]
+fn websocket_keeps_its_grace_period_across_the_upgrade() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut up = start(&[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = format!("ws://127.0.0.1:{}/ws", up.sidecar.inbound_port);
+    let echo = |ws: &mut tokio_tungstenite::WebSocketStream<_>, text: &'static str| {
+        rt.block_on(async {
+            ws.send(Message::text(text)).await.expect("send");
+            let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("in time")
+                .expect("frame")
+                .expect("ok");
+            assert_eq!(echoed.into_text().expect("text").as_str(), text);
+        })
+    };
+    let (mut ws, _) = rt
+        .block_on(tokio_tungstenite::connect_async(url.as_str()))
+        .expect("websocket handshake");
+    echo(&mut ws, "before");
+
+    let mut old = up.sidecar.spawn_upgrade();
+    wait_ready_from(&up.sidecar, up.sidecar.proc.child.id());
+    // Drain deadline is 15 s: the tunnel holds the old process meanwhile.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(old.is_running(), "the open tunnel keeps the old process");
+    echo(&mut ws, "during the drain");
+    let (mut fresh, _) = rt
+        .block_on(tokio_tungstenite::connect_async(url.as_str()))
+        .expect("websocket to the new process");
+    echo(&mut fresh, "new");
+
+    rt.block_on(ws.close(None)).expect("close");
+    drop(ws);
+    wait_old_exit(&mut old, 1);
+    echo(&mut fresh, "still fine");
+}
