@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config_store;
 pub mod demo;
 pub mod drain;
+pub mod egress;
 pub mod file_source;
 pub mod headers;
 pub mod health;
@@ -189,6 +190,7 @@ pub async fn run_async(
     let inbound_addr = snapshot.config.inbound.listen;
     let admin_addr = snapshot.config.admin_listen;
     let health_addr = snapshot.config.health_listen;
+    let egress_addr = snapshot.config.egress.as_ref().map(|e| e.listen);
     drop(snapshot);
 
     // Handed-over sockets when taking over, fresh ones otherwise.
@@ -210,6 +212,10 @@ pub async fn run_async(
     let admin_listener = listen("admin", admin_addr)?;
     let health_listener = match health_addr {
         Some(addr) => Some(listen("health", addr)?),
+        None => None,
+    };
+    let egress_listener = match egress_addr {
+        Some(addr) => Some(listen("egress", addr)?),
         None => None,
     };
 
@@ -255,6 +261,10 @@ pub async fn run_async(
         drain: drain.clone(),
     });
     let serving = tokio::spawn(server::serve(inbound, shared, drain.clone()));
+    if let Some(listener) = egress_listener {
+        let egress = Arc::new(egress::Egress::new(store.clone()));
+        tokio::spawn(egress::serve(listener, egress, drain.clone()));
+    }
     if let Some(t) = takeover {
         // Accepting on the shared sockets now; the old process stops accepting
         // when it reads `complete` and answers `released`.

@@ -1,49 +1,467 @@
-//! `type: session` filter. Scaffolding: the spec, validated config and filter
-//! types every filter module provides; the behaviour lands with its issue.
+//! `type: session`: end-user identity from a JWT or a server-side session.
+//!
+//! ```yaml
+//! filters:
+//!   login:
+//!     type: session
+//!     mode: jwt                          # or: session
+//!     jwks_file: keys/jwks.json          # or jwks: {inline}, or jwks_url: http://...
+//!     issuer: https://id.example.com
+//!     audiences: [wallet]
+//!     leeway: 30s
+//!     claims_to_headers: { sub: x-meshgate-user, tenant: x-meshgate-tenant }
+//!     optional: false
+//! ```
+//!
+//! Verified identity reaches the app as `x-meshgate-*` headers; the
+//! credential itself is removed unless `forward: true`. In `mode: session`
+//! the app issues and ends sessions with the response headers
+//! `x-meshgate-session-set` / `x-meshgate-session-clear` and never talks to
+//! the session store itself. See `docs/session.md`.
 
-use serde::{Deserialize, Serialize};
+mod cache;
+mod jwks;
+mod jwt;
+mod spec;
+mod store;
+mod token;
 
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use http::header::SET_COOKIE;
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+pub use spec::{
+    CookieSecure, JwtConfig, KeySource, ModeConfig, OnStoreError, RemoteJwksConfig, SameSite,
+    SessionConfig, SessionMode, SessionSpec, StoreConfig, StoreKind, TokenFrom, TokenSource,
+};
+
+use self::cache::{CacheSettings, SessionCache};
+use self::jwks::{RemoteJwks, RemoteSettings};
+use self::jwt::{JwtError, JwtVerifier, KeySet};
+use self::store::{unix_now, Backend, Lookup, MemoryStore, SessionRecord, StoreFailure};
 use crate::chain::BuildCx;
-use crate::config::{FieldErrors, ValidateCx};
 use crate::context::RequestCtx;
-use crate::filter::{Filter, RequestView, Verdict};
+use crate::error::Rejection;
+use crate::filter::{Filter, RequestView, ResponseView, Verdict};
 
-/// The file/wire spec.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SessionSpec {}
+/// Response header by which the app asks for a new session.
+pub const SESSION_SET_HEADER: &str = "x-meshgate-session-set";
+/// Response header by which the app ends the current session.
+pub const SESSION_CLEAR_HEADER: &str = "x-meshgate-session-clear";
+/// The verified subject, for the app.
+pub const USER_HEADER: &str = "x-meshgate-user";
 
-/// The validated config.
-#[derive(Debug, Clone, Default)]
-pub struct SessionConfig {}
-
-impl SessionSpec {
-    pub fn validate(&self, _path: &str, _cx: &ValidateCx) -> Result<SessionConfig, FieldErrors> {
-        Ok(SessionConfig {})
-    }
-
-    /// A copy with secrets replaced, for dumps and logs.
-    pub fn redacted(&self) -> Self {
-        self.clone()
-    }
+enum Keys {
+    Static(Arc<KeySet>),
+    Remote(Arc<RemoteJwks>, RemoteSettings),
 }
 
-impl SessionConfig {
-    pub fn uses_redis(&self) -> bool {
-        false
-    }
+struct SessionRuntime {
+    config: StoreConfig,
+    backend: Backend,
+    cache: Arc<SessionCache>,
+    cache_settings: CacheSettings,
 }
 
-pub struct SessionFilter {}
+enum Runtime {
+    Jwt { verifier: JwtVerifier, keys: Keys },
+    Session(SessionRuntime),
+}
+
+/// The session id a request came with, for the response phase (logout,
+/// replacement at login).
+#[derive(Clone)]
+struct CurrentSession(String);
+
+pub struct SessionFilter {
+    optional: bool,
+    forward: bool,
+    token: TokenSource,
+    claims_to_headers: Vec<(String, HeaderName)>,
+    runtime: Runtime,
+}
 
 impl SessionFilter {
-    pub fn build(_name: &str, _config: &SessionConfig, _cx: &BuildCx<'_>) -> Self {
-        SessionFilter {}
+    pub fn build(name: &str, config: &SessionConfig, cx: &BuildCx<'_>) -> Self {
+        let runtime = match &config.mode {
+            ModeConfig::Jwt(jwt) => Runtime::Jwt {
+                verifier: JwtVerifier::new(jwt),
+                keys: match &jwt.keys {
+                    KeySource::Static(keys) => Keys::Static(keys.clone()),
+                    KeySource::Remote(remote) => Keys::Remote(
+                        cx.state.get_or_insert(
+                            &format!("{name}/jwks/{}/{}", remote.url, trust_roots_id(remote)),
+                            || RemoteJwks::new(remote.ca.as_deref().map(Vec::as_slice)),
+                        ),
+                        RemoteSettings {
+                            config: remote.clone(),
+                            algorithms: jwt.algorithms.clone(),
+                        },
+                    ),
+                },
+            },
+            ModeConfig::Session(s) => {
+                let backend = match s.store {
+                    StoreKind::Memory => {
+                        let store = cx
+                            .state
+                            .get_or_insert(&format!("{name}/session-store"), MemoryStore::default);
+                        store.set_max_entries(s.cache_max_entries);
+                        Backend::Memory(store)
+                    }
+                    StoreKind::Redis => Backend::Redis {
+                        store: cx.redis.clone(),
+                        prefix: s.key_prefix.clone(),
+                    },
+                };
+                Self::session_runtime(name, s, backend, cx)
+            }
+        };
+        SessionFilter {
+            optional: config.optional,
+            forward: config.forward,
+            token: config.token.clone(),
+            claims_to_headers: config.claims_to_headers.clone(),
+            runtime,
+        }
     }
+
+    fn session_runtime(
+        name: &str,
+        config: &StoreConfig,
+        backend: Backend,
+        cx: &BuildCx<'_>,
+    ) -> Runtime {
+        Runtime::Session(SessionRuntime {
+            config: config.clone(),
+            backend,
+            cache: cx
+                .state
+                .get_or_insert(&format!("{name}/session-cache"), SessionCache::default),
+            cache_settings: CacheSettings {
+                ttl: config.cache_ttl,
+                max_entries: config.cache_max_entries,
+                idle: config.idle_timeout,
+            },
+        })
+    }
+
+    /// A refusal, or anonymous continuation on `optional` routes (for
+    /// session-mode refusals only: a stale cookie must not block the login
+    /// route that replaces it).
+    fn refuse_session(&self, reason: &'static str, message: &'static str) -> Verdict {
+        if self.optional {
+            Verdict::Continue
+        } else {
+            Verdict::Reject(Rejection::new(reason, message))
+        }
+    }
+
+    fn set_identity(&self, cx: &mut RequestCtx, sub: Option<&str>, claims: &Map<String, Value>) {
+        if let Some(sub) = sub {
+            cx.user = Some(sub.to_string());
+            match HeaderValue::try_from(sub) {
+                Ok(v) => cx.set_upstream_header(HeaderName::from_static(USER_HEADER), v),
+                Err(_) => tracing::debug!("subject is not a valid header value"),
+            }
+        }
+        for (claim, header) in &self.claims_to_headers {
+            let value = match (claim.as_str(), sub) {
+                ("sub", Some(sub)) => Some(Value::from(sub)),
+                _ => claims.get(claim).cloned(),
+            };
+            if let Some(v) = value.as_ref().and_then(claim_header_value) {
+                cx.set_upstream_header(header.clone(), v);
+            }
+        }
+    }
+
+    async fn check_jwt(
+        &self,
+        token: &str,
+        verifier: &JwtVerifier,
+        keys: &Keys,
+        cx: &mut RequestCtx,
+    ) -> Verdict {
+        let result = match keys {
+            Keys::Static(keys) => verifier.verify(token, keys),
+            Keys::Remote(remote, settings) => {
+                let Some(keys) = remote.keys(settings).await else {
+                    return Verdict::Reject(Rejection::new(
+                        "session_store_unavailable",
+                        "token signing keys are unavailable",
+                    ));
+                };
+                match verifier.verify(token, &keys) {
+                    // A rotation at the identity provider shows up as an
+                    // unknown kid first.
+                    Err(JwtError::UnknownKid) => {
+                        match remote.refresh_for_unknown_kid(settings).await {
+                            Some(fresh) => verifier.verify(token, &fresh),
+                            None => Err(JwtError::UnknownKid),
+                        }
+                    }
+                    other => other,
+                }
+            }
+        };
+        match result {
+            Ok(claims) => {
+                let sub = claims
+                    .get("sub")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                self.set_identity(cx, sub.as_deref(), &claims);
+                Verdict::Continue
+            }
+            Err(JwtError::Expired) => {
+                Verdict::Reject(Rejection::new("token_expired", "the token has expired"))
+            }
+            Err(JwtError::UnknownKid) => {
+                Verdict::Reject(Rejection::new("token_invalid", "unknown key id"))
+            }
+            Err(JwtError::Invalid(why)) => Verdict::Reject(Rejection::new("token_invalid", why)),
+        }
+    }
+
+    async fn check_session(&self, id: String, rt: &SessionRuntime, cx: &mut RequestCtx) -> Verdict {
+        if !token::plausible_session_id(&id) {
+            return self.refuse_session("session_expired", "unknown or expired session");
+        }
+        let lookup = if rt.backend.is_remote() {
+            rt.cache.get(&id, &rt.backend, &rt.cache_settings).await
+        } else {
+            rt.backend.get(&id, rt.config.idle_timeout).await
+        };
+        match lookup {
+            Ok(Lookup::Active(record)) if record.exp > unix_now() => {
+                let sub = (!record.sub.is_empty()).then_some(record.sub.as_str());
+                self.set_identity(cx, sub, &record.claims);
+                cx.extensions.insert(CurrentSession(id));
+                Verdict::Continue
+            }
+            Ok(Lookup::Active(_)) => {
+                self.refuse_session("session_expired", "the session has expired")
+            }
+            Ok(Lookup::Revoked) => self.refuse_session("session_revoked", "the session was ended"),
+            Ok(Lookup::Missing) => {
+                self.refuse_session("session_expired", "unknown or expired session")
+            }
+            Err(StoreFailure(e)) => {
+                tracing::warn!(error = %e, "session store lookup failed");
+                match rt.config.on_store_error {
+                    OnStoreError::AllowAnonymous => Verdict::Continue,
+                    OnStoreError::FailClosed => Verdict::Reject(store_unavailable()),
+                }
+            }
+        }
+    }
+
+    async fn apply_instructions(
+        &self,
+        rt: &SessionRuntime,
+        rsp: &mut ResponseView<'_>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
+        let set = rsp.head.headers.remove(SESSION_SET_HEADER);
+        let clear = rsp.head.headers.remove(SESSION_CLEAR_HEADER);
+        if set.is_none() && clear.is_none() {
+            return Ok(());
+        }
+        let instruction = match &set {
+            Some(value) => Some(parse_instruction(value).ok_or_else(|| {
+                Rejection::new(
+                    "upstream_error",
+                    "the app sent an invalid x-meshgate-session-set instruction",
+                )
+            })?),
+            None => None,
+        };
+        // Logout ends the current session; login replaces it (a fresh id at
+        // every login defeats session fixation).
+        if let Some(CurrentSession(old)) = cx.extensions.remove::<CurrentSession>() {
+            rt.backend
+                .revoke(&old, rt.config.idle_timeout)
+                .await
+                .map_err(|StoreFailure(e)| {
+                    tracing::warn!(error = %e, "revoking a session failed");
+                    store_unavailable()
+                })?;
+            if rt.backend.is_remote() {
+                rt.cache.insert(&old, Lookup::Revoked, &rt.cache_settings);
+            }
+            metrics::counter!("meshgate_sessions_ended_total").increment(1);
+        }
+        match instruction {
+            Some(instruction) => self.create_session(rt, instruction, rsp, cx.tls).await,
+            None => {
+                if let TokenSource::Cookie(name) = &self.token {
+                    if let Some(v) = token::session_cookie(name, "", None, &rt.config, cx.tls) {
+                        rsp.head.headers.append(SET_COOKIE, v);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn create_session(
+        &self,
+        rt: &SessionRuntime,
+        instruction: Instruction,
+        rsp: &mut ResponseView<'_>,
+        tls: bool,
+    ) -> Result<(), Rejection> {
+        let lifetime = instruction
+            .ttl
+            .unwrap_or(rt.config.absolute_timeout)
+            .min(rt.config.absolute_timeout);
+        let id = new_session_id()
+            .ok_or_else(|| Rejection::new("internal_error", "no randomness for a session id"))?;
+        let now = unix_now();
+        let record = SessionRecord {
+            sub: instruction.sub,
+            claims: instruction.claims,
+            iat: now,
+            exp: now.saturating_add(lifetime.as_secs()),
+            revoked: false,
+        };
+        rt.backend
+            .put(&id, &record, lifetime.min(rt.config.idle_timeout))
+            .await
+            .map_err(|StoreFailure(e)| {
+                tracing::warn!(error = %e, "storing a new session failed");
+                store_unavailable()
+            })?;
+        if rt.backend.is_remote() {
+            rt.cache
+                .insert(&id, Lookup::Active(Arc::new(record)), &rt.cache_settings);
+        }
+        metrics::counter!("meshgate_sessions_created_total").increment(1);
+        let delivered = match (&self.token, &rt.config.issue_header) {
+            (TokenSource::Cookie(name), _) => {
+                token::session_cookie(name, &id, Some(lifetime), &rt.config, tls)
+                    .map(|v| rsp.head.headers.append(SET_COOKIE, v))
+                    .is_some()
+            }
+            (_, Some(header)) => HeaderValue::try_from(id.as_str())
+                .map(|v| rsp.head.headers.insert(header.clone(), v))
+                .is_ok(),
+            (_, None) => false,
+        };
+        if delivered {
+            Ok(())
+        } else {
+            Err(Rejection::new(
+                "internal_error",
+                "the session id could not be delivered",
+            ))
+        }
+    }
+}
+
+/// Names the trust roots of a remote JWKS, so a changed CA bundle gets a
+/// fresh client.
+fn trust_roots_id(remote: &RemoteJwksConfig) -> String {
+    match &remote.ca {
+        None => "webpki".to_string(),
+        Some(certs) => {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            for cert in certs.iter() {
+                ctx.update(cert.as_ref());
+            }
+            let digest = ctx.finish();
+            let hex: String = digest.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("ca-{hex}")
+        }
+    }
+}
+
+/// The app's `x-meshgate-session-set` instruction.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Instruction {
+    sub: String,
+    #[serde(default)]
+    claims: Map<String, Value>,
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<Duration>,
+}
+
+fn parse_instruction(value: &HeaderValue) -> Option<Instruction> {
+    let instruction: Instruction = serde_json::from_slice(value.as_bytes()).ok()?;
+    let valid = !instruction.sub.is_empty() && !instruction.ttl.is_some_and(|t| t.is_zero());
+    valid.then_some(instruction)
+}
+
+fn store_unavailable() -> Rejection {
+    Rejection::new(
+        "session_store_unavailable",
+        "the session store is unavailable",
+    )
+}
+
+/// A new session id: 256 bits from the operating system's CSPRNG.
+fn new_session_id() -> Option<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A claim as a header value: strings as they are, other JSON as JSON.
+fn claim_header_value(value: &Value) -> Option<HeaderValue> {
+    let text = match value {
+        Value::Null => return None,
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    HeaderValue::try_from(text).ok()
 }
 
 impl Filter for SessionFilter {
-    async fn on_request(&self, _req: &mut RequestView<'_>, _cx: &mut RequestCtx) -> Verdict {
-        Verdict::Continue
+    async fn on_request(&self, req: &mut RequestView<'_>, cx: &mut RequestCtx) -> Verdict {
+        let Some(credential) = token::extract(&req.head.headers, &self.token) else {
+            return if self.optional {
+                Verdict::Continue
+            } else {
+                Verdict::Reject(Rejection::new("login_required", "this route needs a login"))
+            };
+        };
+        if !self.forward {
+            token::strip(&mut req.head.headers, &self.token);
+        }
+        match &self.runtime {
+            Runtime::Jwt { verifier, keys } => {
+                self.check_jwt(&credential, verifier, keys, cx).await
+            }
+            Runtime::Session(rt) => self.check_session(credential, rt, cx).await,
+        }
+    }
+
+    async fn on_response(
+        &self,
+        rsp: &mut ResponseView<'_>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
+        match &self.runtime {
+            Runtime::Session(rt) => self.apply_instructions(rt, rsp, cx).await,
+            Runtime::Jwt { .. } => Ok(()),
+        }
+    }
+
+    fn has_response_phase(&self) -> bool {
+        matches!(self.runtime, Runtime::Session(_))
     }
 }

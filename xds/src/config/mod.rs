@@ -47,6 +47,9 @@ impl ConfigSpec {
         for spec in copy.filters.values_mut() {
             *spec = spec.redacted();
         }
+        if let Some(egress) = &mut copy.egress {
+            *egress = egress.redacted();
+        }
         if let Some(redis) = &mut copy.redis {
             redis.url = redact_url(&redis.url);
         }

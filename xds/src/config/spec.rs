@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use meshgate_filters::signature::egress::EgressSpec;
 use meshgate_filters::FilterSpec;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,9 @@ pub struct ConfigSpec {
     /// Custom numeric codes per error reason (e.g. `rate_limited: 1029`).
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub error_codes: IndexMap<String, u32>,
+    /// Egress listener that signs the app's outbound calls per destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

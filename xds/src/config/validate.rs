@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use indexmap::IndexMap;
 use meshgate_filters::error::reason;
+use meshgate_filters::signature::egress::EgressConfig;
 use meshgate_filters::{FieldErrors, FilterConfig, ValidateCx};
 
 use super::spec::*;
@@ -27,6 +28,8 @@ pub struct Config {
     pub error_codes: IndexMap<&'static str, u32>,
     /// The spec this was validated from, for dumps and state files.
     pub spec: Arc<ConfigSpec>,
+    /// The egress listener, when configured.
+    pub egress: Option<EgressConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -432,6 +435,12 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
         }
     }
 
+    let egress = spec.egress.as_ref().and_then(|e| {
+        e.validate("egress", cx)
+            .map_err(|errs| errors.extend(errs))
+            .ok()
+    });
+
     errors.into_result(Config {
         version: spec.version.clone(),
         inbound,
@@ -443,6 +452,7 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
         filters,
         error_codes,
         spec: Arc::new(spec.clone()),
+        egress,
     })
 }
 

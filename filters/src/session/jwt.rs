@@ -1,0 +1,329 @@
+//! JWT verification: JWKS parsing into keys that are each bound to exactly
+//! one algorithm, and token checks (signature, issuer, audience, time).
+//!
+//! Binding every key to one algorithm is what defeats algorithm confusion:
+//! a token's `alg` must equal the algorithm of the key it names, so an RSA
+//! public key can never be used as an HMAC secret, and `alg: none` is not an
+//! algorithm at all.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::spec::JwtConfig;
+use crate::config::FieldErrors;
+
+/// The algorithms this filter verifies.
+pub const SUPPORTED_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::ES256,
+    Algorithm::RS256,
+    Algorithm::PS256,
+    Algorithm::EdDSA,
+    Algorithm::HS256,
+];
+
+/// RSA moduli below this size are refused.
+const MIN_RSA_BITS: usize = 2048;
+/// HMAC secrets below the hash size are refused (RFC 7518 section 3.2).
+const MIN_HMAC_BYTES: usize = 32;
+
+/// One verification key, usable with one algorithm only.
+#[derive(Clone)]
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// The keys of one JWKS.
+#[derive(Clone, Default)]
+pub struct KeySet {
+    keys: Vec<VerifyKey>,
+}
+
+impl fmt::Debug for KeySet {
+    // Key material stays out of debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| (k.kid.as_deref(), k.alg)))
+            .finish()
+    }
+}
+
+impl KeySet {
+    /// Parses a JWKS from config: every bad key is a field error.
+    pub fn parse_strict(
+        jwks: &Value,
+        allowed: &[Algorithm],
+        path: &str,
+        errors: &mut FieldErrors,
+    ) -> KeySet {
+        let Some(list) = jwks.get("keys").and_then(Value::as_array) else {
+            errors.push(path, "a JWKS is an object with a \"keys\" array");
+            return KeySet::default();
+        };
+        let mut keys = Vec::new();
+        for (i, value) in list.iter().enumerate() {
+            match parse_jwk(value, allowed) {
+                Ok(k) => {
+                    if k.kid.is_some() && keys.iter().any(|o: &VerifyKey| o.kid == k.kid) {
+                        errors.push(format!("{path}.keys[{i}].kid"), "duplicate kid");
+                    }
+                    keys.push(k);
+                }
+                Err(e) => errors.push(format!("{path}.keys[{i}]"), e),
+            }
+        }
+        if keys.is_empty() && errors.is_empty() {
+            errors.push(path, "the JWKS has no keys");
+        }
+        KeySet { keys }
+    }
+
+    /// Parses a fetched JWKS: bad keys are skipped (and counted), so one
+    /// unusable key does not take the others down.
+    pub fn parse_lenient(jwks: &Value, allowed: &[Algorithm]) -> Result<(KeySet, usize), String> {
+        let list = jwks
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("a JWKS is an object with a \"keys\" array")?;
+        let mut keys: Vec<VerifyKey> = Vec::new();
+        let mut skipped = 0;
+        for value in list {
+            match parse_jwk(value, allowed) {
+                Ok(k) if k.kid.is_none() || !keys.iter().any(|o| o.kid == k.kid) => keys.push(k),
+                _ => skipped += 1,
+            }
+        }
+        Ok((KeySet { keys }, skipped))
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+}
+
+fn supported(alg: KeyAlgorithm) -> Option<Algorithm> {
+    match alg {
+        KeyAlgorithm::ES256 => Some(Algorithm::ES256),
+        KeyAlgorithm::RS256 => Some(Algorithm::RS256),
+        KeyAlgorithm::PS256 => Some(Algorithm::PS256),
+        KeyAlgorithm::EdDSA => Some(Algorithm::EdDSA),
+        KeyAlgorithm::HS256 => Some(Algorithm::HS256),
+        _ => None,
+    }
+}
+
+fn b64_len(s: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| "key material is not base64url".to_string())
+}
+
+/// One JWK to a key bound to one algorithm, or why it is unusable.
+fn parse_jwk(value: &Value, allowed: &[Algorithm]) -> Result<VerifyKey, String> {
+    let jwk: Jwk = serde_json::from_value(value.clone())
+        .map_err(|_| "not a usable JWK (unknown kty, curve or alg, or missing members)")?;
+    if let Some(usage) = &jwk.common.public_key_use {
+        if *usage != PublicKeyUse::Signature {
+            return Err("key is not for signatures (\"use\" is not \"sig\")".into());
+        }
+    }
+    let declared = match jwk.common.key_algorithm {
+        Some(a) => {
+            Some(supported(a).ok_or("unsupported \"alg\" (ES256, RS256, PS256, EdDSA, HS256)")?)
+        }
+        None => None,
+    };
+    let alg = match (&jwk.algorithm, declared) {
+        (AlgorithmParameters::EllipticCurve(p), alg) => {
+            if p.curve != EllipticCurve::P256 || alg.is_some_and(|a| a != Algorithm::ES256) {
+                return Err("EC keys must be P-256 with alg ES256".into());
+            }
+            Algorithm::ES256
+        }
+        (AlgorithmParameters::OctetKeyPair(p), alg) => {
+            if p.curve != EllipticCurve::Ed25519 || alg.is_some_and(|a| a != Algorithm::EdDSA) {
+                return Err("OKP keys must be Ed25519 with alg EdDSA".into());
+            }
+            Algorithm::EdDSA
+        }
+        (AlgorithmParameters::OctetKey(p), alg) => {
+            if alg.is_some_and(|a| a != Algorithm::HS256) {
+                return Err("oct keys must have alg HS256".into());
+            }
+            if b64_len(&p.value)?.len() < MIN_HMAC_BYTES {
+                return Err(format!(
+                    "HS256 secrets need at least {MIN_HMAC_BYTES} bytes"
+                ));
+            }
+            Algorithm::HS256
+        }
+        (AlgorithmParameters::RSA(p), alg) => {
+            let alg = match alg {
+                Some(a @ (Algorithm::RS256 | Algorithm::PS256)) => a,
+                Some(_) => return Err("RSA keys must have alg RS256 or PS256".into()),
+                None => {
+                    return Err("RSA keys need an explicit \"alg\" (RS256 or PS256)".into());
+                }
+            };
+            let n = b64_len(&p.n)?;
+            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+            if bits < MIN_RSA_BITS {
+                return Err(format!("RSA keys need at least {MIN_RSA_BITS} bits"));
+            }
+            alg
+        }
+    };
+    if !allowed.contains(&alg) {
+        return Err(format!("algorithm {alg:?} is not in `algorithms`"));
+    }
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| "invalid key material")?;
+    Ok(VerifyKey {
+        kid: jwk.common.key_id.clone(),
+        alg,
+        key,
+    })
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtError {
+    /// Bad in any way other than expiry; the message names the check.
+    Invalid(Cow<'static, str>),
+    Expired,
+    /// The token names a key id the key set does not have (a refresh may help).
+    UnknownKid,
+}
+
+/// Verifies tokens against key sets under one filter's rules.
+#[derive(Debug, Clone)]
+pub struct JwtVerifier {
+    allowed: Vec<Algorithm>,
+    /// One prepared validation per allowed algorithm.
+    validations: Vec<(Algorithm, Validation)>,
+    required_claims: Vec<String>,
+}
+
+const SPEC_CLAIMS: &[&str] = &["exp", "nbf", "aud", "iss", "sub"];
+
+impl JwtVerifier {
+    pub fn new(config: &JwtConfig) -> Self {
+        let validations = config
+            .algorithms
+            .iter()
+            .map(|alg| {
+                let mut v = Validation::new(*alg);
+                v.leeway = config.leeway.as_secs();
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                let spec: Vec<&str> = config
+                    .required_claims
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|c| SPEC_CLAIMS.contains(c))
+                    .collect();
+                v.set_required_spec_claims(&spec);
+                if let Some(iss) = &config.issuer {
+                    v.set_issuer(&[iss]);
+                }
+                if config.audiences.is_empty() {
+                    v.validate_aud = false;
+                } else {
+                    v.set_audience(&config.audiences);
+                }
+                (*alg, v)
+            })
+            .collect();
+        JwtVerifier {
+            allowed: config.algorithms.clone(),
+            validations,
+            required_claims: config.required_claims.clone(),
+        }
+    }
+
+    /// Checks `token` and returns its claims.
+    pub fn verify(&self, token: &str, keys: &KeySet) -> Result<Map<String, Value>, JwtError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| JwtError::Invalid("malformed token or unsupported algorithm".into()))?;
+        if !self.allowed.contains(&header.alg) {
+            return Err(JwtError::Invalid("algorithm not allowed".into()));
+        }
+        let validation = self
+            .validations
+            .iter()
+            .find(|(a, _)| *a == header.alg)
+            .map(|(_, v)| v)
+            .ok_or(JwtError::Invalid("algorithm not allowed".into()))?;
+        let candidates: Vec<&VerifyKey> = match &header.kid {
+            Some(kid) => {
+                let key = keys
+                    .keys
+                    .iter()
+                    .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                    .ok_or(JwtError::UnknownKid)?;
+                if key.alg != header.alg {
+                    return Err(JwtError::Invalid(
+                        "token algorithm does not match its key".into(),
+                    ));
+                }
+                vec![key]
+            }
+            None => keys.keys.iter().filter(|k| k.alg == header.alg).collect(),
+        };
+        if candidates.is_empty() {
+            return Err(JwtError::Invalid("no key for the token's algorithm".into()));
+        }
+        let mut last = JwtError::Invalid("bad signature".into());
+        for key in candidates {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
+                Ok(data) => {
+                    if let Some(missing) = self
+                        .required_claims
+                        .iter()
+                        .find(|c| !data.claims.contains_key(c.as_str()))
+                    {
+                        return Err(JwtError::Invalid(
+                            format!("required claim {missing:?} is missing").into(),
+                        ));
+                    }
+                    return Ok(data.claims);
+                }
+                Err(e) => {
+                    last = map_error(e.kind());
+                    if !matches!(e.kind(), ErrorKind::InvalidSignature) {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn map_error(kind: &ErrorKind) -> JwtError {
+    let msg: Cow<'static, str> = match kind {
+        ErrorKind::ExpiredSignature => return JwtError::Expired,
+        ErrorKind::ImmatureSignature => "token is not valid yet".into(),
+        ErrorKind::InvalidSignature => "bad signature".into(),
+        ErrorKind::InvalidIssuer => "wrong issuer".into(),
+        ErrorKind::InvalidAudience => "wrong audience".into(),
+        ErrorKind::InvalidAlgorithm => "algorithm not allowed".into(),
+        ErrorKind::MissingRequiredClaim(c) => format!("required claim {c:?} is missing").into(),
+        _ => "malformed token".into(),
+    };
+    JwtError::Invalid(msg)
+}

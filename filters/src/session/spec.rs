@@ -1,0 +1,748 @@
+//! The file/wire spec of `type: session` and its validation into
+//! [`SessionConfig`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use indexmap::IndexMap;
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Serialize};
+
+use super::jwt::{KeySet, SUPPORTED_ALGORITHMS};
+use crate::config::{FieldErrors, ValidateCx};
+
+/// `mode:` — what the credential is.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionMode {
+    /// A signed JWT verified against a JWKS.
+    #[default]
+    Jwt,
+    /// An opaque id looked up in a server-side session store.
+    Session,
+}
+
+/// `token_from:` — where the credential is read from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenFrom {
+    Bearer,
+    Cookie,
+    Header,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CookieSecure {
+    /// `Secure` when the client connected over TLS.
+    Auto,
+    /// Always `Secure` (TLS terminated in front of the sidecar).
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// 503 `session_store_unavailable`.
+    FailClosed,
+    /// Continue without identity.
+    AllowAnonymous,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The file/wire spec.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    pub mode: SessionMode,
+    /// No credential: continue anonymously instead of 401 `login_required`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optional: bool,
+    /// Pass the credential on to the app (default: removed).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub forward: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_from: Option<TokenFrom>,
+    /// Cookie or header name for `token_from: cookie|header`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_name: Option<String>,
+    /// Claim name -> `x-meshgate-*` header for the app.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub claims_to_headers: IndexMap<String, String>,
+
+    // --- mode: jwt
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// How long a fetched remote JWKS is fresh.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jwks_refresh: Option<Duration>,
+    /// Minimum spacing of refreshes (unknown `kid`, failed fetches).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jwks_min_refresh: Option<Duration>,
+    /// How long keys keep serving while refreshes fail.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jwks_max_stale: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jwks_timeout: Option<Duration>,
+    /// PEM CA bundle trusted for an https `jwks_url` (default: public web PKI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_claims: Option<Vec<String>>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub leeway: Option<Duration>,
+    /// Allowed JWS algorithms (default: all supported).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<String>,
+
+    // --- mode: session
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreKind>,
+    /// Lifetime of the local cache in front of Redis: the revocation budget.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cache_ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_max_entries: Option<usize>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub absolute_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_site: Option<SameSite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_secure: Option<CookieSecure>,
+    /// Response header carrying a new session id when `token_from` is not a cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_error: Option<OnStoreError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+}
+
+/// Where the credential comes from, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Bearer,
+    Cookie(String),
+    Header(HeaderName),
+}
+
+/// The validated config.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub optional: bool,
+    pub forward: bool,
+    pub token: TokenSource,
+    pub claims_to_headers: Vec<(String, HeaderName)>,
+    pub mode: ModeConfig,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            optional: false,
+            forward: false,
+            token: TokenSource::Bearer,
+            claims_to_headers: Vec::new(),
+            mode: ModeConfig::Jwt(JwtConfig::default()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ModeConfig {
+    Jwt(JwtConfig),
+    Session(StoreConfig),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JwtConfig {
+    pub keys: KeySource,
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub required_claims: Vec<String>,
+    pub leeway: Duration,
+    pub algorithms: Vec<Algorithm>,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Static(Arc<KeySet>),
+    Remote(RemoteJwksConfig),
+}
+
+impl Default for KeySource {
+    fn default() -> Self {
+        KeySource::Static(Arc::new(KeySet::default()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwksConfig {
+    pub url: http::Uri,
+    /// Trust roots for https; `None`: the public web PKI.
+    pub ca: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
+    pub refresh: Duration,
+    pub min_refresh: Duration,
+    pub max_stale: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub store: StoreKind,
+    pub cache_ttl: Duration,
+    pub cache_max_entries: usize,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    pub same_site: SameSite,
+    pub cookie_path: String,
+    pub cookie_domain: Option<String>,
+    pub cookie_secure: CookieSecure,
+    pub issue_header: Option<HeaderName>,
+    pub on_store_error: OnStoreError,
+    pub key_prefix: String,
+}
+
+pub const DEFAULT_SESSION_COOKIE: &str = "meshgate_session";
+const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+impl SessionSpec {
+    pub fn validate(&self, path: &str, cx: &ValidateCx) -> Result<SessionConfig, FieldErrors> {
+        let mut errors = FieldErrors::default();
+        let token = self.token_source(path, &mut errors);
+        let claims_to_headers = self
+            .claims_to_headers
+            .iter()
+            .filter_map(|(claim, header)| {
+                let field = format!("{path}.claims_to_headers.{claim}");
+                match HeaderName::try_from(header.as_str()) {
+                    Ok(h) if h.as_str().starts_with(crate::IDENTITY_HEADER_PREFIX) => {
+                        Some((claim.clone(), h))
+                    }
+                    Ok(_) => {
+                        errors.push(field, "claims go to x-meshgate-* headers only");
+                        None
+                    }
+                    Err(_) => {
+                        errors.push(field, format!("invalid header name {header:?}"));
+                        None
+                    }
+                }
+            })
+            .collect();
+        let mode = match self.mode {
+            SessionMode::Jwt => {
+                self.reject_fields(path, "session", &self.session_fields(), &mut errors);
+                ModeConfig::Jwt(self.jwt_config(path, cx, &mut errors))
+            }
+            SessionMode::Session => {
+                self.reject_fields(path, "jwt", &self.jwt_fields(), &mut errors);
+                ModeConfig::Session(self.store_config(path, &token, &mut errors))
+            }
+        };
+        errors.into_result(SessionConfig {
+            optional: self.optional,
+            forward: self.forward,
+            token,
+            claims_to_headers,
+            mode,
+        })
+    }
+
+    fn token_source(&self, path: &str, errors: &mut FieldErrors) -> TokenSource {
+        let default_from = match self.mode {
+            SessionMode::Jwt => TokenFrom::Bearer,
+            SessionMode::Session => TokenFrom::Cookie,
+        };
+        let name_path = format!("{path}.token_name");
+        match self.token_from.unwrap_or(default_from) {
+            TokenFrom::Bearer => {
+                if self.token_name.is_some() {
+                    errors.push(name_path, "not used with token_from: bearer");
+                }
+                TokenSource::Bearer
+            }
+            TokenFrom::Cookie => {
+                let name = match (&self.token_name, self.mode) {
+                    (Some(n), _) => n.clone(),
+                    (None, SessionMode::Session) => DEFAULT_SESSION_COOKIE.to_string(),
+                    (None, SessionMode::Jwt) => {
+                        errors.push(name_path.clone(), "required with token_from: cookie");
+                        String::new()
+                    }
+                };
+                if !name.is_empty() && !valid_cookie_name(&name) {
+                    errors.push(name_path, format!("invalid cookie name {name:?}"));
+                }
+                TokenSource::Cookie(name)
+            }
+            TokenFrom::Header => match &self.token_name {
+                None => {
+                    errors.push(name_path, "required with token_from: header");
+                    TokenSource::Bearer
+                }
+                Some(n) => match HeaderName::try_from(n.as_str()) {
+                    Ok(h) if h.as_str().starts_with(crate::IDENTITY_HEADER_PREFIX) => {
+                        errors.push(
+                            name_path,
+                            "x-meshgate-* headers are removed from client requests",
+                        );
+                        TokenSource::Bearer
+                    }
+                    Ok(h) => TokenSource::Header(h),
+                    Err(_) => {
+                        errors.push(name_path, format!("invalid header name {n:?}"));
+                        TokenSource::Bearer
+                    }
+                },
+            },
+        }
+    }
+
+    fn jwt_fields(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("jwks", self.jwks.is_some()),
+            ("jwks_file", self.jwks_file.is_some()),
+            ("jwks_url", self.jwks_url.is_some()),
+            ("jwks_refresh", self.jwks_refresh.is_some()),
+            ("jwks_min_refresh", self.jwks_min_refresh.is_some()),
+            ("jwks_max_stale", self.jwks_max_stale.is_some()),
+            ("jwks_timeout", self.jwks_timeout.is_some()),
+            ("jwks_ca_file", self.jwks_ca_file.is_some()),
+            ("issuer", self.issuer.is_some()),
+            ("audiences", !self.audiences.is_empty()),
+            ("required_claims", self.required_claims.is_some()),
+            ("leeway", self.leeway.is_some()),
+            ("algorithms", !self.algorithms.is_empty()),
+        ]
+    }
+
+    fn session_fields(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("store", self.store.is_some()),
+            ("cache_ttl", self.cache_ttl.is_some()),
+            ("cache_max_entries", self.cache_max_entries.is_some()),
+            ("idle_timeout", self.idle_timeout.is_some()),
+            ("absolute_timeout", self.absolute_timeout.is_some()),
+            ("same_site", self.same_site.is_some()),
+            ("cookie_path", self.cookie_path.is_some()),
+            ("cookie_domain", self.cookie_domain.is_some()),
+            ("cookie_secure", self.cookie_secure.is_some()),
+            ("issue_header", self.issue_header.is_some()),
+            ("on_store_error", self.on_store_error.is_some()),
+            ("key_prefix", self.key_prefix.is_some()),
+        ]
+    }
+
+    fn reject_fields(
+        &self,
+        path: &str,
+        other_mode: &str,
+        fields: &[(&'static str, bool)],
+        errors: &mut FieldErrors,
+    ) {
+        for (name, set) in fields {
+            if *set {
+                errors.push(
+                    format!("{path}.{name}"),
+                    format!("only valid with mode: {other_mode}"),
+                );
+            }
+        }
+    }
+
+    fn jwt_config(&self, path: &str, cx: &ValidateCx, errors: &mut FieldErrors) -> JwtConfig {
+        let algorithms: Vec<Algorithm> = if self.algorithms.is_empty() {
+            SUPPORTED_ALGORITHMS.to_vec()
+        } else {
+            self.algorithms
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| {
+                    let found = SUPPORTED_ALGORITHMS
+                        .iter()
+                        .find(|s| format!("{s:?}") == *a)
+                        .copied();
+                    if found.is_none() {
+                        errors.push(
+                            format!("{path}.algorithms[{i}]"),
+                            format!(
+                                "unsupported algorithm {a:?} (ES256, RS256, PS256, EdDSA, HS256)"
+                            ),
+                        );
+                    }
+                    found
+                })
+                .collect()
+        };
+        let sources = [
+            self.jwks.is_some(),
+            self.jwks_file.is_some(),
+            self.jwks_url.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if sources != 1 {
+            errors.push(
+                format!("{path}.jwks"),
+                "exactly one of jwks, jwks_file, jwks_url is required",
+            );
+        }
+        let keys = if let Some(inline) = &self.jwks {
+            KeySource::Static(Arc::new(KeySet::parse_strict(
+                inline,
+                &algorithms,
+                &format!("{path}.jwks"),
+                errors,
+            )))
+        } else if let Some(file) = &self.jwks_file {
+            let field = format!("{path}.jwks_file");
+            match cx.read_file(&field, file) {
+                Ok(None) => KeySource::default(),
+                Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(v) => KeySource::Static(Arc::new(KeySet::parse_strict(
+                        &v,
+                        &algorithms,
+                        &field,
+                        errors,
+                    ))),
+                    Err(e) => {
+                        errors.push(field, format!("not a JSON JWKS: {e}"));
+                        KeySource::default()
+                    }
+                },
+                Err(e) => {
+                    errors.0.push(e);
+                    KeySource::default()
+                }
+            }
+        } else if let Some(url) = &self.jwks_url {
+            let field = format!("{path}.jwks_url");
+            match url.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some() =>
+                {
+                    let ca = self.jwks_ca(path, cx, errors);
+                    if ca.is_some() && uri.scheme_str() != Some("https") {
+                        errors.push(
+                            format!("{path}.jwks_ca_file"),
+                            "only used with an https jwks_url",
+                        );
+                    }
+                    KeySource::Remote(RemoteJwksConfig {
+                        url: uri,
+                        ca,
+                        refresh: self.positive(
+                            self.jwks_refresh,
+                            Duration::from_secs(300),
+                            &format!("{path}.jwks_refresh"),
+                            errors,
+                        ),
+                        min_refresh: self.jwks_min_refresh.unwrap_or(Duration::from_secs(30)),
+                        max_stale: self.positive(
+                            self.jwks_max_stale,
+                            Duration::from_secs(24 * 3600),
+                            &format!("{path}.jwks_max_stale"),
+                            errors,
+                        ),
+                        timeout: self.positive(
+                            self.jwks_timeout,
+                            Duration::from_secs(5),
+                            &format!("{path}.jwks_timeout"),
+                            errors,
+                        ),
+                    })
+                }
+                _ => {
+                    errors.push(field, format!("not an http(s) URL: {url:?}"));
+                    KeySource::default()
+                }
+            }
+        } else {
+            if self.jwks_ca_file.is_some() {
+                errors.push(format!("{path}.jwks_ca_file"), "only used with jwks_url");
+            }
+            KeySource::default()
+        };
+        let mut required_claims = self
+            .required_claims
+            .clone()
+            .unwrap_or_else(|| vec!["exp".to_string()]);
+        if self.issuer.is_some() && !required_claims.iter().any(|c| c == "iss") {
+            required_claims.push("iss".to_string());
+        }
+        if !self.audiences.is_empty() && !required_claims.iter().any(|c| c == "aud") {
+            required_claims.push("aud".to_string());
+        }
+        if let Some(iss) = &self.issuer {
+            if iss.is_empty() {
+                errors.push(format!("{path}.issuer"), "must not be empty");
+            }
+        }
+        JwtConfig {
+            keys,
+            issuer: self.issuer.clone(),
+            audiences: self.audiences.clone(),
+            required_claims,
+            leeway: self.leeway.unwrap_or(DEFAULT_LEEWAY),
+            algorithms,
+        }
+    }
+
+    /// The CA bundle of `jwks_ca_file`, if set.
+    fn jwks_ca(
+        &self,
+        path: &str,
+        cx: &ValidateCx,
+        errors: &mut FieldErrors,
+    ) -> Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>> {
+        use rustls::pki_types::pem::PemObject;
+        let file = self.jwks_ca_file.as_ref()?;
+        let field = format!("{path}.jwks_ca_file");
+        let bytes = match cx.read_file(&field, file) {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(e) => {
+                errors.0.push(e);
+                return None;
+            }
+        };
+        let certs: Result<Vec<_>, _> =
+            rustls::pki_types::CertificateDer::pem_slice_iter(&bytes).collect();
+        match certs {
+            Ok(certs) if !certs.is_empty() => Some(Arc::new(certs)),
+            _ => {
+                errors.push(field, "no PEM certificates in the file");
+                None
+            }
+        }
+    }
+
+    fn positive(
+        &self,
+        value: Option<Duration>,
+        default: Duration,
+        field: &str,
+        errors: &mut FieldErrors,
+    ) -> Duration {
+        let d = value.unwrap_or(default);
+        if d.is_zero() {
+            errors.push(field, "must be greater than zero");
+        }
+        d
+    }
+
+    fn store_config(
+        &self,
+        path: &str,
+        token: &TokenSource,
+        errors: &mut FieldErrors,
+    ) -> StoreConfig {
+        let idle_timeout = self.positive(
+            self.idle_timeout,
+            Duration::from_secs(30 * 60),
+            &format!("{path}.idle_timeout"),
+            errors,
+        );
+        let absolute_timeout = self.positive(
+            self.absolute_timeout,
+            Duration::from_secs(12 * 3600),
+            &format!("{path}.absolute_timeout"),
+            errors,
+        );
+        let cache_ttl = self.cache_ttl.unwrap_or(Duration::from_secs(2));
+        if cache_ttl >= idle_timeout {
+            errors.push(
+                format!("{path}.cache_ttl"),
+                "must be shorter than idle_timeout",
+            );
+        }
+        let issue_header = match (&self.issue_header, token) {
+            (Some(_), TokenSource::Cookie(_)) => {
+                errors.push(
+                    format!("{path}.issue_header"),
+                    "not used with token_from: cookie (the id goes into Set-Cookie)",
+                );
+                None
+            }
+            (Some(h), _) => match HeaderName::try_from(h.as_str()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    errors.push(
+                        format!("{path}.issue_header"),
+                        format!("invalid header name {h:?}"),
+                    );
+                    None
+                }
+            },
+            (None, TokenSource::Header(h)) => Some(h.clone()),
+            (None, TokenSource::Bearer) => Some(HeaderName::from_static("x-session-token")),
+            (None, TokenSource::Cookie(_)) => None,
+        };
+        let cookie_path = self.cookie_path.clone().unwrap_or_else(|| "/".to_string());
+        if !cookie_path.starts_with('/')
+            || cookie_path
+                .bytes()
+                .any(|b| b == b';' || b.is_ascii_control())
+        {
+            errors.push(
+                format!("{path}.cookie_path"),
+                "must be a path starting with /",
+            );
+        }
+        if let Some(d) = &self.cookie_domain {
+            if d.is_empty()
+                || d.bytes()
+                    .any(|b| b == b';' || b.is_ascii_control() || b == b' ')
+            {
+                errors.push(format!("{path}.cookie_domain"), "invalid domain");
+            }
+        }
+        let cache_max_entries = self.cache_max_entries.unwrap_or(100_000);
+        if cache_max_entries == 0 {
+            errors.push(
+                format!("{path}.cache_max_entries"),
+                "must be greater than zero",
+            );
+        }
+        StoreConfig {
+            store: self.store.unwrap_or(StoreKind::Memory),
+            cache_ttl,
+            cache_max_entries,
+            idle_timeout,
+            absolute_timeout,
+            same_site: self.same_site.unwrap_or(SameSite::Lax),
+            cookie_path,
+            cookie_domain: self.cookie_domain.clone(),
+            cookie_secure: self.cookie_secure.unwrap_or(CookieSecure::Auto),
+            issue_header,
+            on_store_error: self.on_store_error.unwrap_or(OnStoreError::FailClosed),
+            key_prefix: self
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| "meshgate:session:".to_string()),
+        }
+    }
+
+    /// A copy with secrets replaced, for dumps and logs: symmetric and
+    /// private key material of inline JWKs.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        if let Some(jwks) = copy.jwks.as_mut() {
+            redact_jwks(jwks);
+        }
+        if let Some(url) = copy.jwks_url.as_mut() {
+            redact_userinfo(url);
+        }
+        copy
+    }
+}
+
+/// `http://user:secret@host/...` -> `http://[redacted]@host/...`.
+fn redact_userinfo(url: &mut String) {
+    let Some(scheme_end) = url.find("://") else {
+        return;
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if let Some(at) = rest[..authority_end].rfind('@') {
+        let start = scheme_end + 3;
+        url.replace_range(start..start + at, "[redacted]");
+    }
+}
+
+fn redact_jwks(jwks: &mut serde_json::Value) {
+    const SECRET_MEMBERS: &[&str] = &["k", "d", "p", "q", "dp", "dq", "qi", "oth"];
+    if let Some(keys) = jwks.get_mut("keys").and_then(|k| k.as_array_mut()) {
+        for key in keys {
+            if let Some(obj) = key.as_object_mut() {
+                for member in SECRET_MEMBERS {
+                    if let Some(v) = obj.get_mut(*member) {
+                        *v = serde_json::Value::String("[redacted]".into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SessionConfig {
+    pub fn uses_redis(&self) -> bool {
+        matches!(&self.mode, ModeConfig::Session(s) if s.store == StoreKind::Redis)
+    }
+}

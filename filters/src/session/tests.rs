@@ -1,0 +1,1260 @@
+//! Unit tests of the session filter: every reason, algorithm confusion,
+//! leeway, cookie flags, the store cache and its single flight.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use super::store::fake::FakeStore;
+use super::*;
+use crate::body::Body;
+use crate::config::ValidateCx;
+use crate::state::{Handover, State};
+
+const KEYS: &str = include_str!("testdata/test-keys.json");
+
+fn fixtures() -> Value {
+    serde_json::from_str(KEYS).expect("fixture json")
+}
+
+fn der(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("b64 string"))
+        .expect("fixture base64")
+}
+
+fn jwks() -> Value {
+    let f = fixtures();
+    json!({"keys": [
+        {"kty": "RSA", "kid": "rs", "alg": "RS256", "n": f["rsa"]["n"], "e": f["rsa"]["e"]},
+        {"kty": "RSA", "kid": "ps", "alg": "PS256", "n": f["rsa"]["n"], "e": f["rsa"]["e"]},
+        {"kty": "EC", "kid": "es", "crv": "P-256", "x": f["ec"]["x"], "y": f["ec"]["y"]},
+        {"kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": f["ed"]["x"]},
+        {"kty": "oct", "kid": "hs", "k": f["hmac"]["k"]},
+    ]})
+}
+
+fn encoding_key(alg: Algorithm) -> EncodingKey {
+    let f = fixtures();
+    match alg {
+        Algorithm::RS256 | Algorithm::PS256 => {
+            EncodingKey::from_rsa_der(&der(&f["rsa"]["pkcs1_der_b64"]))
+        }
+        Algorithm::ES256 => EncodingKey::from_ec_der(&der(&f["ec"]["pkcs8_der_b64"])),
+        Algorithm::EdDSA => EncodingKey::from_ed_der(&der(&f["ed"]["pkcs8_der_b64"])),
+        _ => EncodingKey::from_base64_secret(&b64_std(f["hmac"]["k"].as_str().expect("k")))
+            .expect("hmac key"),
+    }
+}
+
+fn b64_std(url: &str) -> String {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(url)
+        .expect("b64url");
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+fn kid(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::RS256 => "rs",
+        Algorithm::PS256 => "ps",
+        Algorithm::ES256 => "es",
+        Algorithm::EdDSA => "ed",
+        _ => "hs",
+    }
+}
+
+fn now() -> i64 {
+    store::unix_now() as i64
+}
+
+fn mint(alg: Algorithm, claims: Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid(alg).to_string());
+    jsonwebtoken::encode(&header, &claims, &encoding_key(alg)).expect("encode")
+}
+
+fn good_claims() -> Value {
+    json!({"sub": "u-42", "iss": "https://id.example.com", "aud": "wallet",
+           "exp": now() + 300, "tenant": "t-7", "roles": ["a", "b"]})
+}
+
+fn jwt_spec(extra: Value) -> SessionSpec {
+    let mut base = json!({
+        "mode": "jwt",
+        "jwks": jwks(),
+        "issuer": "https://id.example.com",
+        "audiences": ["wallet"],
+        "leeway": "30s",
+        "claims_to_headers": {"sub": "x-meshgate-user", "tenant": "x-meshgate-tenant", "roles": "x-meshgate-roles"},
+    });
+    merge(&mut base, extra);
+    serde_json::from_value(base).expect("spec")
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        for (k, v) in e {
+            if v.is_null() {
+                b.remove(&k);
+            } else {
+                b.insert(k, v);
+            }
+        }
+    }
+}
+
+fn build(spec: &SessionSpec, state: &State) -> SessionFilter {
+    let config = spec
+        .validate("filters.login", &ValidateCx::control_plane())
+        .expect("valid spec");
+    SessionFilter::build("login", &config, &BuildCx { state, redis: None })
+}
+
+fn ctx() -> RequestCtx {
+    RequestCtx::new("r".into(), Arc::from("route"), [127, 0, 0, 1].into(), false)
+}
+
+async fn run(
+    filter: &SessionFilter,
+    headers: &[(&str, &str)],
+) -> (Result<(), Rejection>, http::request::Parts, RequestCtx) {
+    let mut builder = http::Request::builder().uri("/x");
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let (mut head, ()) = builder.body(()).expect("request").into_parts();
+    let mut body = Body::Empty;
+    let mut cx = ctx();
+    let verdict = filter
+        .on_request(&mut RequestView::new(&mut head, &mut body, 1024), &mut cx)
+        .await;
+    let result = match verdict {
+        Verdict::Continue => Ok(()),
+        Verdict::Reject(r) => Err(r),
+    };
+    (result, head, cx)
+}
+
+fn reason(r: &Result<(), Rejection>) -> &'static str {
+    match r {
+        Ok(()) => "pass",
+        Err(e) => e.reason,
+    }
+}
+
+fn upstream(cx: &RequestCtx, name: &str) -> Option<String> {
+    cx.upstream_headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.to_str().ok())
+        .map(str::to_string)
+}
+
+// ---------------------------------------------------------------- JWT
+
+#[tokio::test]
+async fn every_algorithm_verifies_and_claims_reach_the_app() {
+    let state = State::new();
+    let filter = build(&jwt_spec(json!({})), &state);
+    for alg in [
+        Algorithm::ES256,
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::EdDSA,
+        Algorithm::HS256,
+    ] {
+        let token = mint(alg, good_claims());
+        let auth = format!("Bearer {token}");
+        let (result, head, cx) = run(&filter, &[("authorization", &auth)]).await;
+        assert_eq!(reason(&result), "pass", "{alg:?}");
+        assert_eq!(cx.user.as_deref(), Some("u-42"));
+        assert_eq!(upstream(&cx, "x-meshgate-user").as_deref(), Some("u-42"));
+        assert_eq!(upstream(&cx, "x-meshgate-tenant").as_deref(), Some("t-7"));
+        assert_eq!(
+            upstream(&cx, "x-meshgate-roles").as_deref(),
+            Some(r#"["a","b"]"#)
+        );
+        assert!(head.headers.get(AUTHORIZATION).is_none(), "token stripped");
+    }
+}
+
+#[tokio::test]
+async fn forward_keeps_the_token() {
+    let state = State::new();
+    let filter = build(&jwt_spec(json!({"forward": true})), &state);
+    let auth = format!("Bearer {}", mint(Algorithm::ES256, good_claims()));
+    let (result, head, _) = run(&filter, &[("authorization", &auth)]).await;
+    assert_eq!(reason(&result), "pass");
+    assert_eq!(
+        head.headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        Some(auth.as_str())
+    );
+}
+
+#[tokio::test]
+async fn missing_token_is_login_required_unless_optional() {
+    let state = State::new();
+    let filter = build(&jwt_spec(json!({})), &state);
+    let (result, _, _) = run(&filter, &[]).await;
+    assert_eq!(reason(&result), "login_required");
+    assert_eq!(
+        result.expect_err("rejected").status,
+        http::StatusCode::UNAUTHORIZED
+    );
+    let (result, _, _) = run(&filter, &[("authorization", "Basic dTpw")]).await;
+    assert_eq!(reason(&result), "login_required");
+
+    let optional = build(&jwt_spec(json!({"optional": true})), &state);
+    let (result, _, cx) = run(&optional, &[]).await;
+    assert_eq!(reason(&result), "pass");
+    assert!(cx.user.is_none());
+    // optional does not excuse a bad token
+    let (result, _, _) = run(&optional, &[("authorization", "Bearer not.a.jwt")]).await;
+    assert_eq!(reason(&result), "token_invalid");
+}
+
+#[tokio::test]
+async fn expiry_and_leeway() {
+    let state = State::new();
+    let filter = build(&jwt_spec(json!({})), &state);
+    let check = |claims: Value| {
+        let token = mint(Algorithm::ES256, claims);
+        let filter = &filter;
+        async move {
+            let auth = format!("Bearer {token}");
+            reason(&run(filter, &[("authorization", &auth)]).await.0)
+        }
+    };
+    let mut c = good_claims();
+    c["exp"] = json!(now() - 10); // within the 30s leeway
+    assert_eq!(check(c.clone()).await, "pass");
+    c["exp"] = json!(now() - 120);
+    assert_eq!(check(c.clone()).await, "token_expired");
+    let mut c = good_claims();
+    c["nbf"] = json!(now() + 10); // within leeway
+    assert_eq!(check(c.clone()).await, "pass");
+    c["nbf"] = json!(now() + 600);
+    assert_eq!(check(c).await, "token_invalid");
+
+    let strict = build(&jwt_spec(json!({"leeway": "0s"})), &state);
+    let mut c = good_claims();
+    c["exp"] = json!(now() - 10);
+    let auth = format!("Bearer {}", mint(Algorithm::ES256, c));
+    assert_eq!(
+        reason(&run(&strict, &[("authorization", &auth)]).await.0),
+        "token_expired"
+    );
+}
+
+#[tokio::test]
+async fn issuer_audience_required_claims() {
+    let state = State::new();
+    let filter = build(
+        &jwt_spec(json!({"required_claims": ["exp", "tenant"]})),
+        &state,
+    );
+    let cases = [
+        ("iss", json!("https://evil.example.com")),
+        ("aud", json!("other-app")),
+    ];
+    for (claim, value) in cases {
+        let mut c = good_claims();
+        c[claim] = value;
+        let auth = format!("Bearer {}", mint(Algorithm::RS256, c));
+        let (result, _, _) = run(&filter, &[("authorization", &auth)]).await;
+        assert_eq!(reason(&result), "token_invalid", "{claim}");
+    }
+    for claim in ["tenant", "exp", "iss", "aud"] {
+        let mut c = good_claims();
+        c.as_object_mut().expect("object").remove(claim);
+        let auth = format!("Bearer {}", mint(Algorithm::RS256, c));
+        let (result, _, _) = run(&filter, &[("authorization", &auth)]).await;
+        assert_eq!(reason(&result), "token_invalid", "without {claim}");
+    }
+}
+
+#[tokio::test]
+async fn bad_signature_is_token_invalid() {
+    let state = State::new();
+    let filter = build(&jwt_spec(json!({})), &state);
+    let token = mint(Algorithm::EdDSA, good_claims());
+    let (head_payload, sig) = token.rsplit_once('.').expect("three parts");
+    let mut sig_bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .expect("sig");
+    sig_bytes[0] ^= 1;
+    let forged = format!(
+        "{head_payload}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig_bytes)
+    );
+    let auth = format!("Bearer {forged}");
+    let (result, _, cx) = run(&filter, &[("authorization", &auth)]).await;
+    assert_eq!(reason(&result), "token_invalid");
+    assert!(cx.user.is_none() && cx.upstream_headers.is_empty());
+    // Payload swapped under a valid signature
+    let other = mint(
+        Algorithm::EdDSA,
+        json!({"sub": "admin", "exp": now() + 300}),
+    );
+    let payload = other.split('.').nth(1).expect("payload");
+    let parts: Vec<&str> = token.split('.').collect();
+    let auth = format!("Bearer {}.{payload}.{}", parts[0], parts[2]);
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &auth)]).await.0),
+        "token_invalid"
+    );
+}
+
+fn b64url(v: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+}
+
+#[tokio::test]
+async fn algorithm_confusion_and_none_fail() {
+    let state = State::new();
+    let filter = build(&jwt_spec(json!({})), &state);
+    let f = fixtures();
+    // HS256 "signed" with the RSA public key's bytes, naming the RSA key.
+    let rsa_public_as_secret = format!(
+        "{}{}",
+        f["rsa"]["n"].as_str().expect("n"),
+        f["rsa"]["e"].as_str().expect("e")
+    );
+    for kid in ["rs", "ps", "es", "ed"] {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.to_string());
+        let token = jsonwebtoken::encode(
+            &header,
+            &good_claims(),
+            &EncodingKey::from_secret(rsa_public_as_secret.as_bytes()),
+        )
+        .expect("encode");
+        let auth = format!("Bearer {token}");
+        assert_eq!(
+            reason(&run(&filter, &[("authorization", &auth)]).await.0),
+            "token_invalid",
+            "{kid}"
+        );
+    }
+    // RS256 token presented as PS256 key and vice versa
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("ps".into());
+    let token = jsonwebtoken::encode(&header, &good_claims(), &encoding_key(Algorithm::RS256))
+        .expect("encode");
+    let auth = format!("Bearer {token}");
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &auth)]).await.0),
+        "token_invalid"
+    );
+    // alg none, with and without a signature part
+    let payload = b64url(good_claims().to_string().as_bytes());
+    for header in [
+        json!({"alg": "none"}),
+        json!({"alg": "none", "kid": "hs"}),
+        json!({"alg": "None", "typ": "JWT"}),
+    ] {
+        let h = b64url(header.to_string().as_bytes());
+        for token in [format!("{h}.{payload}."), format!("{h}.{payload}")] {
+            let auth = format!("Bearer {token}");
+            assert_eq!(
+                reason(&run(&filter, &[("authorization", &auth)]).await.0),
+                "token_invalid"
+            );
+        }
+    }
+    // A kid the JWKS does not have
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("nope".into());
+    let token = jsonwebtoken::encode(&header, &good_claims(), &encoding_key(Algorithm::ES256))
+        .expect("encode");
+    let auth = format!("Bearer {token}");
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &auth)]).await.0),
+        "token_invalid"
+    );
+}
+
+#[tokio::test]
+async fn algorithms_allow_list_and_tokens_without_kid() {
+    let state = State::new();
+    let f = fixtures();
+    let spec = jwt_spec(json!({
+        "algorithms": ["ES256"],
+        "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": f["ec"]["x"], "y": f["ec"]["y"]}]},
+    }));
+    let filter = build(&spec, &state);
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &good_claims(),
+        &encoding_key(Algorithm::ES256),
+    )
+    .expect("encode");
+    let auth = format!("Bearer {token}");
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &auth)]).await.0),
+        "pass"
+    );
+    let auth = format!("Bearer {}", mint(Algorithm::HS256, good_claims()));
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &auth)]).await.0),
+        "token_invalid"
+    );
+}
+
+#[tokio::test]
+async fn token_from_cookie_and_header() {
+    let state = State::new();
+    let token = mint(Algorithm::ES256, good_claims());
+    let filter = build(
+        &jwt_spec(json!({"token_from": "cookie", "token_name": "id_token"})),
+        &state,
+    );
+    let cookie = format!("theme=dark; id_token={token}; lang=en");
+    let (result, head, _) = run(&filter, &[("cookie", &cookie)]).await;
+    assert_eq!(reason(&result), "pass");
+    assert_eq!(
+        head.headers.get(COOKIE).and_then(|v| v.to_str().ok()),
+        Some("theme=dark; lang=en")
+    );
+
+    let filter = build(
+        &jwt_spec(json!({"token_from": "header", "token_name": "x-id-token"})),
+        &state,
+    );
+    let (result, head, _) = run(&filter, &[("x-id-token", &token)]).await;
+    assert_eq!(reason(&result), "pass");
+    assert!(head.headers.get("x-id-token").is_none());
+}
+
+#[test]
+fn validation_reports_every_bad_field() {
+    let f = fixtures();
+    let spec: SessionSpec = serde_json::from_value(json!({
+        "mode": "jwt",
+        "jwks": {"keys": [
+            {"kty": "RSA", "kid": "a", "n": f["rsa"]["n"], "e": f["rsa"]["e"]},
+            {"kty": "oct", "kid": "b", "k": "c2hvcnQ"},
+            {"kty": "EC", "kid": "c", "crv": "P-256", "alg": "RS256", "x": f["ec"]["x"], "y": f["ec"]["y"]},
+        ]},
+        "claims_to_headers": {"sub": "x-user"},
+        "algorithms": ["HS512"],
+        "store": "redis",
+    }))
+    .expect("spec parses");
+    let errors = spec
+        .validate("filters.login", &ValidateCx::control_plane())
+        .expect_err("invalid");
+    let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    for p in [
+        "filters.login.jwks.keys[0]",
+        "filters.login.jwks.keys[1]",
+        "filters.login.jwks.keys[2]",
+        "filters.login.claims_to_headers.sub",
+        "filters.login.algorithms[0]",
+        "filters.login.store",
+    ] {
+        assert!(paths.contains(&p), "{p} missing in {paths:?}");
+    }
+    let no_source: SessionSpec = serde_json::from_value(json!({"mode": "jwt"})).expect("spec");
+    assert!(no_source
+        .validate("f", &ValidateCx::control_plane())
+        .is_err());
+    assert!(
+        serde_json::from_value::<SessionSpec>(json!({"mode": "jwt", "jwks_fil": "x"})).is_err()
+    );
+}
+
+#[test]
+fn redacted_hides_secret_key_material() {
+    let spec = jwt_spec(json!({}));
+    let dumped = serde_json::to_string(&spec.redacted()).expect("json");
+    let k = fixtures()["hmac"]["k"].as_str().expect("k").to_string();
+    assert!(!dumped.contains(&k));
+    assert!(dumped.contains("[redacted]"));
+    assert!(
+        dumped.contains(fixtures()["ec"]["x"].as_str().expect("x")),
+        "public parts stay"
+    );
+}
+
+#[test]
+fn jwks_file_is_read_and_checked() {
+    let dir = std::env::temp_dir().join(format!("meshgate-session-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("jwks.json"), jwks().to_string()).expect("write");
+    let cx = ValidateCx::sidecar(&dir);
+    let spec: SessionSpec =
+        serde_json::from_value(json!({"mode": "jwt", "jwks_file": "jwks.json"})).expect("spec");
+    let config = spec.validate("filters.login", &cx).expect("valid");
+    match &config.mode {
+        ModeConfig::Jwt(j) => match &j.keys {
+            KeySource::Static(k) => assert_eq!(k.len(), 5),
+            other => panic!("unexpected {other:?}"),
+        },
+        other => panic!("unexpected {other:?}"),
+    }
+    let missing: SessionSpec =
+        serde_json::from_value(json!({"mode": "jwt", "jwks_file": "nope.json"})).expect("spec");
+    let errors = missing
+        .validate("filters.login", &cx)
+        .expect_err("missing file");
+    assert_eq!(errors.0[0].path, "filters.login.jwks_file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------- sessions
+
+fn session_spec(extra: Value) -> SessionSpec {
+    let mut base = json!({
+        "mode": "session",
+        "claims_to_headers": {"tenant": "x-meshgate-tenant"},
+    });
+    merge(&mut base, extra);
+    serde_json::from_value(base).expect("spec")
+}
+
+/// A session filter whose store is the counting fake.
+fn with_fake(spec: &SessionSpec, state: &State, fake: &Arc<FakeStore>) -> SessionFilter {
+    let config = spec
+        .validate("filters.s", &ValidateCx::control_plane())
+        .expect("valid");
+    let ModeConfig::Session(store_config) = &config.mode else {
+        panic!("session mode expected")
+    };
+    let cx = BuildCx { state, redis: None };
+    let mut filter = SessionFilter::build("s", &config, &cx);
+    filter.runtime =
+        SessionFilter::session_runtime("s", store_config, Backend::Fake(fake.clone()), &cx);
+    filter
+}
+
+async fn respond(
+    filter: &SessionFilter,
+    cx: &mut RequestCtx,
+    headers: &[(&str, &str)],
+) -> (Result<(), Rejection>, http::response::Parts) {
+    let mut builder = http::Response::builder().status(200);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let (mut head, ()) = builder.body(()).expect("response").into_parts();
+    let mut body = Body::Empty;
+    let result = filter
+        .on_response(&mut ResponseView::new(&mut head, &mut body, 1024), cx)
+        .await;
+    (result, head)
+}
+
+fn set_cookies(head: &http::response::Parts) -> Vec<String> {
+    head.headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect()
+}
+
+fn cookie_value(set_cookie: &str) -> String {
+    let first = set_cookie.split(';').next().expect("pair");
+    first.split_once('=').expect("name=value").1.to_string()
+}
+
+/// Logs in through the filter (app instruction) and returns the session id.
+async fn login(filter: &SessionFilter, instruction: &str, tls: bool) -> (String, Vec<String>) {
+    let mut cx = ctx();
+    cx.tls = tls;
+    let (result, head) = respond(filter, &mut cx, &[(SESSION_SET_HEADER, instruction)]).await;
+    result.expect("login accepted");
+    assert!(
+        head.headers.get(SESSION_SET_HEADER).is_none(),
+        "instruction stripped"
+    );
+    let cookies = set_cookies(&head);
+    let id = cookie_value(cookies.first().expect("a cookie"));
+    (id, cookies)
+}
+
+#[tokio::test]
+async fn app_issues_a_session_and_it_authenticates() {
+    let state = State::new();
+    let filter = build(&session_spec(json!({})), &state);
+    let (id, cookies) = login(
+        &filter,
+        r#"{"sub":"u-42","claims":{"tenant":"t-7"},"ttl":"2h"}"#,
+        false,
+    )
+    .await;
+    assert!(id.len() >= 22, "at least 128 bits");
+    let c = &cookies[0];
+    assert!(c.starts_with("meshgate_session="));
+    assert!(c.contains("HttpOnly") && c.contains("SameSite=Lax") && c.contains("Path=/"));
+    assert!(c.contains("Max-Age=7200"), "{c}");
+    assert!(!c.contains("Secure"), "plain http: no Secure");
+
+    let cookie = format!("a=1; meshgate_session={id}");
+    let (result, head, cx) = run(&filter, &[("cookie", &cookie)]).await;
+    assert_eq!(reason(&result), "pass");
+    assert_eq!(cx.user.as_deref(), Some("u-42"));
+    assert_eq!(upstream(&cx, "x-meshgate-user").as_deref(), Some("u-42"));
+    assert_eq!(upstream(&cx, "x-meshgate-tenant").as_deref(), Some("t-7"));
+    assert_eq!(
+        head.headers.get(COOKIE).and_then(|v| v.to_str().ok()),
+        Some("a=1"),
+        "session id stripped"
+    );
+
+    let (other, _) = login(&filter, r#"{"sub":"u-43"}"#, false).await;
+    assert_ne!(id, other, "fresh random ids");
+}
+
+#[tokio::test]
+async fn cookie_flags_follow_tls_and_config() {
+    let state = State::new();
+    let filter = build(
+        &session_spec(
+            json!({"same_site": "strict", "cookie_path": "/app", "cookie_domain": "example.com"}),
+        ),
+        &state,
+    );
+    let (_, cookies) = login(&filter, r#"{"sub":"u"}"#, true).await;
+    let c = &cookies[0];
+    for flag in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/app",
+        "Domain=example.com",
+    ] {
+        assert!(c.contains(flag), "{flag} in {c}");
+    }
+    let filter = build(&session_spec(json!({"same_site": "none"})), &state);
+    let (_, cookies) = login(&filter, r#"{"sub":"u"}"#, false).await;
+    assert!(cookies[0].contains("SameSite=None") && cookies[0].contains("Secure"));
+    let filter = build(&session_spec(json!({"cookie_secure": "always"})), &state);
+    let (_, cookies) = login(&filter, r#"{"sub":"u"}"#, false).await;
+    assert!(cookies[0].contains("Secure"));
+}
+
+#[tokio::test]
+async fn header_sessions_return_the_id_in_a_header() {
+    let state = State::new();
+    let filter = build(
+        &session_spec(json!({"token_from": "header", "token_name": "x-session"})),
+        &state,
+    );
+    let mut cx = ctx();
+    let (result, head) = respond(
+        &filter,
+        &mut cx,
+        &[(SESSION_SET_HEADER, r#"{"sub":"u-1"}"#)],
+    )
+    .await;
+    result.expect("ok");
+    assert!(set_cookies(&head).is_empty());
+    let id = head
+        .headers
+        .get("x-session")
+        .and_then(|v| v.to_str().ok())
+        .expect("id header")
+        .to_string();
+    let (result, req, cx) = run(&filter, &[("x-session", &id)]).await;
+    assert_eq!(reason(&result), "pass");
+    assert_eq!(cx.user.as_deref(), Some("u-1"));
+    assert!(req.headers.get("x-session").is_none());
+}
+
+#[tokio::test]
+async fn logout_revokes_and_expires_the_cookie() {
+    let state = State::new();
+    let filter = build(&session_spec(json!({})), &state);
+    let (id, _) = login(&filter, r#"{"sub":"u-42"}"#, false).await;
+    let cookie = format!("meshgate_session={id}");
+    let (result, _, mut cx) = run(&filter, &[("cookie", &cookie)]).await;
+    assert_eq!(reason(&result), "pass");
+    let (result, head) = respond(&filter, &mut cx, &[(SESSION_CLEAR_HEADER, "1")]).await;
+    result.expect("logout");
+    assert!(head.headers.get(SESSION_CLEAR_HEADER).is_none());
+    let cookies = set_cookies(&head);
+    assert!(
+        cookies[0].starts_with("meshgate_session=;") && cookies[0].contains("Max-Age=0"),
+        "{cookies:?}"
+    );
+    let (result, _, _) = run(&filter, &[("cookie", &cookie)]).await;
+    assert_eq!(reason(&result), "session_revoked");
+}
+
+#[tokio::test]
+async fn login_replaces_the_previous_session() {
+    let state = State::new();
+    let filter = build(&session_spec(json!({"optional": true})), &state);
+    let (old, _) = login(&filter, r#"{"sub":"u-1"}"#, false).await;
+    let cookie = format!("meshgate_session={old}");
+    let (_, _, mut cx) = run(&filter, &[("cookie", &cookie)]).await;
+    let (result, head) = respond(
+        &filter,
+        &mut cx,
+        &[(SESSION_SET_HEADER, r#"{"sub":"u-2"}"#)],
+    )
+    .await;
+    result.expect("login");
+    let new = cookie_value(&set_cookies(&head)[0]);
+    assert_ne!(new, old);
+    let strict = build(&session_spec(json!({})), &state);
+    assert_eq!(
+        reason(&run(&strict, &[("cookie", &cookie)]).await.0),
+        "session_revoked"
+    );
+}
+
+#[tokio::test]
+async fn session_reasons() {
+    let state = State::new();
+    let filter = build(&session_spec(json!({})), &state);
+    assert_eq!(reason(&run(&filter, &[]).await.0), "login_required");
+    let unknown = format!("meshgate_session={}", "A".repeat(43));
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &unknown)]).await.0),
+        "session_expired"
+    );
+    assert_eq!(
+        reason(
+            &run(&filter, &[("cookie", "meshgate_session=../../etc")])
+                .await
+                .0
+        ),
+        "session_expired"
+    );
+    // absolute expiry inside the record
+    let fake = Arc::new(FakeStore::default());
+    let filter = with_fake(&session_spec(json!({})), &state, &fake);
+    let id = "B".repeat(43);
+    fake.put(
+        &id,
+        SessionRecord {
+            sub: "u".into(),
+            claims: Default::default(),
+            iat: 0,
+            exp: store::unix_now() - 1,
+            revoked: false,
+        },
+    );
+    let cookie = format!("meshgate_session={id}");
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+        "session_expired"
+    );
+    // optional: stale sessions continue anonymously (the login route)
+    let optional = build(&session_spec(json!({"optional": true})), &state);
+    let (result, _, cx) = run(&optional, &[("cookie", &unknown)]).await;
+    assert_eq!(reason(&result), "pass");
+    assert!(cx.user.is_none());
+}
+
+#[tokio::test]
+async fn idle_and_absolute_timeouts() {
+    let state = State::new();
+    let filter = build(
+        &session_spec(
+            json!({"idle_timeout": "1s", "cache_ttl": "100ms", "absolute_timeout": "3s"}),
+        ),
+        &state,
+    );
+    let (id, cookies) = login(&filter, r#"{"sub":"u","ttl":"1h"}"#, false).await;
+    assert!(
+        cookies[0].contains("Max-Age=3"),
+        "ttl capped by absolute_timeout: {}",
+        cookies[0]
+    );
+    let cookie = format!("meshgate_session={id}");
+    // Used every 600ms the idle timer slides; the absolute expiry (whole
+    // seconds, so 2-3s after login) ends the session regardless.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+            "pass"
+        );
+    }
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let _ = run(&filter, &[("cookie", &cookie)]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+        "session_expired"
+    );
+
+    let (id, _) = login(&filter, r#"{"sub":"u"}"#, false).await;
+    let cookie = format!("meshgate_session={id}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+        "session_expired",
+        "idled out"
+    );
+}
+
+#[tokio::test]
+async fn bad_instruction_is_an_upstream_error() {
+    let state = State::new();
+    let filter = build(&session_spec(json!({})), &state);
+    for bad in [
+        "not json",
+        r#"{"claims":{}}"#,
+        r#"{"sub":""}"#,
+        r#"{"sub":"u","ttl":"soon"}"#,
+        r#"{"sub":"u","extra":1}"#,
+    ] {
+        let mut cx = ctx();
+        let (result, _) = respond(&filter, &mut cx, &[(SESSION_SET_HEADER, bad)]).await;
+        assert_eq!(result.expect_err(bad).reason, "upstream_error");
+    }
+}
+
+#[tokio::test]
+async fn single_flight_one_store_read_for_concurrent_misses() {
+    let state = State::new();
+    let fake = Arc::new(FakeStore::default());
+    fake.delay_ms.store(50, Ordering::SeqCst);
+    let filter = Arc::new(with_fake(
+        &session_spec(json!({"store": "redis"})),
+        &state,
+        &fake,
+    ));
+    let id = "C".repeat(43);
+    fake.put(
+        &id,
+        SessionRecord {
+            sub: "u-9".into(),
+            claims: Default::default(),
+            iat: 0,
+            exp: store::unix_now() + 60,
+            revoked: false,
+        },
+    );
+    let cookie = format!("meshgate_session={id}");
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let filter = filter.clone();
+            let cookie = cookie.clone();
+            tokio::spawn(async move { reason(&run(&filter, &[("cookie", &cookie)]).await.0) })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), "pass");
+    }
+    assert_eq!(fake.reads.load(Ordering::SeqCst), 1);
+    // and the answer is cached afterwards
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+        "pass"
+    );
+    assert_eq!(fake.reads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn unknown_ids_are_negatively_cached_and_revocation_lands_within_the_budget() {
+    let state = State::new();
+    let fake = Arc::new(FakeStore::default());
+    let filter = with_fake(
+        &session_spec(json!({"store": "redis", "cache_ttl": "200ms"})),
+        &state,
+        &fake,
+    );
+    let unknown = format!("meshgate_session={}", "D".repeat(43));
+    for _ in 0..5 {
+        assert_eq!(
+            reason(&run(&filter, &[("cookie", &unknown)]).await.0),
+            "session_expired"
+        );
+    }
+    assert_eq!(
+        fake.reads.load(Ordering::SeqCst),
+        1,
+        "negative answers are cached"
+    );
+
+    let id = "E".repeat(43);
+    fake.put(
+        &id,
+        SessionRecord {
+            sub: "u".into(),
+            claims: Default::default(),
+            iat: 0,
+            exp: store::unix_now() + 60,
+            revoked: false,
+        },
+    );
+    let cookie = format!("meshgate_session={id}");
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+        "pass"
+    );
+    // revoked elsewhere (another pod): still served from cache, then refused
+    fake.put(&id, SessionRecord::tombstone());
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+        "pass"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+        "session_revoked"
+    );
+    // deleted in the store: refused after the budget too
+    let id2 = "F".repeat(43);
+    fake.put(
+        &id2,
+        SessionRecord {
+            sub: "u".into(),
+            claims: Default::default(),
+            iat: 0,
+            exp: store::unix_now() + 60,
+            revoked: false,
+        },
+    );
+    let cookie2 = format!("meshgate_session={id2}");
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie2)]).await.0),
+        "pass"
+    );
+    fake.remove(&id2);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie2)]).await.0),
+        "session_expired"
+    );
+}
+
+#[tokio::test]
+async fn store_down_cached_sessions_keep_working_uncached_fail_closed() {
+    let state = State::new();
+    let fake = Arc::new(FakeStore::default());
+    let spec = session_spec(json!({"store": "redis", "cache_ttl": "300ms"}));
+    let filter = with_fake(&spec, &state, &fake);
+    let (cached, _) = login(&filter, r#"{"sub":"u-1"}"#, false).await;
+    let uncached = "G".repeat(43);
+    fake.put(
+        &uncached,
+        SessionRecord {
+            sub: "u-2".into(),
+            claims: Default::default(),
+            iat: 0,
+            exp: store::unix_now() + 60,
+            revoked: false,
+        },
+    );
+    fake.down.store(true, Ordering::SeqCst);
+    let c1 = format!("meshgate_session={cached}");
+    let c2 = format!("meshgate_session={uncached}");
+    assert_eq!(reason(&run(&filter, &[("cookie", &c1)]).await.0), "pass");
+    let (result, _, _) = run(&filter, &[("cookie", &c2)]).await;
+    assert_eq!(reason(&result), "session_store_unavailable");
+    assert_eq!(
+        result.expect_err("503").status,
+        http::StatusCode::SERVICE_UNAVAILABLE
+    );
+    // login while down is refused too
+    let mut cx = ctx();
+    let (result, _) = respond(&filter, &mut cx, &[(SESSION_SET_HEADER, r#"{"sub":"u"}"#)]).await;
+    assert_eq!(
+        result.expect_err("down").reason,
+        "session_store_unavailable"
+    );
+    // after the cache TTL the cached one needs the store as well
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &c1)]).await.0),
+        "session_store_unavailable"
+    );
+    // allow_anonymous
+    let anon = with_fake(
+        &session_spec(json!({"store": "redis", "on_store_error": "allow_anonymous"})),
+        &state,
+        &fake,
+    );
+    let (result, _, cx) = run(&anon, &[("cookie", &c2)]).await;
+    assert_eq!(reason(&result), "pass");
+    assert!(cx.user.is_none());
+    // recovery
+    fake.down.store(false, Ordering::SeqCst);
+    assert_eq!(reason(&run(&filter, &[("cookie", &c2)]).await.0), "pass");
+    assert_eq!(reason(&run(&filter, &[("cookie", &c1)]).await.0), "pass");
+}
+
+#[tokio::test]
+async fn cache_and_memory_store_survive_handover() {
+    let state = State::new();
+    let filter = build(&session_spec(json!({})), &state);
+    let (id, _) = login(&filter, r#"{"sub":"u-5"}"#, false).await;
+    let fake = Arc::new(FakeStore::default());
+    let cached = with_fake(
+        &session_spec(json!({"store": "redis", "cache_ttl": "5s"})),
+        &state,
+        &fake,
+    );
+    let (cached_id, _) = login(&cached, r#"{"sub":"u-6"}"#, false).await;
+
+    let next = State::new();
+    next.import_all(state.export_all());
+    let filter = build(&session_spec(json!({})), &next);
+    let cookie = format!("meshgate_session={id}");
+    let (result, _, cx) = run(&filter, &[("cookie", &cookie)]).await;
+    assert_eq!(reason(&result), "pass");
+    assert_eq!(cx.user.as_deref(), Some("u-5"));
+
+    let empty = Arc::new(FakeStore::default());
+    let cached = with_fake(
+        &session_spec(json!({"store": "redis", "cache_ttl": "5s"})),
+        &next,
+        &empty,
+    );
+    let cookie = format!("meshgate_session={cached_id}");
+    assert_eq!(
+        reason(&run(&cached, &[("cookie", &cookie)]).await.0),
+        "pass"
+    );
+    assert_eq!(
+        empty.reads.load(Ordering::SeqCst),
+        0,
+        "served from the handed-over cache"
+    );
+}
+
+#[test]
+fn session_cache_exports_nothing_when_empty() {
+    let cache = cache::SessionCache::default();
+    assert!(cache.export().is_none());
+    assert_eq!(cache.len(), 0);
+}
+
+#[test]
+fn uses_redis_only_for_the_redis_store() {
+    let cx = ValidateCx::control_plane();
+    let c = session_spec(json!({"store": "redis"}))
+        .validate("f", &cx)
+        .expect("valid");
+    assert!(c.uses_redis());
+    let c = session_spec(json!({})).validate("f", &cx).expect("valid");
+    assert!(!c.uses_redis());
+}
+
+// ---------------------------------------------------------------- remote JWKS
+
+/// A JWKS endpoint in this process: counts fetches, serves what it is told,
+/// answers 500 when `fail` is set.
+struct JwksServer {
+    port: u16,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+    body: Arc<std::sync::Mutex<String>>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn jwks_server(initial: Value) -> JwksServer {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let body = Arc::new(std::sync::Mutex::new(initial.to_string()));
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (f, b, x) = (fetches.clone(), body.clone(), fail.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (f, b, x) = (f.clone(), b.clone(), x.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let status = if x.load(Ordering::SeqCst) { 500 } else { 200 };
+                    let text = b.lock().expect("body").clone();
+                    async move {
+                        http::Response::builder()
+                            .status(status)
+                            .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    JwksServer {
+        port,
+        fetches,
+        body,
+        fail,
+    }
+}
+
+fn only(jwks: &Value, kid: &str) -> Value {
+    let keys: Vec<Value> = jwks["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| k["kid"] == kid)
+        .cloned()
+        .collect();
+    json!({ "keys": keys })
+}
+
+#[tokio::test]
+async fn remote_jwks_rotation_is_rate_limited_and_outages_are_bounded() {
+    let server = jwks_server(only(&jwks(), "es")).await;
+    let state = State::new();
+    let spec = jwt_spec(json!({
+        "jwks": null,
+        "jwks_url": format!("http://127.0.0.1:{}/jwks.json", server.port),
+        "jwks_refresh": "300ms",
+        "jwks_min_refresh": "200ms",
+        "jwks_max_stale": "1s",
+    }));
+    let filter = build(&spec, &state);
+    let es = format!("Bearer {}", mint(Algorithm::ES256, good_claims()));
+    let ed = format!("Bearer {}", mint(Algorithm::EdDSA, good_claims()));
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &es)]).await.0),
+        "pass"
+    );
+    assert_eq!(server.fetches.load(Ordering::SeqCst), 1);
+
+    // Unknown kid: at most one fetch per jwks_min_refresh.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for _ in 0..5 {
+        assert_eq!(
+            reason(&run(&filter, &[("authorization", &ed)]).await.0),
+            "token_invalid"
+        );
+    }
+    assert_eq!(server.fetches.load(Ordering::SeqCst), 2);
+
+    // Rotation: the new key appears and is picked up on the next unknown kid.
+    *server.body.lock().expect("body") = only(&jwks(), "ed").to_string();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &ed)]).await.0),
+        "pass"
+    );
+    assert_eq!(server.fetches.load(Ordering::SeqCst), 3);
+
+    // The endpoint fails: keys keep serving up to jwks_max_stale, then 503.
+    server.fail.store(true, Ordering::SeqCst);
+    let failing_since = std::time::Instant::now();
+    while failing_since.elapsed() < Duration::from_millis(700) {
+        assert_eq!(
+            reason(&run(&filter, &[("authorization", &ed)]).await.0),
+            "pass"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        server.fetches.load(Ordering::SeqCst) >= 4,
+        "background refreshes were tried"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (result, _, _) = run(&filter, &[("authorization", &ed)]).await;
+    assert_eq!(reason(&result), "session_store_unavailable");
+    // ...and recovers when the endpoint does.
+    server.fail.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &ed)]).await.0),
+        "pass"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_lookup_leaves_no_flight_behind() {
+    let fake = Arc::new(FakeStore::default());
+    fake.delay_ms.store(200, Ordering::SeqCst);
+    let id = "H".repeat(43);
+    fake.put(
+        &id,
+        SessionRecord {
+            sub: "u".into(),
+            claims: Default::default(),
+            iat: 0,
+            exp: store::unix_now() + 60,
+            revoked: false,
+        },
+    );
+    let cache = Arc::new(cache::SessionCache::default());
+    let backend = Backend::Fake(fake.clone());
+    let settings = cache::CacheSettings {
+        ttl: Duration::from_secs(5),
+        max_entries: 10,
+        idle: Duration::from_secs(60),
+    };
+    let task = {
+        let (cache, backend, id) = (cache.clone(), backend.clone(), id.clone());
+        tokio::spawn(async move { cache.get(&id, &backend, &settings).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(cache.flights(), 1);
+    task.abort();
+    let _ = task.await;
+    assert_eq!(cache.flights(), 0, "the abandoned flight is gone");
+    let found = cache.get(&id, &backend, &settings).await.expect("lookup");
+    assert!(matches!(found, store::Lookup::Active(_)));
+    assert_eq!(cache.flights(), 0);
+}
+
+#[test]
+fn jwks_url_and_ca_file_validation() {
+    let dir = std::env::temp_dir().join(format!("meshgate-session-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("empty.pem"), "no certificates here").expect("write");
+    let cx = ValidateCx::sidecar(&dir);
+    let spec = |extra: Value| jwt_spec(merge_into(json!({"jwks": null}), extra));
+    let ok = spec(json!({"jwks_url": "https://id.example.com/jwks.json"}));
+    assert!(ok.validate("f", &cx).is_ok());
+    let paths = |s: SessionSpec| -> Vec<String> {
+        s.validate("f", &cx)
+            .expect_err("invalid")
+            .0
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    };
+    assert_eq!(
+        paths(spec(json!({"jwks_url": "ftp://x/jwks"}))),
+        ["f.jwks_url"]
+    );
+    assert_eq!(
+        paths(spec(
+            json!({"jwks_url": "https://id.example.com/jwks.json", "jwks_ca_file": "empty.pem"})
+        )),
+        ["f.jwks_ca_file"]
+    );
+    assert_eq!(
+        paths(spec(
+            json!({"jwks_url": "https://id.example.com/jwks.json", "jwks_ca_file": "missing.pem"})
+        )),
+        ["f.jwks_ca_file"]
+    );
+    assert_eq!(
+        paths(spec(
+            json!({"jwks_url": "http://x/jwks", "jwks_refresh": "0s"})
+        )),
+        ["f.jwks_refresh"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn merge_into(mut base: Value, extra: Value) -> Value {
+    merge(&mut base, extra);
+    base
+}

@@ -1,0 +1,191 @@
+//! Producing RFC 9421 signatures: used for response signing and for the
+//! sidecar's egress listener, which signs the app's outbound calls.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderValue};
+use sfv::{BareItem, Dictionary, InnerList, Item, ListEntry, Parameters, Parser, SerializeValue};
+
+use super::base::{signature_base, Message, RequestParts};
+use super::digest::content_digest;
+use super::keys::{Key, SignError};
+
+pub const SIGNATURE_INPUT: &str = "signature-input";
+pub const SIGNATURE: &str = "signature";
+pub const CONTENT_DIGEST: &str = "content-digest";
+
+/// Signs messages with one key over a fixed list of components.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    pub key: Key,
+    /// Covered components, in order (validated identifiers).
+    pub components: Vec<Item>,
+    /// Dictionary label of the signature (`sig1` unless configured).
+    pub label: String,
+    /// Add a random `nonce` parameter.
+    pub nonce: bool,
+    /// Add `expires = created + this`.
+    pub expires_in: Option<Duration>,
+    /// Add the `alg` parameter.
+    pub include_alg: bool,
+}
+
+impl Signer {
+    pub fn new(key: Key, components: Vec<Item>) -> Self {
+        Signer {
+            key,
+            components,
+            label: "sig1".into(),
+            nonce: true,
+            expires_in: None,
+            include_alg: true,
+        }
+    }
+
+    fn covers(&self, name: &str) -> bool {
+        self.components
+            .iter()
+            .any(|c| c.bare_item.as_str() == Some(name) && !c.params.contains_key("req"))
+    }
+
+    /// The inner list: components plus `created`, `expires`, `nonce`,
+    /// `keyid` and `alg` parameters.
+    fn params(&self, created: u64) -> Result<InnerList, SignError> {
+        let int = |v: u64| {
+            i64::try_from(v)
+                .map(BareItem::Integer)
+                .map_err(|_| SignError::Message("timestamp out of range".into()))
+        };
+        let mut params = Parameters::new();
+        params.insert("created".into(), int(created)?);
+        if let Some(ttl) = self.expires_in {
+            params.insert(
+                "expires".into(),
+                int(created.saturating_add(ttl.as_secs()))?,
+            );
+        }
+        if self.nonce {
+            params.insert("nonce".into(), BareItem::String(random_nonce()));
+        }
+        params.insert("keyid".into(), BareItem::String(self.key.id.to_string()));
+        if self.include_alg {
+            params.insert("alg".into(), BareItem::String(self.key.alg.name().into()));
+        }
+        Ok(InnerList::with_params(self.components.clone(), params))
+    }
+
+    /// Signs a request: sets `Content-Digest` when covered, then adds this
+    /// signature to `Signature-Input` and `Signature` (other labels kept).
+    pub fn sign_request(
+        &self,
+        head: &mut http::request::Parts,
+        body: &[u8],
+        scheme: &str,
+    ) -> Result<(), SignError> {
+        self.sign_request_at(head, body, scheme, unix_now())
+    }
+
+    pub fn sign_request_at(
+        &self,
+        head: &mut http::request::Parts,
+        body: &[u8],
+        scheme: &str,
+        created: u64,
+    ) -> Result<(), SignError> {
+        if self.covers(CONTENT_DIGEST) {
+            set_digest(&mut head.headers, body)?;
+        }
+        let list = self.params(created)?;
+        let base = signature_base(
+            &Message::Request(RequestParts {
+                method: &head.method,
+                uri: &head.uri,
+                headers: &head.headers,
+                scheme,
+            }),
+            &list,
+        )
+        .map_err(|e| SignError::Message(e.to_string()))?;
+        let sig = self.key.sign(&base)?;
+        add_signature(&mut head.headers, &self.label, list, sig)
+    }
+
+    /// Signs a response; `request` feeds components with `;req` (binding the
+    /// response to the request, e.g. `"signature";req;key="sig1"`).
+    pub fn sign_response(
+        &self,
+        head: &mut http::response::Parts,
+        body: &[u8],
+        request: Option<RequestParts<'_>>,
+    ) -> Result<(), SignError> {
+        if self.covers(CONTENT_DIGEST) {
+            set_digest(&mut head.headers, body)?;
+        }
+        let list = self.params(unix_now())?;
+        let base = signature_base(
+            &Message::Response {
+                status: head.status,
+                headers: &head.headers,
+                request,
+            },
+            &list,
+        )
+        .map_err(|e| SignError::Message(e.to_string()))?;
+        let sig = self.key.sign(&base)?;
+        add_signature(&mut head.headers, &self.label, list, sig)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// 128 random bits, base64url without padding.
+pub fn random_nonce() -> String {
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn set_digest(headers: &mut HeaderMap, body: &[u8]) -> Result<(), SignError> {
+    let value = HeaderValue::try_from(content_digest(body))
+        .map_err(|e| SignError::Message(e.to_string()))?;
+    headers.insert(CONTENT_DIGEST, value);
+    Ok(())
+}
+
+/// Adds `label` to both dictionaries, replacing a member of the same label.
+fn add_signature(
+    headers: &mut HeaderMap,
+    label: &str,
+    list: InnerList,
+    sig: Vec<u8>,
+) -> Result<(), SignError> {
+    let merge =
+        |headers: &HeaderMap, name: &str, entry: ListEntry| -> Result<HeaderValue, SignError> {
+            let existing: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+            let mut dict = if existing.is_empty() {
+                Dictionary::new()
+            } else {
+                // an unparsable existing field is replaced rather than extended
+                Parser::parse_dictionary(&existing.join(&b", "[..])).unwrap_or_default()
+            };
+            dict.insert(label.to_string(), entry);
+            let text = dict
+                .serialize_value()
+                .map_err(|e| SignError::Message(e.to_string()))?;
+            HeaderValue::try_from(text).map_err(|e| SignError::Message(e.to_string()))
+        };
+    let input = merge(headers, SIGNATURE_INPUT, ListEntry::InnerList(list))?;
+    let signature = merge(
+        headers,
+        SIGNATURE,
+        ListEntry::Item(Item::new(BareItem::ByteSeq(sig))),
+    )?;
+    headers.insert(SIGNATURE_INPUT, input);
+    headers.insert(SIGNATURE, signature);
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! Inbound RFC 9421 verification, apart from the body and the nonce store:
+//! parse `Signature-Input`/`Signature`, pick the key by `keyid`, enforce the
+//! policy, rebuild the signature base and check the signature.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use sfv::{BareItem, InnerList, Item, ListEntry, Parser};
+
+use super::base::{signature_base, BaseError, Message, RequestParts};
+use super::keys::Key;
+use super::sign::{CONTENT_DIGEST, SIGNATURE, SIGNATURE_INPUT};
+use crate::error::Rejection;
+
+/// The verification policy of one filter instance.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Keys by key id.
+    pub keys: HashMap<String, VerifyKey>,
+    /// Component names every signature must cover.
+    pub required_components: Vec<String>,
+    pub max_age: Duration,
+    /// Tolerated clock difference for `created` in the future and `expires`.
+    pub clock_skew: Duration,
+    pub require_nonce: bool,
+    /// A request that carries a body must cover `content-digest`.
+    pub require_digest_with_body: bool,
+    /// Only this signature label is considered (any label when unset).
+    pub label: Option<String>,
+}
+
+/// A verification key and the client it identifies.
+#[derive(Debug, Clone)]
+pub struct VerifyKey {
+    pub key: Key,
+    pub client: Arc<str>,
+}
+
+/// A signature that verified (apart from the body digest and the nonce).
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub key_id: Arc<str>,
+    pub client: Arc<str>,
+    pub label: String,
+    pub nonce: Option<String>,
+    /// `content-digest` is covered and must be checked against the body.
+    pub covers_digest: bool,
+}
+
+fn reject(reason: &'static str, msg: impl Into<String>) -> Rejection {
+    Rejection::new(reason, msg.into())
+}
+
+fn malformed(msg: impl Into<String>) -> Rejection {
+    Rejection::new("signature_malformed", msg.into()).with_status(StatusCode::BAD_REQUEST)
+}
+
+fn combined(req: &RequestParts<'_>, name: &str) -> Option<Vec<u8>> {
+    let values: Vec<&[u8]> = req
+        .headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    (!values.is_empty()).then(|| values.join(&b", "[..]))
+}
+
+fn param_int(list: &InnerList, name: &str) -> Result<Option<i64>, Rejection> {
+    match list.params.get(name) {
+        None => Ok(None),
+        Some(BareItem::Integer(v)) => Ok(Some(*v)),
+        Some(_) => Err(malformed(format!("{name} must be an integer"))),
+    }
+}
+
+fn param_str<'l>(list: &'l InnerList, name: &str) -> Result<Option<&'l str>, Rejection> {
+    match list.params.get(name) {
+        None => Ok(None),
+        Some(BareItem::String(v)) => Ok(Some(v.as_str())),
+        Some(_) => Err(malformed(format!("{name} must be a string"))),
+    }
+}
+
+/// Whether the request declares a body.
+pub fn has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+impl Policy {
+    /// Verifies the request's signature at unix time `now`.
+    pub fn verify(&self, req: &RequestParts<'_>, now: u64) -> Result<Verified, Rejection> {
+        let (Some(input), Some(sigs)) = (combined(req, SIGNATURE_INPUT), combined(req, SIGNATURE))
+        else {
+            return Err(reject(
+                "signature_missing",
+                "Signature-Input and Signature headers are required",
+            ));
+        };
+        let input = Parser::parse_dictionary(&input)
+            .map_err(|e| malformed(format!("Signature-Input: {e}")))?;
+        let sigs =
+            Parser::parse_dictionary(&sigs).map_err(|e| malformed(format!("Signature: {e}")))?;
+
+        // Pick the signature: the configured label, else the first whose keyid
+        // we know (so a request may carry signatures for other verifiers too).
+        let mut chosen: Option<(&String, &InnerList, &VerifyKey)> = None;
+        let mut first_unknown: Option<String> = None;
+        for (label, entry) in &input {
+            if self.label.as_deref().is_some_and(|l| l != label) {
+                continue;
+            }
+            let ListEntry::InnerList(list) = entry else {
+                return Err(malformed(format!(
+                    "Signature-Input member {label} is not an inner list"
+                )));
+            };
+            let Some(key_id) = param_str(list, "keyid")? else {
+                return Err(malformed(format!("signature {label} has no keyid")));
+            };
+            match self.keys.get(key_id) {
+                Some(key) => {
+                    chosen = Some((label, list, key));
+                    break;
+                }
+                None => {
+                    first_unknown.get_or_insert_with(|| key_id.to_string());
+                }
+            }
+        }
+        let Some((label, list, vk)) = chosen else {
+            return Err(match (first_unknown, &self.label) {
+                (Some(id), _) => reject("unknown_key", format!("unknown keyid {id:?}")),
+                (None, Some(l)) => {
+                    reject("signature_missing", format!("no signature labelled {l}"))
+                }
+                (None, None) => reject("signature_missing", "Signature-Input is empty"),
+            });
+        };
+        let key = &vk.key;
+
+        // The algorithm is the key's; a request naming another one fails.
+        if let Some(alg) = param_str(list, "alg")? {
+            if alg != key.alg.name() {
+                return Err(reject(
+                    "algorithm_not_allowed",
+                    format!("key {} is {}, not {alg}", key.id, key.alg),
+                ));
+            }
+        }
+
+        let Some(created) = param_int(list, "created")? else {
+            return Err(malformed("the created parameter is required"));
+        };
+        let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+        let skew = i64::try_from(self.clock_skew.as_secs()).unwrap_or(i64::MAX);
+        let max_age = i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX);
+        if created > now_i.saturating_add(skew) {
+            return Err(reject("signature_expired", "created is in the future"));
+        }
+        if now_i.saturating_sub(created) > max_age {
+            return Err(reject(
+                "signature_expired",
+                format!("signature is older than {}s", self.max_age.as_secs()),
+            ));
+        }
+        if let Some(expires) = param_int(list, "expires")? {
+            if expires.saturating_add(skew) < now_i {
+                return Err(reject("signature_expired", "signature has expired"));
+            }
+        }
+        let nonce = param_str(list, "nonce")?.map(str::to_string);
+        if self.require_nonce && nonce.is_none() {
+            return Err(reject(
+                "component_missing",
+                "the nonce parameter is required",
+            ));
+        }
+
+        let covered: Vec<&str> = list
+            .items
+            .iter()
+            .filter(|i| i.params.is_empty())
+            .filter_map(|i| i.bare_item.as_str())
+            .collect();
+        for required in &self.required_components {
+            if !covered.contains(&required.as_str()) {
+                return Err(reject(
+                    "component_missing",
+                    format!("signature must cover {required}"),
+                ));
+            }
+        }
+        let covers_digest = covered.contains(&CONTENT_DIGEST);
+        if self.require_digest_with_body && !covers_digest && has_body(req.headers) {
+            return Err(reject(
+                "component_missing",
+                "a request with a body must cover content-digest",
+            ));
+        }
+        if covers_digest && !req.headers.contains_key(CONTENT_DIGEST) {
+            return Err(reject(
+                "digest_mismatch",
+                "content-digest is covered but the header is missing",
+            ));
+        }
+
+        let signature = match sigs.get(label) {
+            Some(ListEntry::Item(Item {
+                bare_item: BareItem::ByteSeq(bytes),
+                ..
+            })) => bytes,
+            Some(_) => {
+                return Err(malformed(format!(
+                    "Signature member {label} is not a byte sequence"
+                )))
+            }
+            None => {
+                return Err(reject(
+                    "signature_missing",
+                    format!("no Signature member for {label}"),
+                ))
+            }
+        };
+
+        let base = signature_base(&Message::Request(*req), list).map_err(|e| match e {
+            BaseError::Missing(c) => reject(
+                "component_missing",
+                format!("covered component {c} is not in the request"),
+            ),
+            BaseError::Malformed(m) => malformed(m),
+        })?;
+        if !key.verify(&base, signature) {
+            return Err(reject("signature_invalid", "signature does not verify"));
+        }
+        Ok(Verified {
+            key_id: key.id.clone(),
+            client: vk.client.clone(),
+            label: label.clone(),
+            nonce,
+            covers_digest,
+        })
+    }
+}
