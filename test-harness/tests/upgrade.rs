@@ -737,3 +737,78 @@ fn websocket_keeps_its_grace_period_across_the_upgrade() {
     wait_old_exit(&mut old, 1);
     echo(&mut fresh, "still fine");
 }
+
+/// The signature filter's in-memory nonce cache moves with the upgrade: a
+/// request replayed after the upgrade is rejected. Requests are signed by
+/// the Python `http-message-signatures` package (scripts/sign_request.py).
+#[test]
+fn used_nonce_is_still_rejected_after_the_upgrade() {
+    const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
+    let app = EchoApp::start();
+    let socket_dir = tempfile::tempdir().expect("tempdir");
+    let socket = socket_dir.path().join("upgrade.sock");
+    let socket = socket.to_str().expect("utf-8 path").to_string();
+    let yaml = format!(
+        r#"
+inbound: {{ listen: "${{INBOUND}}" }}
+app: {{ address: "{}" }}
+admin: {{ listen: "${{ADMIN}}" }}
+routes:
+  - {{ name: api, match: {{ path_prefix: / }}, filters: [verify] }}
+filters:
+  verify:
+    type: signature
+    keys: [{{ id: app-1, alg: hmac-sha256, secret_base64: "{SECRET}" }}]
+    required_components: ["@method", "@authority", "@path", "content-digest"]
+    max_age: 300s
+    require_nonce: true
+"#,
+        app.addr()
+    );
+    let mut sidecar = Sidecar::start_with_args(
+        &yaml,
+        &["--upgrade-socket", &socket, "--drain-timeout", "5s"],
+    );
+    let url = sidecar.url("/pay");
+    let out = std::process::Command::new("python3")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("scripts")
+                .join("sign_request.py"),
+        )
+        .args(["--method", "POST", "--url", &url, "--body", "{}"])
+        .args([
+            "--key-id",
+            "app-1",
+            "--alg",
+            "hmac-sha256",
+            "--secret-b64",
+            SECRET,
+        ])
+        .args(["--components", "@method,@authority,@path,content-digest"])
+        .output()
+        .expect("python3 signer");
+    assert!(
+        out.status.success(),
+        "signer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("signer json");
+    let send = || {
+        let mut req = Request::post(url.as_str());
+        for (k, v) in signed["headers"].as_object().expect("headers") {
+            req = req.header(k.as_str(), v.as_str().unwrap_or_default());
+        }
+        meshgate_test_harness::request(req.body(Bytes::from_static(b"{}")).expect("request"))
+            .expect("send")
+    };
+    let first = send();
+    assert_eq!(first.status, 200, "{}", first.text());
+
+    let mut old = sidecar.spawn_upgrade();
+    wait_old_exit(&mut old, 1);
+    wait_ready_from(&sidecar, sidecar.proc.child.id());
+    let replayed = send();
+    assert_eq!(replayed.status, 401, "{}", replayed.text());
+    assert_eq!(replayed.json()["error"], "signature_replayed");
+}
