@@ -27,12 +27,22 @@ pub struct Admin {
     pub log_level: LogLevel,
     /// Extra phase shown on `/ready` (e.g. an upgrade in progress).
     pub phase: Arc<std::sync::Mutex<String>>,
+    /// Set when the admin sockets were handed over to a new process.
+    pub stop_accepting: tokio::sync::watch::Sender<bool>,
+    /// Starts the next process for `POST /upgrade` (needs `--upgrade-socket`).
+    pub successor: Option<Arc<crate::upgrade::Successor>>,
 }
 
-/// Serves `listener`; `health_only` restricts it to `/ready` and `/live`.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, health_only: bool) {
+/// Serves `listener` until it is handed over; `health_only` restricts it to
+/// `/ready` and `/live`.
+pub async fn serve(listener: Arc<TcpListener>, admin: Arc<Admin>, health_only: bool) {
+    let mut stop = admin.stop_accepting.subscribe();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
@@ -76,8 +86,15 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// Why the sidecar is not ready, or `None` when it is.
 fn not_ready_reason(admin: &Admin) -> Option<&'static str> {
     let snapshot = admin.store.load();
+    let taking_over = admin
+        .phase
+        .lock()
+        .map(|p| *p == crate::upgrade::TAKING_OVER)
+        .unwrap_or(false);
     if admin.drain.is_draining() {
         Some("draining")
+    } else if taking_over {
+        Some("taking over from the previous process")
     } else if !snapshot.loaded {
         Some("no config loaded")
     } else if !admin
@@ -99,11 +116,11 @@ async fn route(admin: &Admin, req: Request<Incoming>, health_only: bool) -> Resp
             match not_ready_reason(admin) {
                 None => json(
                     StatusCode::OK,
-                    serde_json::json!({ "ready": true, "phase": phase }),
+                    serde_json::json!({ "ready": true, "phase": phase, "pid": std::process::id() }),
                 ),
                 Some(reason) => json(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({ "ready": false, "reason": reason, "phase": phase }),
+                    serde_json::json!({ "ready": false, "reason": reason, "phase": phase, "pid": std::process::id() }),
                 ),
             }
         }
@@ -138,6 +155,22 @@ async fn route(admin: &Admin, req: Request<Incoming>, health_only: bool) -> Resp
                 serde_json::json!({ "draining": true, "active_connections": admin.drain.active_connections() }),
             )
         }
+        (Method::POST, "/upgrade") => match &admin.successor {
+            None => json(
+                StatusCode::CONFLICT,
+                serde_json::json!({ "error": "upgrade_unavailable", "message": "start meshgate with --upgrade-socket to upgrade in place" }),
+            ),
+            Some(successor) => match successor.spawn() {
+                Ok(pid) => json(
+                    StatusCode::ACCEPTED,
+                    serde_json::json!({ "upgrading": true, "new_pid": pid, "binary": successor.binary.display().to_string() }),
+                ),
+                Err(message) => json(
+                    StatusCode::CONFLICT,
+                    serde_json::json!({ "error": "upgrade_failed", "message": message }),
+                ),
+            },
+        },
         (Method::GET, "/logging") => json(
             StatusCode::OK,
             serde_json::json!({ "level": admin.log_level.current() }),
@@ -168,7 +201,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, health_only: bool) -> Resp
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({ "error": "not_found", "endpoints": ["/ready", "/live", "/metrics", "/config_dump", "POST /drain", "GET|POST /logging?level="] }),
+            serde_json::json!({ "error": "not_found", "endpoints": ["/ready", "/live", "/metrics", "/config_dump", "POST /drain", "POST /upgrade", "GET|POST /logging?level="] }),
         ),
     }
 }

@@ -60,9 +60,29 @@ pub struct RunArgs {
     #[arg(long, env = "MESHGATE_CONCURRENCY", global = true)]
     pub concurrency: Option<usize>,
 
-    /// On drain or SIGTERM, how long in-flight requests may take before the process exits anyway.
+    /// On drain, SIGTERM or after handing over to a new process: how long in-flight
+    /// requests and long-lived streams (WebSocket, gRPC) may take before the
+    /// process closes them and exits.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub drain_timeout: Duration,
+
+    /// Unix socket for lossless binary upgrades, on a volume the old and the new
+    /// process share. At start, a process answering there hands its listeners,
+    /// config and filter state over; otherwise this process binds fresh and
+    /// listens there for the next upgrade.
+    #[arg(long, env = "MESHGATE_UPGRADE_SOCKET", global = true)]
+    pub upgrade_socket: Option<PathBuf>,
+
+    /// Binary started by SIGUSR2 or `POST /upgrade` (with this process's
+    /// arguments) to take over; default: the running binary.
+    #[arg(long, env = "MESHGATE_UPGRADE_BINARY", global = true)]
+    pub upgrade_binary: Option<PathBuf>,
+
+    /// After handing over and draining, stay idle until SIGTERM instead of
+    /// exiting: in Kubernetes, a container that exits is restarted with its
+    /// old image, which would take the sockets back.
+    #[arg(long, env = "MESHGATE_IDLE_AFTER_HANDOVER", global = true)]
+    pub idle_after_handover: bool,
 
     #[command(flatten)]
     pub xds: XdsArgs,

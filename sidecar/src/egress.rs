@@ -63,7 +63,7 @@ impl Egress {
 }
 
 /// Accepts egress connections until draining starts.
-pub async fn serve(listener: TcpListener, egress: Arc<Egress>, drain: Drain) {
+pub async fn serve(listener: Arc<TcpListener>, egress: Arc<Egress>, drain: Drain) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -18,14 +18,17 @@ pub mod server;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod xds_source;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use meshgate_filters::{State, ValidateCx};
+use tokio::net::TcpListener;
 
 use crate::admin::Admin;
 use crate::cli::{LogFormat, RunArgs};
@@ -116,15 +119,58 @@ pub async fn run_async(
         .unwrap_or_else(|| PathBuf::from("."));
     let state = Arc::new(State::new());
     let store = Arc::new(
-        ConfigStore::new(base_dir, state).map_err(|e| anyhow::anyhow!("built-in defaults: {e}"))?,
+        ConfigStore::new(base_dir.clone(), state)
+            .map_err(|e| anyhow::anyhow!("built-in defaults: {e}"))?,
     );
+    let phase = Arc::new(std::sync::Mutex::new(String::new()));
 
-    if let Some(path) = &args.config {
-        file_source::apply(&store, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    } else if let Some(spec) = embedded {
-        store
-            .apply(spec, snapshot::ConfigSource::File("(embedded)".into()))
-            .map_err(|e| anyhow::anyhow!("embedded config: {e}"))?;
+    // A broken config file fails the start before an old process is even
+    // asked to hand over: it keeps serving untouched.
+    let file_spec = match &args.config {
+        Some(path) => {
+            let spec = file_source::read(path)
+                .and_then(|spec| {
+                    meshgate_xds::config::validate(&spec, &ValidateCx::sidecar(&base_dir))
+                        .map(|_| spec)
+                })
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some((spec, path.display().to_string()))
+        }
+        None => None,
+    };
+
+    let mut takeover = match &args.upgrade_socket {
+        Some(path) => upgrade::connect(path).await?,
+        None => None,
+    };
+    match takeover.as_mut() {
+        Some(t) => {
+            upgrade::set_phase(&phase, upgrade::TAKING_OVER);
+            // State first, so that filters built by the apply below find it.
+            let exports = t.receive_state().await?;
+            let slots = exports.len();
+            store.state.import_all(exports);
+            tracing::info!(slots, "filter state imported");
+            // The old process's live config (possibly newer than the file);
+            // the file watcher takes over from here.
+            if let Err(e) = store.apply(t.config.clone(), snapshot::ConfigSource::Upgrade) {
+                if let Some(t) = takeover.take() {
+                    t.refuse(format!("handed-over config rejected: {e}")).await;
+                }
+                anyhow::bail!("handed-over config rejected: {e}");
+            }
+        }
+        None => {
+            if let Some((spec, name)) = file_spec {
+                store
+                    .apply(spec, snapshot::ConfigSource::File(name.clone()))
+                    .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            } else if let Some(spec) = embedded {
+                store
+                    .apply(spec, snapshot::ConfigSource::File("(embedded)".into()))
+                    .map_err(|e| anyhow::anyhow!("embedded config: {e}"))?;
+            }
+        }
     }
 
     // With --xds the file is only the bootstrap (node-local addresses, first config).
@@ -134,7 +180,10 @@ pub async fn run_async(
     };
     let mut xds = xds_source::XdsSource::from_args(&args.xds, bootstrap.as_deref())?;
     if let Some(xds) = &mut xds {
-        xds.boot_from_state(&store);
+        // A handed-over config is newer than anything in the state dir.
+        if takeover.is_none() {
+            xds.boot_from_state(&store);
+        }
     }
 
     let snapshot = store.load();
@@ -144,38 +193,52 @@ pub async fn run_async(
     let egress_addr = snapshot.config.egress.as_ref().map(|e| e.listen);
     drop(snapshot);
 
-    let inbound = tokio::net::TcpListener::from_std(
-        server::bind(inbound_addr)
-            .map_err(|e| anyhow::anyhow!("inbound.listen {inbound_addr}: {e}"))?,
-    )?;
-    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("admin.listen {admin_addr}: {e}"))?;
+    // Handed-over sockets when taking over, fresh ones otherwise.
+    let mut own = Vec::new();
+    let mut listen = |name: &'static str, addr: SocketAddr| -> anyhow::Result<Arc<TcpListener>> {
+        let std_listener = match takeover.as_mut().and_then(|t| t.take_listener(addr)) {
+            Some(l) => l,
+            None => server::bind(addr).map_err(|e| anyhow::anyhow!("{name} {addr}: {e}"))?,
+        };
+        let listener = Arc::new(TcpListener::from_std(std_listener)?);
+        own.push(upgrade::OwnListener {
+            name,
+            addr,
+            listener: listener.clone(),
+        });
+        Ok(listener)
+    };
+    let inbound = listen("inbound", inbound_addr)?;
+    let admin_listener = listen("admin", admin_addr)?;
+    let health_listener = match health_addr {
+        Some(addr) => Some(listen("health", addr)?),
+        None => None,
+    };
+    let egress_listener = match egress_addr {
+        Some(addr) => Some(listen("egress", addr)?),
+        None => None,
+    };
 
     let drain = Drain::new();
     let health = Arc::new(AppHealth::default());
+    let successor = args.upgrade_socket.as_ref().map(|_| {
+        let binary = args
+            .upgrade_binary
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("meshgate"));
+        Arc::new(upgrade::Successor::new(binary))
+    });
     let admin = Arc::new(Admin {
         store: store.clone(),
         health: health.clone(),
         drain: drain.clone(),
         metrics: metrics.clone(),
         log_level,
-        phase: Arc::new(std::sync::Mutex::new("serving".into())),
+        phase: phase.clone(),
+        stop_accepting: tokio::sync::watch::channel(false).0,
+        successor: successor.clone(),
     });
-    tokio::spawn(admin::serve(admin_listener, admin.clone(), false));
-    if let Some(addr) = health_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("admin.health_listen {addr}: {e}"))?;
-        tokio::spawn(admin::serve(listener, admin.clone(), true));
-    }
-    if let Some(addr) = egress_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("egress.listen {addr}: {e}"))?;
-        let egress = Arc::new(egress::Egress::new(store.clone()));
-        tokio::spawn(egress::serve(listener, egress, drain.clone()));
-    }
     tokio::spawn(health::run(store.clone(), health.clone()));
     tokio::spawn(async move {
         loop {
@@ -195,22 +258,79 @@ pub async fn run_async(
     let shared = Arc::new(Shared {
         store: store.clone(),
         health,
+        drain: drain.clone(),
     });
     let serving = tokio::spawn(server::serve(inbound, shared, drain.clone()));
-    tracing::info!(inbound = %inbound_addr, admin = %admin_addr, version = %store.load().version, "meshgate serving");
+    if let Some(listener) = egress_listener {
+        let egress = Arc::new(egress::Egress::new(store.clone()));
+        tokio::spawn(egress::serve(listener, egress, drain.clone()));
+    }
+    if let Some(t) = takeover {
+        // Accepting on the shared sockets now; the old process stops accepting
+        // when it reads `complete` and answers `released`.
+        let old_pid = t.old_pid;
+        match t.complete().await {
+            Ok(()) => tracing::info!(old_pid, "took over; the old process is draining"),
+            Err(e) => {
+                tracing::warn!(old_pid, error = %e, "the old process did not confirm the takeover")
+            }
+        }
+        metrics::counter!("meshgate_upgrades_total", "result" => "taken_over").increment(1);
+        upgrade::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    } else {
+        upgrade::notify_systemd("READY=1");
+    }
+    upgrade::set_phase(&phase, upgrade::SERVING);
+    tokio::spawn(admin::serve(admin_listener, admin.clone(), false));
+    if let Some(listener) = health_listener {
+        tokio::spawn(admin::serve(listener, admin.clone(), true));
+    }
+    let mut handed_over = None;
+    if let (Some(path), Some(successor)) = (&args.upgrade_socket, successor) {
+        let socket = upgrade::bind_socket(path)
+            .map_err(|e| anyhow::anyhow!("--upgrade-socket {}: {e}", path.display()))?;
+        handed_over = Some(tokio::spawn(upgrade::serve(
+            socket,
+            path.clone(),
+            upgrade::Outgoing {
+                store: store.clone(),
+                listeners: own,
+                phase: phase.clone(),
+                drain: drain.clone(),
+                stop_admin: admin.stop_accepting.clone(),
+            },
+        )));
+        tokio::spawn(successor.on_signal());
+    }
+    tracing::info!(inbound = %inbound_addr, admin = %admin_addr, version = %store.load().version, pid = std::process::id(), "meshgate serving");
 
     wait_for_shutdown(&drain).await;
     drain.start();
-    if let Ok(mut phase) = admin.phase.lock() {
-        *phase = "draining".into();
-    }
+    upgrade::set_phase(&phase, upgrade::DRAINING);
     let _ = serving.await;
+    tracing::info!(
+        connections = drain.active_connections(),
+        deadline = ?args.drain_timeout,
+        "draining: waiting for connections to finish"
+    );
     let left = drain.wait_idle(args.drain_timeout).await;
     if left > 0 {
         tracing::warn!(
             connections = left,
             "drain deadline reached; closing remaining connections"
         );
+    }
+    let handed_over = match handed_over {
+        Some(task) => task.await.unwrap_or(false),
+        None => false,
+    };
+    if handed_over && args.idle_after_handover {
+        tracing::info!("meshgate drained after handing over; idle until SIGTERM");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     }
     tracing::info!("meshgate drained; exiting");
     Ok(())

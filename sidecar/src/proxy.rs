@@ -29,6 +29,8 @@ use crate::upstream::{classify, ForwardFailure};
 pub struct Shared {
     pub store: Arc<ConfigStore>,
     pub health: Arc<AppHealth>,
+    /// Upgraded connections (WebSocket tunnels) count as connections for the drain.
+    pub drain: crate::drain::Drain,
 }
 
 /// The client side of one connection.
@@ -222,7 +224,13 @@ async fn forward(
     if upstream_rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let app_upgrade = hyper::upgrade::on(&mut upstream_rsp);
-            tokio::spawn(tunnel(client_upgrade, app_upgrade));
+            // Tracked so that a drain gives the tunnel its grace period; it
+            // is cut when the process exits at the drain deadline.
+            let guard = shared.drain.track_connection();
+            tokio::spawn(async move {
+                tunnel(client_upgrade, app_upgrade).await;
+                drop(guard);
+            });
             let (head, _) = upstream_rsp.into_parts();
             log.guards = cx.take_guards();
             return Ok(Response::from_parts(head, Body::Empty));
@@ -367,6 +375,15 @@ pub struct LoggedBody {
     inner: Body,
     bytes_out: u64,
     log: Option<AccessLog>,
+}
+
+impl LoggedBody {
+    /// Keeps `guard` alive until the response is done.
+    pub fn hold(&mut self, guard: Box<dyn std::any::Any + Send>) {
+        if let Some(log) = self.log.as_mut() {
+            log.guards.push(guard);
+        }
+    }
 }
 
 impl http_body::Body for LoggedBody {

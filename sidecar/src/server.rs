@@ -3,8 +3,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -33,8 +34,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts connections until draining starts.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: Drain) {
+/// Accepts connections until draining starts. The listener may be shared
+/// with the process taking over (both accept for a moment during an upgrade).
+pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, drain: Drain) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -87,6 +89,53 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: Drain) {
     tracing::info!("inbound listener stopped accepting");
 }
 
+/// While draining, an HTTP/1 connection without a request for this long is
+/// closed. Until then a keep-alive client may still send its next request,
+/// which gets its answer with `Connection: close`; closing an idle connection
+/// at once would race with such a request and reset it.
+pub const DRAIN_IDLE_CLOSE: Duration = Duration::from_secs(1);
+
+/// What the drain needs to know about one connection.
+struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    http2: AtomicBool,
+}
+
+/// Counts a request as in flight until its response body is done.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+    }
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>, version: http::Version) -> InFlight {
+        if version == http::Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Ready for a graceful shutdown now: HTTP/2 always (GOAWAY lets streams
+    /// in flight finish), HTTP/1 once idle for [`DRAIN_IDLE_CLOSE`].
+    fn may_close(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+            || (self.in_flight.load(Ordering::Acquire) == 0
+                && self
+                    .idle_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed()
+                    >= DRAIN_IDLE_CLOSE)
+    }
+}
+
 /// Serves HTTP on one connection; on drain, finishes in-flight requests and closes.
 pub async fn serve_connection<I>(io: I, info: ConnInfo, shared: Arc<Shared>, drain: Drain)
 where
@@ -94,10 +143,34 @@ where
 {
     let inbound = shared.store.load().config.inbound.clone();
     let info = Arc::new(info);
-    let service = service_fn(move |req| {
+    let activity = Arc::new(Activity {
+        in_flight: AtomicUsize::new(0),
+        idle_since: Mutex::new(Instant::now()),
+        http2: AtomicBool::new(false),
+    });
+    let service_activity = activity.clone();
+    let service_drain = drain.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(shared, info, req).await) }
+        let version = req.version();
+        let in_flight = service_activity.begin(version);
+        let drain = service_drain.clone();
+        async move {
+            let mut rsp = proxy::handle(shared, info, req).await;
+            // Draining: an HTTP/1 client learns to reconnect (to the new process).
+            if drain.is_draining()
+                && version < http::Version::HTTP_2
+                && rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                rsp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            rsp.body_mut().hold(Box::new(in_flight));
+            Ok::<_, Infallible>(rsp)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own buffer must hold a head a little over our limit, so that the
@@ -125,6 +198,17 @@ where
             }
         }
         _ = drain.started() => {
+            while !activity.may_close() {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended with an error while draining");
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error while draining");

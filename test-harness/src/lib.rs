@@ -194,6 +194,8 @@ pub struct Sidecar {
     pub dir: tempfile::TempDir,
     pub proc: Proc,
     template_vars: Vec<(String, String)>,
+    args: Vec<String>,
+    upgrades: usize,
 }
 
 impl Sidecar {
@@ -234,7 +236,40 @@ impl Sidecar {
             dir,
             proc,
             template_vars,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            upgrades: 0,
         }
+    }
+
+    /// Starts a new process with the same config file and arguments (which
+    /// should include `--upgrade-socket`), so that it takes over from the
+    /// running one. The new process becomes `self.proc`; the old one is
+    /// returned, to wait for its exit. Does not wait for readiness.
+    pub fn spawn_upgrade(&mut self) -> Proc {
+        self.spawn_upgrade_with(&self.config_path(), &[])
+    }
+
+    /// Like [`Sidecar::spawn_upgrade`] with another config file and extra arguments.
+    pub fn spawn_upgrade_with(&mut self, config: &Path, extra: &[&str]) -> Proc {
+        self.upgrades += 1;
+        let mut cmd = Command::new(bin("meshgate"));
+        cmd.arg("--config")
+            .arg(config)
+            .args(&self.args)
+            .args(extra)
+            .env("MESHGATE_LOG", "info");
+        let log = self
+            .dir
+            .path()
+            .join(format!("meshgate.{}.log", self.upgrades));
+        let new = Proc::spawn("meshgate", &mut cmd, log);
+        std::mem::replace(&mut self.proc, new)
+    }
+
+    /// `/ready` as JSON (status code aside), from whichever process answers.
+    pub fn ready(&self) -> Option<(u16, serde_json::Value)> {
+        let rsp = get(&self.admin_url("/ready")).ok()?;
+        Some((rsp.status, serde_json::from_slice(&rsp.body).ok()?))
     }
 
     pub fn wait_ready(&mut self) {

@@ -1,0 +1,550 @@
+//! Lossless binary upgrade: the new process takes the listening sockets, the
+//! config and the long-lived filter state over from the old one through a
+//! unix socket, starts accepting on the same sockets (the kernel's accept
+//! queue carries over, so no connection is refused), and only then tells the
+//! old process to stop accepting and drain.
+//!
+//! Both sides use the same socket path (`--upgrade-socket`). A process that
+//! finds nobody answering there binds its listeners fresh and listens on the
+//! path itself, to serve the next upgrade. If the new process fails at any
+//! point before `complete`, the old one never stopped accepting and simply
+//! carries on.
+
+pub mod fds;
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use meshgate_xds::config::ConfigSpec;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::config_store::ConfigStore;
+use crate::drain::Drain;
+use protocol::{ListenerInfo, Message, PROTOCOL_VERSION};
+
+/// How long the old process waits for each step of the new one (building the
+/// config may take a moment: TLS, Redis, filter instances).
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the new process waits for the old one to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Phases shown on `/ready` and as the `meshgate_phase` gauge.
+pub const SERVING: &str = "serving";
+pub const HANDING_OVER: &str = "handing_over";
+pub const DRAINING: &str = "draining";
+pub const TAKING_OVER: &str = "taking_over";
+
+/// Sets the process phase, its metric and a log line.
+pub fn set_phase(phase: &Mutex<String>, new: &'static str) {
+    let mut current = phase.lock().unwrap_or_else(|e| e.into_inner());
+    if *current == new {
+        return;
+    }
+    if !current.is_empty() {
+        metrics::gauge!("meshgate_phase", "phase" => current.clone()).set(0.0);
+    }
+    metrics::gauge!("meshgate_phase", "phase" => new).set(1.0);
+    tracing::info!(phase = new, previous = %current, "phase changed");
+    *current = new.to_string();
+}
+
+/// A listening socket this process serves and hands over at upgrade.
+pub struct OwnListener {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub listener: Arc<TcpListener>,
+}
+
+/// What the old process needs to hand over and then step back.
+pub struct Outgoing {
+    pub store: Arc<ConfigStore>,
+    pub listeners: Vec<OwnListener>,
+    pub phase: Arc<Mutex<String>>,
+    pub drain: Drain,
+    /// Set once handed over: the admin and health accept loops stop.
+    pub stop_admin: watch::Sender<bool>,
+}
+
+/// Binds the upgrade socket at `path`, replacing a stale file.
+pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    UnixListener::bind(path)
+}
+
+/// Serves upgrade requests one at a time until one succeeds (then starts the
+/// drain; returns true) or the process drains for another reason (false).
+pub async fn serve(listener: UnixListener, path: PathBuf, outgoing: Outgoing) -> bool {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = outgoing.drain.started() => return false,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade socket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match hand_over(stream, &path, &outgoing).await {
+            Ok(pid) => {
+                metrics::counter!("meshgate_upgrades_total", "result" => "handed_over")
+                    .increment(1);
+                tracing::info!(new_pid = pid, "handed over to the new process; draining");
+                return true;
+            }
+            Err(e) => {
+                metrics::counter!("meshgate_upgrades_total", "result" => "failed").increment(1);
+                tracing::warn!(error = %e, "upgrade failed; this process keeps serving");
+                set_phase(&outgoing.phase, SERVING);
+            }
+        }
+    }
+}
+
+async fn hand_over(mut stream: UnixStream, path: &Path, out: &Outgoing) -> anyhow::Result<u32> {
+    let Message::Hello { protocol, pid } =
+        step(protocol::expect(&mut stream, "hello"), "hello").await?
+    else {
+        anyhow::bail!("expected hello");
+    };
+    if protocol != PROTOCOL_VERSION {
+        let reason =
+            format!("protocol {protocol} not supported (this process speaks {PROTOCOL_VERSION})");
+        let _ = protocol::write(
+            &mut stream,
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        anyhow::bail!(reason);
+    }
+    if out.drain.is_draining() {
+        let reason = "this process is draining".to_string();
+        let _ = protocol::write(
+            &mut stream,
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        anyhow::bail!(reason);
+    }
+    tracing::info!(new_pid = pid, "a new process asks to take over");
+    set_phase(&out.phase, HANDING_OVER);
+
+    let config = Box::new(ConfigSpec::clone(&out.store.load().config.spec));
+    let listeners = out
+        .listeners
+        .iter()
+        .map(|l| ListenerInfo {
+            name: l.name.to_string(),
+            addr: l.addr,
+        })
+        .collect();
+    protocol::write(
+        &mut stream,
+        &Message::Offer {
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            listeners,
+            config,
+        },
+    )
+    .await?;
+    let borrowed: Vec<_> = out.listeners.iter().map(|l| l.listener.as_fd()).collect();
+    fds::send(&stream, &borrowed).await?;
+
+    step(protocol::expect(&mut stream, "prepared"), "prepared").await?;
+    // As late as possible: from here until `released` this process still
+    // serves, and what it counts in that window does not reach the new one.
+    let state = out.store.state.export_all();
+    let slots = state.len();
+    protocol::write(&mut stream, &Message::State { state }).await?;
+    tracing::info!(slots, "filter state exported");
+
+    step(protocol::expect(&mut stream, "complete"), "complete").await?;
+    // The new process accepts on the same sockets: stop accepting here.
+    set_phase(&out.phase, DRAINING);
+    out.stop_admin.send_replace(true);
+    // The new process binds the path after `released`.
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::debug!(error = %e, "upgrade socket file already gone");
+    }
+    out.drain.start();
+    let _ = protocol::write(&mut stream, &Message::Released).await;
+    Ok(pid)
+}
+
+async fn step<T>(
+    fut: impl std::future::Future<Output = io::Result<T>>,
+    what: &str,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(STEP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(anyhow::anyhow!("waiting for {what}: {e}")),
+        Err(_) => Err(anyhow::anyhow!("waiting for {what}: timed out")),
+    }
+}
+
+/// The new process's side of a handover in progress.
+pub struct Takeover {
+    stream: UnixStream,
+    listeners: Vec<(ListenerInfo, Option<std::net::TcpListener>)>,
+    pub config: ConfigSpec,
+    pub old_pid: u32,
+}
+
+/// Asks the process listening on `path` to hand over. `None` when nobody
+/// answers there (first start): bind fresh.
+pub async fn connect(path: &Path) -> anyhow::Result<Option<Takeover>> {
+    let mut stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            tracing::info!(socket = %path.display(), "no process to take over from; starting fresh");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("upgrade socket {}", path.display())),
+    };
+    protocol::write(
+        &mut stream,
+        &Message::Hello {
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+        },
+    )
+    .await
+    .context("upgrade: sending hello")?;
+    let offer = tokio::time::timeout(ANSWER_TIMEOUT, protocol::expect(&mut stream, "offer"))
+        .await
+        .context("upgrade: the old process did not answer")?
+        .context("upgrade: reading the offer")?;
+    let Message::Offer {
+        protocol,
+        pid,
+        listeners,
+        config,
+    } = offer
+    else {
+        anyhow::bail!("upgrade: expected an offer");
+    };
+    if protocol != PROTOCOL_VERSION {
+        anyhow::bail!(
+            "upgrade: the old process speaks protocol {protocol}, this one {PROTOCOL_VERSION}"
+        );
+    }
+    let received = tokio::time::timeout(ANSWER_TIMEOUT, fds::recv(&stream, listeners.len()))
+        .await
+        .context("upgrade: listeners not received in time")?
+        .context("upgrade: receiving listeners")?;
+    if received.len() != listeners.len() {
+        anyhow::bail!(
+            "upgrade: {} listeners announced, {} received",
+            listeners.len(),
+            received.len()
+        );
+    }
+    let mut taken = Vec::new();
+    for (info, fd) in listeners.into_iter().zip(received) {
+        let listener = std::net::TcpListener::from(fd);
+        let local = listener
+            .local_addr()
+            .context("upgrade: received listener")?;
+        if local != info.addr && info.addr.port() != 0 {
+            anyhow::bail!(
+                "upgrade: listener {} announced as {} is bound to {local}",
+                info.name,
+                info.addr
+            );
+        }
+        listener.set_nonblocking(true)?;
+        taken.push((info, Some(listener)));
+    }
+    tracing::info!(
+        old_pid = pid,
+        listeners = taken.len(),
+        "taking over from the old process"
+    );
+    Ok(Some(Takeover {
+        stream,
+        listeners: taken,
+        config: *config,
+        old_pid: pid,
+    }))
+}
+
+impl Takeover {
+    /// The handed-over listener bound to `addr`, if any.
+    pub fn take_listener(&mut self, addr: SocketAddr) -> Option<std::net::TcpListener> {
+        self.listeners
+            .iter_mut()
+            .find(|(info, l)| info.addr == addr && l.is_some())
+            .and_then(|(_, l)| l.take())
+    }
+
+    /// Asks for the filter state; the old process exports it now.
+    pub async fn receive_state(&mut self) -> anyhow::Result<HashMap<String, serde_json::Value>> {
+        protocol::write(&mut self.stream, &Message::Prepared).await?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, protocol::expect(&mut self.stream, "state"))
+            .await
+            .context("upgrade: state not received in time")??
+        {
+            Message::State { state } => Ok(state),
+            _ => anyhow::bail!("upgrade: expected state"),
+        }
+    }
+
+    /// Tells the old process that this one accepts now; waits until it let go.
+    pub async fn complete(mut self) -> anyhow::Result<()> {
+        protocol::write(&mut self.stream, &Message::Complete).await?;
+        tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            protocol::expect(&mut self.stream, "released"),
+        )
+        .await
+        .context("upgrade: the old process did not confirm")??;
+        Ok(())
+    }
+
+    /// Gives up; the old process keeps serving.
+    pub async fn refuse(mut self, reason: String) {
+        let _ = protocol::write(&mut self.stream, &Message::Refused { reason }).await;
+    }
+}
+
+/// Starts the next process (`--upgrade-binary`, by default this binary) with
+/// this process's arguments; it takes over through the upgrade socket.
+pub struct Successor {
+    pub binary: PathBuf,
+    running: Mutex<Option<u32>>,
+}
+
+impl Successor {
+    pub fn new(binary: PathBuf) -> Successor {
+        Successor {
+            binary,
+            running: Mutex::new(None),
+        }
+    }
+
+    /// Spawns the new process; returns its pid.
+    pub fn spawn(self: &Arc<Self>) -> Result<u32, String> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pid) = *running {
+            return Err(format!("an upgrade is already in progress (pid {pid})"));
+        }
+        let mut child = tokio::process::Command::new(&self.binary)
+            .args(std::env::args_os().skip(1))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        let pid = child.id().unwrap_or(0);
+        *running = Some(pid);
+        tracing::info!(binary = %self.binary.display(), pid, "started the new process");
+        let this = self.clone();
+        tokio::spawn(async move {
+            // The new process outlives this one when it succeeds; it only
+            // exits while this one still runs when it failed (or drained itself).
+            let status = child.wait().await;
+            *this.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            match status {
+                Ok(s) => tracing::warn!(pid, status = %s, "the new process exited"),
+                Err(e) => tracing::warn!(pid, error = %e, "waiting for the new process failed"),
+            }
+        });
+        Ok(pid)
+    }
+
+    /// Spawns on every SIGUSR2.
+    pub async fn on_signal(self: Arc<Self>) {
+        let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+        else {
+            return;
+        };
+        while signal.recv().await.is_some() {
+            tracing::info!("SIGUSR2: upgrading");
+            if let Err(e) = self.spawn() {
+                tracing::error!(error = %e, "upgrade not started");
+            }
+        }
+    }
+}
+
+/// Tells systemd (`Type=notify`, `NotifyAccess=all`) about readiness and,
+/// after an upgrade, that this process is now the service's main process.
+pub fn notify_systemd(message: &str) {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let target = PathBuf::from(target);
+    let sent = match target.to_str().and_then(|s| s.strip_prefix('@')) {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|addr| socket.send_to_addr(message.as_bytes(), &addr))
+        }
+        None => socket.send_to(message.as_bytes(), &target),
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "systemd notification not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgate_filters::state::Handover;
+    use meshgate_filters::State;
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Like a token bucket: the import replaces.
+    #[derive(Default)]
+    struct Tokens(AtomicU64);
+    impl Handover for Tokens {
+        fn export(&self) -> Option<serde_json::Value> {
+            Some(self.0.load(Ordering::Relaxed).into())
+        }
+        fn import(&self, v: serde_json::Value) {
+            self.0.store(v.as_u64().unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+
+    /// Like a nonce cache: the import merges.
+    #[derive(Default)]
+    struct Nonces(Mutex<BTreeSet<String>>);
+    impl Nonces {
+        /// False when the nonce was seen before (a replay).
+        fn first_use(&self, nonce: &str) -> bool {
+            self.0.lock().expect("lock").insert(nonce.to_string())
+        }
+    }
+    impl Handover for Nonces {
+        fn export(&self) -> Option<serde_json::Value> {
+            serde_json::to_value(&*self.0.lock().expect("lock")).ok()
+        }
+        fn import(&self, v: serde_json::Value) {
+            if let Ok(seen) = serde_json::from_value::<BTreeSet<String>>(v) {
+                self.0.lock().expect("lock").extend(seen);
+            }
+        }
+    }
+
+    /// Old and new process in one test: the listener, the config and the
+    /// state cross the socket; the old side ends up draining.
+    #[tokio::test]
+    async fn handover_carries_listeners_config_and_state() {
+        let dir = tempfile_dir();
+        let path = dir.join("upgrade.sock");
+        let old_state = Arc::new(State::new());
+        let store = Arc::new(ConfigStore::new(dir.clone(), old_state.clone()).expect("store"));
+        old_state
+            .get_or_insert("limit/bucket", Tokens::default)
+            .0
+            .store(1, Ordering::Relaxed);
+        assert!(old_state
+            .get_or_insert("sig/nonces", Nonces::default)
+            .first_use("n-1"));
+
+        let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        let addr = listener.local_addr().expect("addr");
+        let drain = Drain::new();
+        let phase = Arc::new(Mutex::new(SERVING.to_string()));
+        let stop_admin = watch::channel(false).0;
+        let outgoing = Outgoing {
+            store,
+            listeners: vec![OwnListener {
+                name: "inbound",
+                addr,
+                listener,
+            }],
+            phase: phase.clone(),
+            drain: drain.clone(),
+            stop_admin: stop_admin.clone(),
+        };
+        let server = tokio::spawn(serve(
+            bind_socket(&path).expect("bind socket"),
+            path.clone(),
+            outgoing,
+        ));
+
+        let mut takeover = connect(&path)
+            .await
+            .expect("connect")
+            .expect("an old process");
+        assert_eq!(takeover.old_pid, std::process::id());
+        assert_eq!(*phase.lock().expect("lock"), HANDING_OVER);
+        let taken = takeover
+            .take_listener(addr)
+            .expect("listener for the address");
+        assert!(takeover.take_listener(addr).is_none());
+        let new_state = State::new();
+        new_state.import_all(takeover.receive_state().await.expect("state"));
+        assert!(
+            !drain.is_draining(),
+            "the old process serves until complete"
+        );
+        takeover.complete().await.expect("complete");
+        assert!(server.await.expect("server task"), "handed over");
+
+        assert!(drain.is_draining());
+        assert_eq!(*phase.lock().expect("lock"), DRAINING);
+        assert!(*stop_admin.borrow());
+        assert!(!path.exists(), "the new process binds the path next");
+        // Filters built after the import find their state.
+        let tokens = new_state.get_or_insert("limit/bucket", Tokens::default);
+        assert_eq!(tokens.0.load(Ordering::Relaxed), 1);
+        let nonces = new_state.get_or_insert("sig/nonces", Nonces::default);
+        assert!(
+            !nonces.first_use("n-1"),
+            "a nonce used before is a replay after"
+        );
+        assert!(nonces.first_use("n-2"));
+        // The same socket, still listening.
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        taken.accept().expect("accept on the handed-over socket");
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_means_a_fresh_start() {
+        let dir = tempfile_dir();
+        let path = dir.join("upgrade.sock");
+        assert!(connect(&path).await.expect("missing socket").is_none());
+        // A stale socket file (its process is gone) is not an error either.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        assert!(connect(&path).await.expect("stale socket").is_none());
+        let _fresh = bind_socket(&path).expect("stale file replaced");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "meshgate-upgrade-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+}
