@@ -269,15 +269,7 @@ impl ControlPlane {
             restored_from: None,
             spec,
         };
-        let stored = self
-            .store
-            .append(service, record)
-            .map_err(ApiError::store)?;
-        self.store
-            .save_rollout(service, &rollout)
-            .map_err(ApiError::store)?;
-        history.versions.push(stored);
-        history.rollout = rollout.clone();
+        commit(&self.store, service, history, record, &rollout)?;
         drop(services);
         self.notify();
         tracing::info!(%service, %version, canary = rollout.canary.is_some(), "config pushed");
@@ -375,15 +367,7 @@ impl ControlPlane {
             stable: Some(version.clone()),
             canary: None,
         };
-        let stored = self
-            .store
-            .append(service, record)
-            .map_err(ApiError::store)?;
-        self.store
-            .save_rollout(service, &rollout)
-            .map_err(ApiError::store)?;
-        history.versions.push(stored);
-        history.rollout = rollout.clone();
+        commit(&self.store, service, history, record, &rollout)?;
         drop(services);
         self.notify();
         tracing::info!(%service, %version, restored_from = %to, "rolled back");
@@ -474,4 +458,22 @@ impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
         ApiError::invalid_config(e.into())
     }
+}
+
+/// Makes a new version durable with the rollout that serves it, then records
+/// both in memory (only after the disk write succeeded).
+fn commit(
+    store: &Store,
+    service: &str,
+    history: &mut ServiceHistory,
+    record: VersionRecord,
+    rollout: &Rollout,
+) -> Result<(), ApiError> {
+    let stored = store.append(service, record).map_err(ApiError::store)?;
+    store
+        .save_rollout(service, rollout)
+        .map_err(ApiError::store)?;
+    history.versions.push(stored);
+    history.rollout = rollout.clone();
+    Ok(())
 }

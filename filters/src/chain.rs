@@ -114,12 +114,7 @@ impl Chain {
                 Verdict::Continue => cx.verdicts.push((f.name.clone(), "pass")),
                 Verdict::Reject(rejection) => {
                     cx.verdicts.push((f.name.clone(), rejection.reason));
-                    metrics::counter!(
-                        "meshgate_filter_rejections_total",
-                        "filter" => f.name.to_string(),
-                        "reason" => rejection.reason
-                    )
-                    .increment(1);
+                    record_rejection(&f.name, rejection.reason);
                     return Err(rejection);
                 }
             }
@@ -139,15 +134,19 @@ impl Chain {
         for f in self.filters.iter().rev() {
             if let Err(rejection) = f.filter.on_response(rsp, cx).await {
                 cx.verdicts.push((f.name.clone(), rejection.reason));
-                metrics::counter!(
-                    "meshgate_filter_rejections_total",
-                    "filter" => f.name.to_string(),
-                    "reason" => rejection.reason
-                )
-                .increment(1);
+                record_rejection(&f.name, rejection.reason);
                 return Err(rejection);
             }
         }
         Ok(())
     }
+}
+
+fn record_rejection(filter: &str, reason: &'static str) {
+    metrics::counter!(
+        "meshgate_filter_rejections_total",
+        "filter" => filter.to_string(),
+        "reason" => reason
+    )
+    .increment(1);
 }
