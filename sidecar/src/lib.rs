@@ -64,10 +64,7 @@ pub fn validate_file(file: &Path) -> ExitCode {
 
 /// Runs the sidecar until it is drained (admin `POST /drain`, SIGTERM or SIGINT).
 pub fn run(args: RunArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(&args) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshgate: cannot start the runtime: {e}");
