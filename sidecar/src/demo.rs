@@ -25,10 +25,7 @@ pub fn run(args: RunArgs, app_port: u16) -> ExitCode {
         }
     };
     spec.app.address = format!("127.0.0.1:{app_port}");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime(&args) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshgate demo: {e}");
