@@ -686,3 +686,42 @@ fn reloads_under_load_fail_no_request() {
     assert!(ok > 100, "load did not run: {ok}");
     let _ = send_h1; // async client used by other tests
 }
+
+#[tokio::test]
+async fn single_worker_runtime_serves_and_drains() {
+    let app = EchoApp::start();
+    let mut sidecar = Sidecar::start_with_args(&config(&app.addr(), ""), &["--concurrency", "1"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sidecar.proc.child.id()))
+        .expect("status");
+    let threads: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads");
+    // One thread serves traffic; the file watcher adds its own.
+    assert!(threads <= 3, "{threads} threads with --concurrency 1");
+    let rsp = send_h2c(
+        Request::get(sidecar.url("/one"))
+            .body(Bytes::new())
+            .expect("req"),
+    )
+    .await
+    .expect("h2c");
+    assert_eq!(rsp.status, 200);
+    let rsp = send_h1(
+        Request::get(sidecar.url("/two"))
+            .body(Bytes::new())
+            .expect("req"),
+    )
+    .await
+    .expect("h1");
+    assert_eq!(rsp.json()["path"], "/two");
+    let drain = send_h1(post(&sidecar.admin_url("/drain"), ""))
+        .await
+        .expect("drain");
+    assert_eq!(drain.status, 202);
+    assert!(sidecar
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
