@@ -242,11 +242,11 @@ backend app
             time.sleep(0.5)
         headers = {}
         if spec is not None and spec[1] is not None:
-            signer = spec[1][:-len(".yaml")] + ".headers.py"
-            if os.path.exists(signer):
-                # Sign for the authority the load tool sends (host:port of the target).
-                headers = json.loads(subprocess.run([sys.executable, signer, f"http://127.0.0.1:{port}/bench"],
-                                                    check=True, capture_output=True, text=True).stdout)
+            chain_name = os.path.basename(spec[1])[:-len(".yaml")]
+            # Sign for the authority the load tool sends (host:port of the target).
+            headers = json.loads(subprocess.run([sys.executable, os.path.join(BENCH_DIR, "chains", "headers.py"),
+                                                 chain_name, f"http://127.0.0.1:{port}/bench"],
+                                                check=True, capture_output=True, text=True).stdout)
         target_script = os.path.join(tmp, f"wrk-{port}.lua")
         with open(target_script, "w") as f:
             f.write(headers_lua(headers) + WRK_LUA)
