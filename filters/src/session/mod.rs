@@ -81,6 +81,9 @@ enum Runtime {
 #[derive(Clone)]
 struct CurrentSession(String);
 
+/// State key of the process-wide memory session store.
+const MEMORY_STORE_KEY: &str = "session/memory-store";
+
 pub struct SessionFilter {
     optional: bool,
     forward: bool,
@@ -111,9 +114,12 @@ impl SessionFilter {
             ModeConfig::Session(s) => {
                 let backend = match s.store {
                     StoreKind::Memory => {
+                        // One memory store per process, like one Redis per service: a
+                        // session issued through the login route's instance must be
+                        // known to the API routes' instances.
                         let store = cx
                             .state
-                            .get_or_insert(&format!("{name}/session-store"), MemoryStore::default);
+                            .get_or_insert(MEMORY_STORE_KEY, MemoryStore::default);
                         store.set_max_entries(s.cache_max_entries);
                         Backend::Memory(store)
                     }

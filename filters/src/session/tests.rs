@@ -1258,3 +1258,32 @@ fn merge_into(mut base: Value, extra: Value) -> Value {
     merge(&mut base, extra);
     base
 }
+
+#[tokio::test]
+async fn memory_sessions_are_shared_by_every_instance_of_the_process() {
+    let state = State::new();
+    let config = session_spec(json!({}))
+        .validate("filters.login", &ValidateCx::control_plane())
+        .expect("valid");
+    let login_filter = SessionFilter::build(
+        "login",
+        &config,
+        &BuildCx {
+            state: &state,
+            redis: None,
+        },
+    );
+    let api_filter = SessionFilter::build(
+        "api-session",
+        &config,
+        &BuildCx {
+            state: &state,
+            redis: None,
+        },
+    );
+    let (id, _) = login(&login_filter, r#"{"sub":"u-42"}"#, false).await;
+    let cookie = format!("meshgate_session={id}");
+    let (result, _, cx) = run(&api_filter, &[("cookie", &cookie)]).await;
+    assert_eq!(reason(&result), "pass");
+    assert_eq!(cx.user.as_deref(), Some("u-42"));
+}
