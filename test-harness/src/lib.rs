@@ -204,9 +204,23 @@ impl Sidecar {
     }
 
     pub fn start_with_args(config: &str, args: &[&str]) -> Sidecar {
-        let mut sidecar = Self::spawn(config, args);
-        sidecar.wait_ready();
-        sidecar
+        // `free_port` only finds a port that was free a moment ago; another
+        // test may take it first. Try again on fresh ports in that case.
+        for _ in 0..3 {
+            let mut sidecar = Self::spawn(config, args);
+            let url = sidecar.admin_url("/ready");
+            let proc = &mut sidecar.proc;
+            wait_until(Duration::from_secs(20), || {
+                !proc.is_running() || get(&url).map(|r| r.status == 200).unwrap_or(false)
+            });
+            if sidecar.proc.is_running()
+                || !sidecar.proc.output().contains("Address already in use")
+            {
+                sidecar.wait_ready();
+                return sidecar;
+            }
+        }
+        panic!("no free ports for meshgate after 3 tries");
     }
 
     /// Starts without waiting for readiness (for tests of failing starts).
