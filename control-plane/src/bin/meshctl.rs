@@ -232,11 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let v = api
                 .json(Method::PUT, &path, Some((Bytes::from(text), content_type)))
                 .await?;
-            if cli.json {
-                print_json(&v)
-            } else {
-                print_rollout("pushed", &v)
-            }
+            show_rollout(cli.json, "pushed", &v)
         }
         Command::Promote { service } => {
             let v = api
@@ -246,11 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if cli.json {
-                print_json(&v)
-            } else {
-                print_rollout("promoted", &v)
-            }
+            show_rollout(cli.json, "promoted", &v)
         }
         Command::Abort { service } => {
             let v = api
@@ -260,11 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if cli.json {
-                print_json(&v)
-            } else {
-                print_rollout("aborted canary", &v)
-            }
+            show_rollout(cli.json, "aborted canary", &v)
         }
         Command::Rollback { service, to } => {
             let v = api
@@ -420,6 +408,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints a rollout answer as JSON or as the one-line summary.
+fn show_rollout(json: bool, what: &str, v: &Value) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        print_rollout(what, v)
+    }
 }
 
 fn print_rollout(what: &str, v: &Value) {
