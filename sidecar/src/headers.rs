@@ -3,7 +3,10 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderName, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderName, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderValue};
 use meshgate_filters::IDENTITY_HEADER_PREFIX;
 
@@ -12,34 +15,47 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Named values so that removal skips parsing the name.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 /// For a protocol upgrade, `Connection: upgrade` and `Upgrade` are kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .collect();
-    for name in named {
-        if keep_upgrade && name == UPGRADE {
-            continue;
-        }
-        headers.remove(name);
+    // Most messages carry none; one pass over the names is far cheaper than
+    // a lookup per hop-by-hop name (each hashes and parses the name).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
     }
+    // The hop-by-hop names present plus the names `Connection` lists: a
+    // lookup only for what is there.
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    doomed.extend(
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+            .filter(|name| !(keep_upgrade && name == UPGRADE)),
+    );
     let upgrade = if keep_upgrade {
         headers.get(UPGRADE).cloned()
     } else {
@@ -49,8 +65,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &doomed {
+        // `remove` drops every value of a repeated header.
+        headers.remove(name);
     }
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -59,23 +76,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, upgrade);
     }
-    headers.remove(TRANSFER_ENCODING);
+}
+
+fn is_identity(name: &HeaderName) -> bool {
+    name.as_str().starts_with(IDENTITY_HEADER_PREFIX)
 }
 
 /// Removes every client-supplied `x-meshgate-*` header: identity reaches the
 /// app only from the filters that verified it.
 pub fn strip_identity(headers: &mut HeaderMap) {
-    if !headers
-        .keys()
-        .any(|n| n.as_str().starts_with(IDENTITY_HEADER_PREFIX))
-    {
+    if !headers.keys().any(is_identity) {
         return;
     }
-    let reserved: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with(IDENTITY_HEADER_PREFIX))
-        .cloned()
-        .collect();
+    let reserved: Vec<HeaderName> = headers.keys().filter(|n| is_identity(n)).cloned().collect();
     for name in reserved {
         headers.remove(name);
     }
@@ -88,16 +101,34 @@ pub fn request_id(headers: &HeaderMap) -> String {
             return id.to_string();
         }
     }
-    uuid::Uuid::new_v4().to_string()
+    // Encoding into a stack buffer skips the formatting machinery of `to_string`.
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
+}
+
+/// The client address as a header value, made once per connection.
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(client.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Appends the client to `x-forwarded-for` and sets `x-forwarded-proto`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+/// `client` is [`client_value`] of the peer address.
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
+    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prev) if !prev.is_empty() => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + client.len());
+            joined.extend_from_slice(prev);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => Some(client.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(value) {
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(

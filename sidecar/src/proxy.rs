@@ -37,6 +37,18 @@ pub struct Shared {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer address as an `x-forwarded-for` value, formatted once.
+    client_value: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            tls,
+            client_value: headers::client_value(peer.ip()),
+        }
+    }
 }
 
 /// Handles one inbound request. Never fails: every problem becomes a JSON answer.
@@ -141,7 +153,7 @@ async fn forward(
             .await?;
     }
 
-    headers::add_forwarded(&mut head.headers, conn.peer.ip(), conn.tls);
+    headers::add_forwarded(&mut head.headers, &conn.client_value, conn.tls);
     if let Ok(v) = HeaderValue::try_from(log.request_id.as_str()) {
         head.headers.insert(X_REQUEST_ID.clone(), v);
     }

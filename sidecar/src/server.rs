@@ -60,7 +60,7 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, drain: Drain
             let snapshot = shared.store.load();
             match &snapshot.tls {
                 None => {
-                    serve_connection(stream, ConnInfo { peer, tls: false }, shared.clone(), drain)
+                    serve_connection(stream, ConnInfo::new(peer, false), shared.clone(), drain)
                         .await
                 }
                 Some(acceptor) => {
@@ -71,13 +71,8 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, drain: Drain
                     drop(snapshot);
                     match handshake.await {
                         Ok(Ok(tls)) => {
-                            serve_connection(
-                                tls,
-                                ConnInfo { peer, tls: true },
-                                shared.clone(),
-                                drain,
-                            )
-                            .await
+                            serve_connection(tls, ConnInfo::new(peer, true), shared.clone(), drain)
+                                .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

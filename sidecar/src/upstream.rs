@@ -3,16 +3,15 @@
 //! One [`Upstream`] per app address and protocol; it is reused across config
 //! reloads that keep the `app:` section, so pooled connections survive.
 
-use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use hyper::client::conn::{http1, http2};
 use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshgate_filters::Body;
 use meshgate_xds::config::{App, AppAddress, AppProtocol};
@@ -40,44 +39,25 @@ pub enum AppStream {
     Unix(UnixStream),
 }
 
-impl tower_service::Service<Uri> for AppConnector {
-    type Response = TokioIo<AppStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let target = self.target.clone();
-        let timeout = self.connect_timeout;
-        Box::pin(async move {
-            let connect = async {
-                match &target {
-                    Target::Tcp(addr) => {
-                        let stream = TcpStream::connect(addr.as_str()).await?;
-                        stream.set_nodelay(true)?;
-                        Ok(AppStream::Tcp(stream))
-                    }
-                    Target::Unix(path) => Ok(AppStream::Unix(UnixStream::connect(path).await?)),
+impl AppConnector {
+    async fn connect(&self) -> io::Result<AppStream> {
+        let connect = async {
+            match &self.target {
+                Target::Tcp(addr) => {
+                    let stream = TcpStream::connect(addr.as_str()).await?;
+                    stream.set_nodelay(true)?;
+                    Ok(AppStream::Tcp(stream))
                 }
-            };
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(stream)) => Ok(TokioIo::new(stream)),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connect to app timed out",
-                )),
+                Target::Unix(path) => Ok(AppStream::Unix(UnixStream::connect(path).await?)),
             }
-        })
-    }
-}
-
-impl Connection for AppStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connect to app timed out",
+            )),
+        }
     }
 }
 
@@ -139,15 +119,73 @@ impl AsyncWrite for AppStream {
     }
 }
 
+/// How long an HTTP/1 connection may sit idle in the pool, checked by a
+/// reaper at a quarter of the timeout (but not more often than this).
+const MIN_REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One pooled HTTP/1 connection to the app.
+struct Pooled {
+    sender: http1::SendRequest<Body>,
+    last_used: Instant,
+}
+
+/// Connections to the app, shared by every request (and the reaper task).
+struct Pool {
+    connector: AppConnector,
+    protocol: AppProtocol,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// HTTP/1 connections, busy or idle. A connection goes back in as soon as
+    /// its response head arrived; it is taken again only once hyper reports
+    /// it ready, i.e. after that response's body was read to the end. Nothing
+    /// is spawned per request to hand it back.
+    http1: Mutex<Vec<Pooled>>,
+    /// The one multiplexed HTTP/2 connection, when the app speaks HTTP/2.
+    http2: Mutex<Option<http2::SendRequest<Body>>>,
+}
+
 /// The pooled HTTP client for one app.
 pub struct Upstream {
-    client: Client<AppConnector, Body>,
+    pool: Arc<Pool>,
     /// `host:port` (or `localhost` for unix sockets): the authority put on
-    /// every forwarded request URI.
+    /// HTTP/2 request URIs.
     authority: http::uri::Authority,
     /// The app settings this client was built from; a reload with the same
     /// settings reuses the client and its pool.
     pub settings: (AppAddress, AppProtocol, Duration, usize, Duration),
+}
+
+/// Why a request did not get a response from the app.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (refused, unreachable, timed out).
+    Connect(io::Error),
+    /// The connection failed while sending or before a complete response head.
+    Request(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "connecting to the app failed: {e}"),
+            SendError::Request(e) => write!(f, "request to the app failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Connect(e) => Some(e),
+            SendError::Request(e) => Some(e),
+        }
+    }
+}
+
+impl SendError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
 }
 
 impl Upstream {
@@ -160,25 +198,24 @@ impl Upstream {
         let authority = authority
             .parse()
             .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"));
-        let connector = AppConnector {
-            target,
-            connect_timeout: app.connect_timeout,
-        };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(app.pool_idle_timeout)
-            .pool_max_idle_per_host(app.max_idle_connections)
-            .http1_preserve_header_case(false)
-            .set_host(false);
-        if app.protocol == AppProtocol::Http2 {
-            builder
-                .http2_only(true)
-                .http2_keep_alive_interval(Duration::from_secs(30));
+        let pool = Arc::new(Pool {
+            connector: AppConnector {
+                target,
+                connect_timeout: app.connect_timeout,
+            },
+            protocol: app.protocol,
+            max_idle: app.max_idle_connections,
+            idle_timeout: app.pool_idle_timeout,
+            http1: Mutex::new(Vec::new()),
+            http2: Mutex::new(None),
+        });
+        if app.protocol == AppProtocol::Http1 {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(reap_idle(Arc::downgrade(&pool)));
+            }
         }
         Upstream {
-            client: builder.build(connector),
+            pool,
             authority,
             settings: Self::settings_of(app),
         }
@@ -194,26 +231,170 @@ impl Upstream {
         )
     }
 
-    /// The absolute URI for `path_and_query` on the app.
+    /// The request URI for `path_and_query` on the app.
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         self.uri_from(path_and_query.parse::<http::uri::PathAndQuery>()?)
     }
 
-    /// The absolute URI on the app for an already parsed path and query
-    /// (cheap: no re-parsing on the hot path).
+    /// The request URI on the app for an already parsed path and query:
+    /// origin-form for HTTP/1, absolute for HTTP/2 (which sends the authority
+    /// as a pseudo-header).
     pub fn uri_from(&self, path_and_query: http::uri::PathAndQuery) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(http::uri::Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
+        let mut uri = Uri::builder();
+        if self.pool.protocol == AppProtocol::Http2 {
+            uri = uri
+                .scheme(http::uri::Scheme::HTTP)
+                .authority(self.authority.clone());
+        }
+        uri.path_and_query(path_and_query).build()
     }
 
+    /// Sends one request on a pooled connection, or a new one. A request that
+    /// hyper hands back unsent (the pooled connection had just closed) is
+    /// sent again on another connection.
     pub async fn send(
         &self,
         req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        match self.pool.protocol {
+            AppProtocol::Http1 => self.pool.send_http1(req).await,
+            AppProtocol::Http2 => self.pool.send_http2(req).await,
+        }
+    }
+}
+
+impl Pool {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
+        self.http1.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used connection that is ready for a request.
+    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle();
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].sender.is_closed() {
+                idle.swap_remove(i);
+            } else if idle[i].sender.is_ready() {
+                return Some(idle.swap_remove(i).sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<Body>) {
+        let mut idle = self.idle();
+        if idle.len() < self.max_idle {
+            idle.push(Pooled {
+                sender,
+                last_used: Instant::now(),
+            });
+        }
+        // Beyond `max_idle` the sender is dropped: hyper finishes the
+        // response in flight, then closes the connection.
+    }
+
+    async fn send_http1(
+        &self,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        loop {
+            let (mut sender, fresh) = match self.checkout() {
+                Some(sender) => (sender, false),
+                None => (self.connect_http1().await?, true),
+            };
+            match sender.try_send_request(req).await {
+                Ok(rsp) => {
+                    self.checkin(sender);
+                    return Ok(rsp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: safe to send on another connection. A
+                    // fresh connection that cannot take it is a real failure.
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, SendError> {
+        let io = self.connector.connect().await.map_err(SendError::Connect)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "app connection ended with an error");
+            }
+        });
+        metrics::counter!("meshgate_upstream_connections_opened_total").increment(1);
+        Ok(sender)
+    }
+
+    async fn send_http2(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let shared = self
+            .http2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned();
+        let mut sender = match shared {
+            Some(sender) => sender,
+            None => self.connect_http2().await?,
+        };
+        sender.ready().await.map_err(SendError::Request)?;
+        sender.send_request(req).await.map_err(SendError::Request)
+    }
+
+    async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, SendError> {
+        let io = self.connector.connect().await.map_err(SendError::Connect)?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "app connection ended with an error");
+            }
+        });
+        metrics::counter!("meshgate_upstream_connections_opened_total").increment(1);
+        // Concurrent first requests may each connect; the last one is shared
+        // from then on and the others close when their requests are done.
+        *self.http2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Drops connections idle for longer than the idle timeout.
+    fn reap(&self) {
+        let timeout = self.idle_timeout;
+        self.idle().retain(|p| {
+            let idle_too_long = p.sender.is_ready() && p.last_used.elapsed() >= timeout;
+            !p.sender.is_closed() && !idle_too_long
+        });
+    }
+}
+
+/// Closes idle app connections past the idle timeout until the pool is gone.
+async fn reap_idle(pool: std::sync::Weak<Pool>) {
+    loop {
+        let interval = match pool.upgrade() {
+            Some(pool) => (pool.idle_timeout / 4).max(MIN_REAP_INTERVAL),
+            None => return,
+        };
+        tokio::time::sleep(interval).await;
+        match pool.upgrade() {
+            Some(pool) => pool.reap(),
+            None => return,
+        }
     }
 }
 
@@ -229,8 +410,8 @@ pub enum ForwardFailure {
 }
 
 /// Classifies a client error by walking its causes.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> ForwardFailure {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+pub fn classify(err: &SendError) -> ForwardFailure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<io::Error>() {
             return if io.kind() == io::ErrorKind::TimedOut {

@@ -182,6 +182,14 @@ impl EchoApp {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// Kills the app and starts it again on the same TCP port (an app
+    /// restart: every connection to the old process is gone).
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let restarted = Self::start_at(&self.addr(), self.port);
+        *self = restarted;
+    }
 }
 
 /// A running `meshgate` with its config file in a temp directory.

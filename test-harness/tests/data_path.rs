@@ -529,6 +529,50 @@ fn metrics_count_requests_by_route_and_status() {
     );
 }
 
+/// The value of an unlabelled counter in the Prometheus text, 0 when absent.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn app_connections_are_pooled_reaped_when_idle_and_replaced_after_an_app_restart() {
+    const OPENED: &str = "meshgate_upstream_connections_opened_total";
+    let mut app = EchoApp::start();
+    let cfg = config(&app.addr(), "").replace(
+        "connect_timeout: 500ms",
+        "connect_timeout: 500ms, pool_idle_timeout: 1s",
+    );
+    let sidecar = Sidecar::start(&cfg);
+    for i in 0..30 {
+        let rsp = get(&sidecar.url(&format!("/pooled/{i}"))).expect("get");
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+    }
+    // One request at a time: one connection carries them all (a second may
+    // open when a request beats hyper's bookkeeping of the previous one).
+    let opened = counter(&sidecar.metrics(), OPENED);
+    assert!(
+        (1..=2).contains(&opened),
+        "{opened} connections for 30 requests"
+    );
+
+    // Idle past the pool timeout: the connection is closed, the next request opens one.
+    std::thread::sleep(Duration::from_millis(2600));
+    assert_eq!(get(&sidecar.url("/after-idle")).expect("get").status, 200);
+    assert_eq!(counter(&sidecar.metrics(), OPENED), opened + 1);
+
+    // The app restarts: the pooled connection died with it, and the next
+    // request goes out on a new connection instead of failing.
+    app.restart();
+    for i in 0..5 {
+        let rsp = get(&sidecar.url(&format!("/after-restart/{i}"))).expect("get");
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+    }
+    assert!(counter(&sidecar.metrics(), OPENED) >= opened + 2);
+}
+
 #[test]
 fn log_level_changes_at_runtime() {
     let (_app, sidecar) = start();
