@@ -232,11 +232,39 @@ pub struct Claims {
 }
 
 /// Only the subject: deserializing just this skips building a map of every
-/// claim when nobody reads the others.
-#[derive(serde::Deserialize)]
+/// claim when nobody reads the others. Like the full map it accepts a JSON
+/// object only, and a repeated `sub` keeps the last one.
 struct SubjectOnly {
-    #[serde(default)]
     sub: Option<Value>,
+}
+
+impl<'de> serde::Deserialize<'de> for SubjectOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ClaimsVisitor;
+        impl<'de> serde::de::Visitor<'de> for ClaimsVisitor {
+            type Value = SubjectOnly;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SubjectOnly, A::Error> {
+                let mut sub = None;
+                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                    if name == "sub" {
+                        sub = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(SubjectOnly { sub })
+            }
+        }
+        deserializer.deserialize_map(ClaimsVisitor)
+    }
 }
 
 /// What `decode` produces, for either claims shape.

@@ -498,6 +498,21 @@ async fn single_key_sets_refuse_like_larger_ones() {
             "token_invalid"
         );
 
+        // Signed claims that are not a JSON object.
+        let exp = good_claims()["exp"].clone();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("hs".into());
+        let token = jsonwebtoken::encode(
+            &header,
+            &json!([exp, null, "u-42", "https://id.example.com", "wallet"]),
+            &encoding_key(Algorithm::HS256),
+        )
+        .expect("encode");
+        assert_eq!(
+            reason(&run(&filter, &[("authorization", &bearer(token))]).await.0),
+            "token_invalid"
+        );
+
         // A subject that is not a string passes without an identity.
         let mut numeric_sub = good_claims();
         numeric_sub["sub"] = json!(42);
