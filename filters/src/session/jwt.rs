@@ -215,13 +215,89 @@ pub struct JwtVerifier {
     allowed: Vec<Algorithm>,
     /// One prepared validation per allowed algorithm.
     validations: Vec<(Algorithm, Validation)>,
-    required_claims: Vec<String>,
+    /// Required claims the JWT library does not check itself (it checks the
+    /// registered ones in `SPEC_CLAIMS`).
+    required_other_claims: Vec<String>,
+    /// Whether callers need every claim, not just the subject.
+    keep_claims: bool,
+}
+
+/// The claims of a verified token.
+#[derive(Debug, Clone, Default)]
+pub struct Claims {
+    /// `sub` when it is a string.
+    pub sub: Option<String>,
+    /// Every claim; empty unless the verifier was built to keep them.
+    pub all: Map<String, Value>,
+}
+
+/// Only the subject: deserializing just this skips building a map of every
+/// claim when nobody reads the others. Like the full map it accepts a JSON
+/// object only, and a repeated `sub` keeps the last one.
+struct SubjectOnly {
+    sub: Option<Value>,
+}
+
+impl<'de> serde::Deserialize<'de> for SubjectOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ClaimsVisitor;
+        impl<'de> serde::de::Visitor<'de> for ClaimsVisitor {
+            type Value = SubjectOnly;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SubjectOnly, A::Error> {
+                let mut sub = None;
+                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                    if name == "sub" {
+                        sub = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(SubjectOnly { sub })
+            }
+        }
+        deserializer.deserialize_map(ClaimsVisitor)
+    }
+}
+
+/// What `decode` produces, for either claims shape.
+trait IntoClaims: serde::de::DeserializeOwned {
+    fn into_claims(self) -> Claims;
+}
+
+impl IntoClaims for SubjectOnly {
+    fn into_claims(self) -> Claims {
+        let sub = match self.sub {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        Claims {
+            sub,
+            all: Map::new(),
+        }
+    }
+}
+
+impl IntoClaims for Map<String, Value> {
+    fn into_claims(self) -> Claims {
+        let sub = self.get("sub").and_then(Value::as_str).map(str::to_string);
+        Claims { sub, all: self }
+    }
 }
 
 const SPEC_CLAIMS: &[&str] = &["exp", "nbf", "aud", "iss", "sub"];
 
 impl JwtVerifier {
-    pub fn new(config: &JwtConfig) -> Self {
+    /// `keep_claims`: the caller reads claims other than `sub` (claims to
+    /// headers).
+    pub fn new(config: &JwtConfig, keep_claims: bool) -> Self {
         let validations = config
             .algorithms
             .iter()
@@ -248,15 +324,72 @@ impl JwtVerifier {
                 (*alg, v)
             })
             .collect();
+        let required_other_claims: Vec<String> = config
+            .required_claims
+            .iter()
+            .filter(|c| !SPEC_CLAIMS.contains(&c.as_str()))
+            .cloned()
+            .collect();
         JwtVerifier {
             allowed: config.algorithms.clone(),
             validations,
-            required_claims: config.required_claims.clone(),
+            keep_claims: keep_claims || !required_other_claims.is_empty(),
+            required_other_claims,
         }
     }
 
     /// Checks `token` and returns its claims.
-    pub fn verify(&self, token: &str, keys: &KeySet) -> Result<Map<String, Value>, JwtError> {
+    pub fn verify(&self, token: &str, keys: &KeySet) -> Result<Claims, JwtError> {
+        if self.keep_claims {
+            self.verify_as::<Map<String, Value>>(token, keys)
+        } else {
+            self.verify_as::<SubjectOnly>(token, keys)
+        }
+    }
+
+    fn verify_as<C: IntoClaims>(&self, token: &str, keys: &KeySet) -> Result<Claims, JwtError> {
+        // With a single key (the usual static setup) try it straight away, so
+        // the header is parsed by the library only. Only a clean success with
+        // a consistent `kid` is taken here; anything else goes the full way
+        // below, which names the precise refusal.
+        if let [key] = keys.keys.as_slice() {
+            let validation = self
+                .validations
+                .iter()
+                .find(|(a, _)| *a == key.alg)
+                .map(|(_, v)| v);
+            if let Some(validation) = validation {
+                if let Ok(data) = jsonwebtoken::decode::<C>(token, &key.key, validation) {
+                    if data.header.kid.is_none() || data.header.kid == key.kid {
+                        return self.accept(data.claims);
+                    }
+                }
+            }
+        }
+        self.verify_by_header::<C>(token, keys)
+    }
+
+    /// Required claims beyond what the library checks.
+    fn accept<C: IntoClaims>(&self, claims: C) -> Result<Claims, JwtError> {
+        let claims = claims.into_claims();
+        if let Some(missing) = self
+            .required_other_claims
+            .iter()
+            .find(|c| !claims.all.contains_key(c.as_str()))
+        {
+            return Err(JwtError::Invalid(
+                format!("required claim {missing:?} is missing").into(),
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// Picks the key by the token's `kid` and `alg`, then verifies.
+    fn verify_by_header<C: IntoClaims>(
+        &self,
+        token: &str,
+        keys: &KeySet,
+    ) -> Result<Claims, JwtError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| JwtError::Invalid("malformed token or unsupported algorithm".into()))?;
         if !self.allowed.contains(&header.alg) {
@@ -289,19 +422,8 @@ impl JwtVerifier {
         }
         let mut last = JwtError::Invalid("bad signature".into());
         for key in candidates {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
-                Ok(data) => {
-                    if let Some(missing) = self
-                        .required_claims
-                        .iter()
-                        .find(|c| !data.claims.contains_key(c.as_str()))
-                    {
-                        return Err(JwtError::Invalid(
-                            format!("required claim {missing:?} is missing").into(),
-                        ));
-                    }
-                    return Ok(data.claims);
-                }
+            match jsonwebtoken::decode::<C>(token, &key.key, validation) {
+                Ok(data) => return self.accept(data.claims),
                 Err(e) => {
                     last = map_error(e.kind());
                     if !matches!(e.kind(), ErrorKind::InvalidSignature) {

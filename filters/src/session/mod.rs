@@ -96,7 +96,7 @@ impl SessionFilter {
     pub fn build(name: &str, config: &SessionConfig, cx: &BuildCx<'_>) -> Self {
         let runtime = match &config.mode {
             ModeConfig::Jwt(jwt) => Runtime::Jwt {
-                verifier: JwtVerifier::new(jwt),
+                verifier: JwtVerifier::new(jwt, !config.claims_to_headers.is_empty()),
                 keys: match &jwt.keys {
                     KeySource::Static(keys) => Keys::Static(keys.clone()),
                     KeySource::Remote(remote) => Keys::Remote(
@@ -221,11 +221,7 @@ impl SessionFilter {
         };
         match result {
             Ok(claims) => {
-                let sub = claims
-                    .get("sub")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                self.set_identity(cx, sub.as_deref(), &claims);
+                self.set_identity(cx, claims.sub.as_deref(), &claims.all);
                 Verdict::Continue
             }
             Err(JwtError::Expired) => {

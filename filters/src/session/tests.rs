@@ -382,6 +382,174 @@ async fn algorithm_confusion_and_none_fail() {
     );
 }
 
+/// One HS256 key (the usual static setup, verified without a separate
+/// header parse): every refusal still has its reason and message, and the
+/// subject reaches the app whether or not other claims are kept.
+#[tokio::test]
+async fn single_key_sets_refuse_like_larger_ones() {
+    let state = State::new();
+    let f = fixtures();
+    let one_key =
+        json!({"keys": [{"kty": "oct", "kid": "hs", "alg": "HS256", "k": f["hmac"]["k"]}]});
+    for claims_to_headers in [json!(null), json!({"tenant": "x-meshgate-tenant"})] {
+        let filter = build(
+            &jwt_spec(json!({"jwks": one_key, "claims_to_headers": claims_to_headers})),
+            &state,
+        );
+        let keeps_claims = !claims_to_headers.is_null();
+        let message = |r: &Result<(), Rejection>| match r {
+            Ok(()) => "pass".to_string(),
+            Err(e) => format!("{}: {}", e.reason, e.message),
+        };
+        let bearer = |token: String| format!("Bearer {token}");
+
+        let auth = bearer(mint(Algorithm::HS256, good_claims()));
+        let (result, head, cx) = run(&filter, &[("authorization", &auth)]).await;
+        assert_eq!(message(&result), "pass");
+        assert!(head.headers.get(AUTHORIZATION).is_none());
+        assert_eq!(cx.user.as_deref(), Some("u-42"));
+        assert_eq!(upstream(&cx, USER_HEADER).as_deref(), Some("u-42"));
+        assert_eq!(
+            upstream(&cx, "x-meshgate-tenant").as_deref(),
+            keeps_claims.then_some("t-7")
+        );
+
+        // No kid: the one HS256 key is the candidate.
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &good_claims(),
+            &encoding_key(Algorithm::HS256),
+        )
+        .expect("encode");
+        assert_eq!(
+            message(&run(&filter, &[("authorization", &bearer(token))]).await.0),
+            "pass"
+        );
+
+        // A kid the set does not have, even over a valid signature.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("other".into());
+        let token = jsonwebtoken::encode(&header, &good_claims(), &encoding_key(Algorithm::HS256))
+            .expect("encode");
+        assert_eq!(
+            message(&run(&filter, &[("authorization", &bearer(token))]).await.0),
+            "token_invalid: unknown key id"
+        );
+
+        // Another algorithm under the key's kid.
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("hs".into());
+        let token = jsonwebtoken::encode(&header, &good_claims(), &encoding_key(Algorithm::ES256))
+            .expect("encode");
+        assert_eq!(
+            message(&run(&filter, &[("authorization", &bearer(token))]).await.0),
+            "token_invalid: token algorithm does not match its key"
+        );
+
+        // Bad signature, expiry, wrong audience, alg none.
+        let token = mint(Algorithm::HS256, good_claims());
+        let (signed, sig) = token.rsplit_once('.').expect("three parts");
+        let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .expect("sig");
+        sig[0] ^= 1;
+        let forged = format!("{signed}.{}", b64url(&sig));
+        assert_eq!(
+            message(&run(&filter, &[("authorization", &bearer(forged))]).await.0),
+            "token_invalid: bad signature"
+        );
+        let mut expired = good_claims();
+        expired["exp"] = json!(now() - 300);
+        assert_eq!(
+            reason(
+                &run(
+                    &filter,
+                    &[("authorization", &bearer(mint(Algorithm::HS256, expired)))]
+                )
+                .await
+                .0
+            ),
+            "token_expired"
+        );
+        let mut wrong_aud = good_claims();
+        wrong_aud["aud"] = json!("other-app");
+        assert_eq!(
+            message(
+                &run(
+                    &filter,
+                    &[("authorization", &bearer(mint(Algorithm::HS256, wrong_aud)))]
+                )
+                .await
+                .0
+            ),
+            "token_invalid: wrong audience"
+        );
+        let h = b64url(json!({"alg": "none", "kid": "hs"}).to_string().as_bytes());
+        let payload = b64url(good_claims().to_string().as_bytes());
+        assert_eq!(
+            reason(
+                &run(
+                    &filter,
+                    &[("authorization", &bearer(format!("{h}.{payload}.")))]
+                )
+                .await
+                .0
+            ),
+            "token_invalid"
+        );
+
+        // Signed claims that are not a JSON object.
+        let exp = good_claims()["exp"].clone();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("hs".into());
+        let token = jsonwebtoken::encode(
+            &header,
+            &json!([exp, null, "u-42", "https://id.example.com", "wallet"]),
+            &encoding_key(Algorithm::HS256),
+        )
+        .expect("encode");
+        assert_eq!(
+            reason(&run(&filter, &[("authorization", &bearer(token))]).await.0),
+            "token_invalid"
+        );
+
+        // A subject that is not a string passes without an identity.
+        let mut numeric_sub = good_claims();
+        numeric_sub["sub"] = json!(42);
+        let (result, _, cx) = run(
+            &filter,
+            &[(
+                "authorization",
+                &bearer(mint(Algorithm::HS256, numeric_sub)),
+            )],
+        )
+        .await;
+        assert_eq!(message(&result), "pass");
+        assert!(cx.user.is_none());
+    }
+
+    // A custom required claim is checked with a single key too.
+    let filter = build(
+        &jwt_spec(
+            json!({"jwks": one_key, "claims_to_headers": null, "required_claims": ["exp", "tenant"]}),
+        ),
+        &state,
+    );
+    let mut no_tenant = good_claims();
+    no_tenant.as_object_mut().expect("object").remove("tenant");
+    let auth = format!("Bearer {}", mint(Algorithm::HS256, no_tenant));
+    let result = run(&filter, &[("authorization", &auth)]).await.0;
+    assert_eq!(
+        result.err().map(|e| e.message.to_string()).as_deref(),
+        Some("required claim \"tenant\" is missing")
+    );
+    let auth = format!("Bearer {}", mint(Algorithm::HS256, good_claims()));
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &auth)]).await.0),
+        "pass"
+    );
+}
+
 #[tokio::test]
 async fn algorithms_allow_list_and_tokens_without_kid() {
     let state = State::new();

@@ -3,7 +3,10 @@
 //! Shared by verification and signing so both derive the exact same bytes.
 
 use http::{HeaderMap, Method, StatusCode, Uri};
-use sfv::{BareItem, InnerList, Item, ListEntry, Parser, SerializeValue};
+use sfv::{
+    BareItem, InnerList, Item, Parser, RefBareItem, RefItemSerializer, RefListSerializer,
+    SerializeValue,
+};
 
 /// The request side of a message, as far as components need it.
 #[derive(Debug, Clone, Copy)]
@@ -103,50 +106,111 @@ pub fn check_component(item: &Item) -> Result<(), String> {
 
 /// The serialized component identifier (`"@query-param";name="Pet"`).
 pub fn component_id(item: &Item) -> Result<String, BaseError> {
-    item.serialize_value()
-        .map_err(|e| BaseError::Malformed(format!("component identifier: {e}")))
+    let mut id = String::new();
+    write_component_id(&mut id, item)?;
+    Ok(id)
+}
+
+fn ref_item(item: &BareItem) -> RefBareItem<'_> {
+    match item {
+        BareItem::Integer(v) => RefBareItem::Integer(*v),
+        BareItem::Decimal(v) => RefBareItem::Decimal(*v),
+        BareItem::String(v) => RefBareItem::String(v),
+        BareItem::ByteSeq(v) => RefBareItem::ByteSeq(v),
+        BareItem::Boolean(v) => RefBareItem::Boolean(*v),
+        BareItem::Token(v) => RefBareItem::Token(v),
+    }
+}
+
+/// Appends the serialized identifier of `item` to `out`.
+fn write_component_id(out: &mut String, item: &Item) -> Result<(), BaseError> {
+    let malformed = |e: &str| BaseError::Malformed(format!("component identifier: {e}"));
+    let mut params = RefItemSerializer::new(out)
+        .bare_item(&ref_item(&item.bare_item))
+        .map_err(malformed)?;
+    for (name, value) in &item.params {
+        params = params
+            .parameter(name, &ref_item(value))
+            .map_err(malformed)?;
+    }
+    Ok(())
+}
+
+/// Appends the `@signature-params` value (the inner list serialized, RFC
+/// 8941) to `out`, without copying the list.
+fn write_params(out: &mut String, list: &InnerList) -> Result<(), BaseError> {
+    let malformed = |e: &str| BaseError::Malformed(format!("signature parameters: {e}"));
+    let mut inner = RefListSerializer::new(out).open_inner_list();
+    for item in &list.items {
+        inner = inner
+            .inner_list_bare_item(&ref_item(&item.bare_item))
+            .map_err(malformed)?;
+        for (name, value) in &item.params {
+            inner = inner
+                .inner_list_parameter(name, &ref_item(value))
+                .map_err(malformed)?;
+        }
+    }
+    let mut outer = inner.close_inner_list();
+    for (name, value) in &list.params {
+        outer = outer.parameter(name, &ref_item(value)).map_err(malformed)?;
+    }
+    Ok(())
 }
 
 /// The `@signature-params` value: the inner list serialized (RFC 8941).
 pub fn serialize_params(list: &InnerList) -> Result<String, BaseError> {
-    vec![ListEntry::InnerList(list.clone())]
-        .serialize_value()
-        .map_err(|e| BaseError::Malformed(format!("signature parameters: {e}")))
+    let mut out = String::with_capacity(128);
+    write_params(&mut out, list)?;
+    Ok(out)
 }
 
 /// Builds the signature base for the covered components in `list` (whose
 /// parameters are the signature parameters).
 pub fn signature_base(message: &Message<'_>, list: &InnerList) -> Result<Vec<u8>, BaseError> {
     let mut out: Vec<u8> = Vec::with_capacity(256);
-    let mut seen: Vec<String> = Vec::with_capacity(list.items.len());
+    // Serialized identifiers back to back, and where each one is, to refuse
+    // a component covered twice.
+    let mut ids = String::with_capacity(128);
+    let mut seen: Vec<(usize, usize)> = Vec::with_capacity(list.items.len());
     for item in &list.items {
         check_component(item).map_err(BaseError::Malformed)?;
-        let id = component_id(item)?;
-        if seen.contains(&id) {
+        let start = ids.len();
+        write_component_id(&mut ids, item)?;
+        let end = ids.len();
+        let id = ids.get(start..end).unwrap_or_default();
+        if seen.iter().any(|&(s, e)| ids.get(s..e) == Some(id)) {
             return Err(BaseError::Malformed(format!(
                 "component {id} is covered twice"
             )));
         }
-        let values = component_values(message, item, &id)?;
-        for value in values {
-            out.extend_from_slice(id.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&value);
-            out.push(b'\n');
-        }
-        seen.push(id);
+        write_component(&mut out, message, item, id)?;
+        seen.push((start, end));
     }
     out.extend_from_slice(b"\"@signature-params\": ");
-    out.extend_from_slice(serialize_params(list)?.as_bytes());
+    ids.clear();
+    write_params(&mut ids, list)?;
+    out.extend_from_slice(ids.as_bytes());
     Ok(out)
 }
 
-/// The value lines of one component (`@query-param` may give several).
-fn component_values(
+/// One `id: value` line of the signature base.
+fn push_line(out: &mut Vec<u8>, id: &str, value: &[&[u8]]) {
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b": ");
+    for part in value {
+        out.extend_from_slice(part);
+    }
+    out.push(b'\n');
+}
+
+/// Appends the lines of one component (`@query-param` may give several).
+fn write_component(
+    out: &mut Vec<u8>,
     message: &Message<'_>,
     item: &Item,
     id: &str,
-) -> Result<Vec<Vec<u8>>, BaseError> {
+) -> Result<(), BaseError> {
     let missing = || BaseError::Missing(id.to_string());
     let name = item.bare_item.as_str().unwrap_or_default();
     let from_request = item.params.get("req") == Some(&BareItem::Boolean(true));
@@ -169,31 +233,43 @@ fn component_values(
     };
 
     if let Some(derived) = name.strip_prefix('@') {
-        let one = |v: String| Ok(vec![v.into_bytes()]);
         if derived == "status" {
             let (status, _) = response.ok_or_else(|| {
                 BaseError::Malformed("@status is only valid for responses".into())
             })?;
-            return one(status.as_u16().to_string());
+            push_line(out, id, &[status.as_str().as_bytes()]);
+            return Ok(());
         }
         let Some(req) = request else {
             return Err(BaseError::Malformed(format!(
                 "{id} is a request component; use ;req in a response"
             )));
         };
-        return match derived {
-            "method" => one(req.method.as_str().to_string()),
-            "authority" => one(authority(&req).ok_or_else(missing)?),
-            "scheme" => one(req.scheme.to_ascii_lowercase()),
-            "target-uri" => one(format!(
-                "{}://{}{}",
-                req.scheme.to_ascii_lowercase(),
-                authority(&req).ok_or_else(missing)?,
-                request_target(&req)
-            )),
-            "request-target" => one(request_target(&req)),
-            "path" => one(path(&req)),
-            "query" => one(format!("?{}", req.uri.query().unwrap_or(""))),
+        match derived {
+            "method" => push_line(out, id, &[req.method.as_str().as_bytes()]),
+            "authority" => {
+                let authority = authority_raw(&req).ok_or_else(missing)?;
+                push_lowercase_line(out, id, &[authority]);
+            }
+            "scheme" => push_lowercase_line(out, id, &[req.scheme]),
+            "target-uri" => {
+                let authority = authority_raw(&req).ok_or_else(missing)?;
+                out.extend_from_slice(id.as_bytes());
+                out.extend_from_slice(b": ");
+                push_lowercase(out, req.scheme);
+                out.extend_from_slice(b"://");
+                push_lowercase(out, authority);
+                push_request_target(out, &req);
+                out.push(b'\n');
+            }
+            "request-target" => {
+                out.extend_from_slice(id.as_bytes());
+                out.extend_from_slice(b": ");
+                push_request_target(out, &req);
+                out.push(b'\n');
+            }
+            "path" => push_line(out, id, &[path_of(&req).as_bytes()]),
+            "query" => push_line(out, id, &[b"?", req.uri.query().unwrap_or("").as_bytes()]),
             "query-param" => {
                 let wanted = item
                     .params
@@ -201,20 +277,24 @@ fn component_values(
                     .and_then(|n| n.as_str())
                     .ok_or_else(|| BaseError::Malformed("@query-param needs name".into()))?;
                 let query = req.uri.query().unwrap_or("");
-                let values: Vec<Vec<u8>> = form_urlencoded::parse(query.as_bytes())
-                    .filter(|(k, _)| reencode(k) == wanted)
-                    .map(|(_, v)| reencode(&v).into_bytes())
-                    .collect();
-                if values.is_empty() {
-                    Err(missing())
-                } else {
-                    Ok(values)
+                let mut found = false;
+                for (_, value) in
+                    form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| reencode(k) == wanted)
+                {
+                    push_line(out, id, &[reencode(&value).as_bytes()]);
+                    found = true;
+                }
+                if !found {
+                    return Err(missing());
                 }
             }
-            _ => Err(BaseError::Malformed(format!(
-                "unknown derived component {id}"
-            ))),
-        };
+            _ => {
+                return Err(BaseError::Malformed(format!(
+                    "unknown derived component {id}"
+                )))
+            }
+        }
+        return Ok(());
     }
 
     let headers = match (request, response) {
@@ -222,6 +302,26 @@ fn component_values(
         (Some(r), None) => r.headers,
         (None, None) => return Err(missing()),
     };
+    let sf = item.params.get("sf") == Some(&BareItem::Boolean(true));
+    let bs = item.params.get("bs") == Some(&BareItem::Boolean(true));
+    let key = item.params.get("key").and_then(|k| k.as_str());
+    if !(sf || bs || key.is_some()) {
+        // The plain field: values trimmed and joined with ", ", written
+        // straight into the base.
+        let mut values = headers.get_all(name).iter();
+        let Some(first) = values.next() else {
+            return Err(missing());
+        };
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(trim_ows(first.as_bytes()));
+        for value in values {
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(trim_ows(value.as_bytes()));
+        }
+        out.push(b'\n');
+        return Ok(());
+    }
     let raw: Vec<&[u8]> = headers
         .get_all(name)
         .iter()
@@ -230,9 +330,6 @@ fn component_values(
     if raw.is_empty() {
         return Err(missing());
     }
-    let sf = item.params.get("sf") == Some(&BareItem::Boolean(true));
-    let bs = item.params.get("bs") == Some(&BareItem::Boolean(true));
-    let key = item.params.get("key").and_then(|k| k.as_str());
     if bs {
         if sf || key.is_some() {
             return Err(BaseError::Malformed(format!(
@@ -247,7 +344,8 @@ fn component_values(
                     .map_err(|e| BaseError::Malformed(format!("{id}: {e}")))
             })
             .collect();
-        return Ok(vec![wrapped?.join(", ").into_bytes()]);
+        push_line(out, id, &[wrapped?.join(", ").as_bytes()]);
+        return Ok(());
     }
     let combined = raw.join(&b", "[..]);
     if let Some(member) = key {
@@ -268,14 +366,34 @@ fn component_values(
             },
             None => text,
         };
-        return Ok(vec![value.into_bytes()]);
+        push_line(out, id, &[value.as_bytes()]);
+        return Ok(());
     }
-    if sf {
-        return Ok(vec![reserialize_structured(name, &combined)
-            .map_err(|e| BaseError::Malformed(format!("{id}: {e}")))?
-            .into_bytes()]);
+    let value = reserialize_structured(name, &combined)
+        .map_err(|e| BaseError::Malformed(format!("{id}: {e}")))?;
+    push_line(out, id, &[value.as_bytes()]);
+    Ok(())
+}
+
+fn push_lowercase(out: &mut Vec<u8>, text: &str) {
+    out.extend(text.bytes().map(|b| b.to_ascii_lowercase()));
+}
+
+fn push_lowercase_line(out: &mut Vec<u8>, id: &str, parts: &[&str]) {
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b": ");
+    for part in parts {
+        push_lowercase(out, part);
     }
-    Ok(vec![combined])
+    out.push(b'\n');
+}
+
+fn push_request_target(out: &mut Vec<u8>, req: &RequestParts<'_>) {
+    out.extend_from_slice(path_of(req).as_bytes());
+    if let Some(q) = req.uri.query() {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
 }
 
 /// Strict re-serialization of a structured field: dictionary, list or item,
@@ -315,40 +433,30 @@ fn reencode(s: &str) -> String {
 /// `@authority`: the host (and non-default port), lowercased; from the
 /// request URI (HTTP/2, absolute form) or the `Host` header.
 pub fn authority(req: &RequestParts<'_>) -> Option<String> {
+    authority_raw(req).map(str::to_ascii_lowercase)
+}
+
+/// The authority as sent, without user info, surrounding space and the
+/// scheme's default port; not yet lowercased.
+fn authority_raw<'a>(req: &RequestParts<'a>) -> Option<&'a str> {
     let raw = match req.uri.authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req
-            .headers
-            .get(http::header::HOST)?
-            .to_str()
-            .ok()?
-            .to_string(),
+        Some(a) => a.as_str(),
+        None => req.headers.get(http::header::HOST)?.to_str().ok()?,
     };
-    let raw = raw
-        .rsplit('@')
-        .next()
-        .unwrap_or(&raw)
-        .trim()
-        .to_ascii_lowercase();
+    let raw = raw.rsplit('@').next().unwrap_or(raw).trim();
+    // A port is digits, so matching it before lowercasing is the same.
     let default_port = match req.scheme {
         "https" => ":443",
         _ => ":80",
     };
-    Some(raw.strip_suffix(default_port).unwrap_or(&raw).to_string())
+    Some(raw.strip_suffix(default_port).unwrap_or(raw))
 }
 
-fn path(req: &RequestParts<'_>) -> String {
+fn path_of<'a>(req: &RequestParts<'a>) -> &'a str {
     let p = req.uri.path();
     if p.is_empty() {
-        "/".to_string()
+        "/"
     } else {
-        p.to_string()
-    }
-}
-
-fn request_target(req: &RequestParts<'_>) -> String {
-    match req.uri.query() {
-        Some(q) => format!("{}?{}", path(req), q),
-        None => path(req),
+        p
     }
 }

@@ -196,7 +196,7 @@ impl KeySpec {
                     Ok(bytes) if bytes.len() >= 16 => Some(Key::new(
                         &self.id,
                         alg,
-                        KeyMaterial::Hmac(HmacSecret(bytes)),
+                        KeyMaterial::Hmac(HmacSecret::new(bytes)),
                     )),
                     Ok(_) => {
                         errors.push(
@@ -259,19 +259,35 @@ impl KeySpec {
 
 /// Key bytes for HMAC; never printed.
 #[derive(Clone)]
-pub struct HmacSecret(Vec<u8>);
+pub struct HmacSecret {
+    bytes: Vec<u8>,
+    /// HMAC state with the key already absorbed (inner and outer pads), so a
+    /// request only hashes its message.
+    keyed: Option<Box<Hmac<Sha256>>>,
+}
 
 impl HmacSecret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        // HMAC takes keys of any length; were one refused, the key would
+        // verify nothing and sign nothing.
+        let keyed = Hmac::<Sha256>::new_from_slice(&bytes).ok().map(Box::new);
+        HmacSecret { bytes, keyed }
+    }
+
     #[cfg(test)]
     pub(crate) fn for_tests(bytes: &[u8]) -> Self {
-        HmacSecret(bytes.to_vec())
+        HmacSecret::new(bytes.to_vec())
+    }
+
+    fn mac(&self) -> Option<Hmac<Sha256>> {
+        self.keyed.as_deref().cloned()
     }
 }
 
 impl Drop for HmacSecret {
     fn drop(&mut self) {
         // Best effort: overwrite the secret before the allocation is freed.
-        self.0.iter_mut().for_each(|b| *b = 0);
+        self.bytes.iter_mut().for_each(|b| *b = 0);
     }
 }
 
@@ -308,6 +324,9 @@ pub struct Key {
     pub id: Arc<str>,
     pub alg: Algorithm,
     material: Arc<KeyMaterial>,
+    /// The public half of private material, derived once rather than per
+    /// verification.
+    derived_public: Option<Arc<PublicKey>>,
 }
 
 impl fmt::Debug for Key {
@@ -333,10 +352,15 @@ pub enum SignError {
 
 impl Key {
     pub fn new(id: &str, alg: Algorithm, material: KeyMaterial) -> Self {
+        let derived_public = match &material {
+            KeyMaterial::Private(sk) => Some(Arc::new(sk.public())),
+            KeyMaterial::Hmac(_) | KeyMaterial::Public(_) => None,
+        };
         Key {
             id: Arc::from(id),
             alg,
             material: Arc::new(material),
+            derived_public,
         }
     }
 
@@ -353,7 +377,7 @@ impl Key {
     pub fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
         match &*self.material {
             KeyMaterial::Hmac(secret) => {
-                let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&secret.0) else {
+                let Some(mut mac) = secret.mac() else {
                     return false;
                 };
                 mac.update(message);
@@ -361,7 +385,10 @@ impl Key {
                 mac.verify_slice(sig).is_ok()
             }
             KeyMaterial::Public(pk) => verify_public(pk, message, sig),
-            KeyMaterial::Private(sk) => verify_public(&sk.public(), message, sig),
+            KeyMaterial::Private(sk) => match &self.derived_public {
+                Some(pk) => verify_public(pk, message, sig),
+                None => verify_public(&sk.public(), message, sig),
+            },
         }
     }
 
@@ -370,8 +397,9 @@ impl Key {
         let failed = |e: signature::Error| SignError::Failed(e.to_string());
         match &*self.material {
             KeyMaterial::Hmac(secret) => {
-                let mut mac = Hmac::<Sha256>::new_from_slice(&secret.0)
-                    .map_err(|e| SignError::Failed(e.to_string()))?;
+                let mut mac = secret
+                    .mac()
+                    .ok_or_else(|| SignError::Failed("unusable HMAC key".into()))?;
                 mac.update(message);
                 Ok(mac.finalize().into_bytes().to_vec())
             }

@@ -420,12 +420,12 @@ impl SignatureFilter {
             },
             unix_now(),
         )?;
-        if verified.covers_digest || req.head.headers.contains_key(sign::CONTENT_DIGEST) {
+        if verified.covers_digest || req.head.headers.contains_key(sign::CONTENT_DIGEST_HEADER) {
             let body = req.body().await?;
             let values: Vec<&[u8]> = req
                 .head
                 .headers
-                .get_all(sign::CONTENT_DIGEST)
+                .get_all(sign::CONTENT_DIGEST_HEADER)
                 .iter()
                 .map(|v| v.as_bytes())
                 .collect();
@@ -533,8 +533,8 @@ impl Filter for SignatureFilter {
             });
         }
         if !self.config.forward_signature_headers {
-            req.head.headers.remove(sign::SIGNATURE);
-            req.head.headers.remove(sign::SIGNATURE_INPUT);
+            req.head.headers.remove(sign::SIGNATURE_HEADER);
+            req.head.headers.remove(sign::SIGNATURE_INPUT_HEADER);
         }
         cx.client_id = Some(client.to_string());
         if let Ok(value) = HeaderValue::try_from(&*client) {

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use sfv::{BareItem, Dictionary, InnerList, Item, ListEntry, Parameters, Parser, SerializeValue};
 
 use super::base::{signature_base, Message, RequestParts};
@@ -14,6 +14,11 @@ use super::keys::{Key, SignError};
 pub const SIGNATURE_INPUT: &str = "signature-input";
 pub const SIGNATURE: &str = "signature";
 pub const CONTENT_DIGEST: &str = "content-digest";
+
+// The same names, parsed once for header map lookups on the hot path.
+pub const SIGNATURE_INPUT_HEADER: HeaderName = HeaderName::from_static(SIGNATURE_INPUT);
+pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static(SIGNATURE);
+pub const CONTENT_DIGEST_HEADER: HeaderName = HeaderName::from_static(CONTENT_DIGEST);
 
 /// Signs messages with one key over a fixed list of components.
 #[derive(Debug, Clone)]

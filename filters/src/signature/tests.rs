@@ -459,6 +459,59 @@ async fn valid_signature_passes_and_identifies_client() {
     r.expect("ed25519 passes");
 }
 
+/// Signature fields split over several header lines are one field: a
+/// signature for another verifier on the first line and ours on the second.
+#[tokio::test]
+async fn signature_fields_over_several_lines() {
+    let state = State::new();
+    let f = build(&spec(serde_json::json!({})), &state);
+    let s = signer(hmac_key("app-1", APP_SECRET), ALL);
+    let mut head = signed_request(&s, br#"{"amount":1}"#, now());
+    for name in ["signature-input", "signature"] {
+        let ours = head.headers.remove(name).expect("signed");
+        let foreign = if name == "signature" {
+            "other=:AAAA:"
+        } else {
+            r#"other=("@method");created=1;keyid="elsewhere""#
+        };
+        head.headers
+            .append(name, http::HeaderValue::from_static(foreign));
+        head.headers.append(name, ours);
+    }
+    let (r, cx, _) = run(&f, head, br#"{"amount":1}"#).await;
+    r.expect("passes");
+    assert_eq!(cx.client_id.as_deref(), Some("app-1"));
+}
+
+#[test]
+fn a_component_covered_twice_is_malformed() {
+    let head = test_request();
+    for input in [
+        r#"sig=("@method" "@path" "@method");created=1"#,
+        r#"sig=("content-type" "content-type");created=1"#,
+    ] {
+        assert!(
+            matches!(
+                signature_base(&req_message(&head), &inner_list(input)),
+                Err(base::BaseError::Malformed(m)) if m.contains("covered twice")
+            ),
+            "{input}"
+        );
+    }
+    // the same name with other parameters is another component
+    let input = r#"sig=("@query-param";name="a" "@query-param";name="b");created=1"#;
+    let head = http::Request::get("/x?a=1&b=2")
+        .header("host", "example.com")
+        .body(())
+        .expect("request")
+        .into_parts()
+        .0;
+    let base = signature_base(&req_message(&head), &inner_list(input)).expect("base");
+    assert!(String::from_utf8(base)
+        .expect("utf8")
+        .starts_with("\"@query-param\";name=\"a\": 1\n\"@query-param\";name=\"b\": 2\n"));
+}
+
 #[tokio::test]
 async fn forwards_signature_headers_when_asked() {
     let state = State::new();

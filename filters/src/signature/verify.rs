@@ -2,16 +2,19 @@
 //! parse `Signature-Input`/`Signature`, pick the key by `keyid`, enforce the
 //! policy, rebuild the signature base and check the signature.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{HeaderName, StatusCode};
 use sfv::{BareItem, InnerList, Item, ListEntry, Parser};
 
 use super::base::{signature_base, BaseError, Message, RequestParts};
 use super::keys::Key;
-use super::sign::{CONTENT_DIGEST, SIGNATURE, SIGNATURE_INPUT};
+use super::sign::{
+    CONTENT_DIGEST, CONTENT_DIGEST_HEADER, SIGNATURE_HEADER, SIGNATURE_INPUT_HEADER,
+};
 use crate::error::Rejection;
 
 /// The verification policy of one filter instance.
@@ -57,14 +60,20 @@ fn malformed(msg: impl Into<String>) -> Rejection {
     Rejection::new("signature_malformed", msg.into()).with_status(StatusCode::BAD_REQUEST)
 }
 
-fn combined(req: &RequestParts<'_>, name: &str) -> Option<Vec<u8>> {
-    let values: Vec<&[u8]> = req
-        .headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    (!values.is_empty()).then(|| values.join(&b", "[..]))
+/// The field's lines joined with ", " (borrowed when there is one line).
+fn combined<'r>(req: &RequestParts<'r>, name: &HeaderName) -> Option<Cow<'r, [u8]>> {
+    let mut values = req.headers.get_all(name).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(Cow::Borrowed(first.as_bytes()));
+    };
+    let mut joined = Vec::with_capacity(first.len() + second.len() + 64);
+    joined.extend_from_slice(first.as_bytes());
+    for value in std::iter::once(second).chain(values) {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    Some(Cow::Owned(joined))
 }
 
 fn param_int(list: &InnerList, name: &str) -> Result<Option<i64>, Rejection> {
@@ -95,8 +104,10 @@ pub fn has_body(headers: &http::HeaderMap) -> bool {
 impl Policy {
     /// Verifies the request's signature at unix time `now`.
     pub fn verify(&self, req: &RequestParts<'_>, now: u64) -> Result<Verified, Rejection> {
-        let (Some(input), Some(sigs)) = (combined(req, SIGNATURE_INPUT), combined(req, SIGNATURE))
-        else {
+        let (Some(input), Some(sigs)) = (
+            combined(req, &SIGNATURE_INPUT_HEADER),
+            combined(req, &SIGNATURE_HEADER),
+        ) else {
             return Err(reject(
                 "signature_missing",
                 "Signature-Input and Signature headers are required",
@@ -182,28 +193,28 @@ impl Policy {
             ));
         }
 
-        let covered: Vec<&str> = list
-            .items
-            .iter()
-            .filter(|i| i.params.is_empty())
-            .filter_map(|i| i.bare_item.as_str())
-            .collect();
+        // Components covered as plain names (no parameters).
+        let covers = |name: &str| {
+            list.items
+                .iter()
+                .any(|i| i.params.is_empty() && i.bare_item.as_str() == Some(name))
+        };
         for required in &self.required_components {
-            if !covered.contains(&required.as_str()) {
+            if !covers(required) {
                 return Err(reject(
                     "component_missing",
                     format!("signature must cover {required}"),
                 ));
             }
         }
-        let covers_digest = covered.contains(&CONTENT_DIGEST);
+        let covers_digest = covers(CONTENT_DIGEST);
         if self.require_digest_with_body && !covers_digest && has_body(req.headers) {
             return Err(reject(
                 "component_missing",
                 "a request with a body must cover content-digest",
             ));
         }
-        if covers_digest && !req.headers.contains_key(CONTENT_DIGEST) {
+        if covers_digest && !req.headers.contains_key(CONTENT_DIGEST_HEADER) {
             return Err(reject(
                 "digest_mismatch",
                 "content-digest is covered but the header is missing",
