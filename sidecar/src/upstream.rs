@@ -6,6 +6,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use meshgate_filters::Body;
 use meshgate_xds::config::{App, AppAddress, AppProtocol};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Notify;
 
 /// Where the app listens.
 #[derive(Clone, Debug)]
@@ -138,10 +140,31 @@ struct Pool {
     /// HTTP/1 connections, busy or idle. A connection goes back in as soon as
     /// its response head arrived; it is taken again only once hyper reports
     /// it ready, i.e. after that response's body was read to the end. Nothing
-    /// is spawned per request to hand it back.
+    /// is spawned per request to hand it back, except while requests wait
+    /// for a connection (see [`Pool::connect_or_wait`]).
     http1: Mutex<Vec<Pooled>>,
     /// The one multiplexed HTTP/2 connection, when the app speaks HTTP/2.
     http2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Requests waiting for an HTTP/1 connection (none ready in the pool).
+    waiting: AtomicUsize,
+    /// Signalled when a connection became ready while requests were waiting.
+    returned: Notify,
+}
+
+/// Counts a request as waiting for a connection while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The pooled HTTP client for one app.
@@ -208,6 +231,8 @@ impl Upstream {
             idle_timeout: app.pool_idle_timeout,
             http1: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
+            waiting: AtomicUsize::new(0),
+            returned: Notify::new(),
         });
         if app.protocol == AppProtocol::Http1 {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -283,7 +308,53 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, sender: http1::SendRequest<Body>) {
+    fn checkin(self: &Arc<Self>, mut sender: http1::SendRequest<Body>) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            // A request is waiting for a connection: hand this one over as
+            // soon as its response is done. Only under a connection shortage
+            // does this cost a task.
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.push(sender);
+                    pool.returned.notify_one();
+                }
+            });
+            return;
+        }
+        self.push(sender);
+    }
+
+    /// A new connection, or a pooled one that became ready first (the app
+    /// may be slow to accept, e.g. a full accept queue during a burst). A
+    /// connect that loses the race finishes in the background and joins the
+    /// pool.
+    async fn connect_or_wait(
+        self: &Arc<Self>,
+    ) -> Result<(http1::SendRequest<Body>, bool), SendError> {
+        let _waiting = Waiting::new(&self.waiting);
+        let mut connect = Box::pin(self.clone().connect_http1());
+        loop {
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(sender) = self.checkout() {
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(sender) = connect.await {
+                        pool.checkin(sender);
+                    }
+                });
+                return Ok((sender, false));
+            }
+            tokio::select! {
+                connected = &mut connect => return connected.map(|s| (s, true)),
+                _ = returned => {}
+            }
+        }
+    }
+
+    fn push(&self, sender: http1::SendRequest<Body>) {
         let mut idle = self.idle();
         if idle.len() < self.max_idle {
             idle.push(Pooled {
@@ -296,13 +367,13 @@ impl Pool {
     }
 
     async fn send_http1(
-        &self,
+        self: &Arc<Self>,
         mut req: http::Request<Body>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
         loop {
             let (mut sender, fresh) = match self.checkout() {
                 Some(sender) => (sender, false),
-                None => (self.connect_http1().await?, true),
+                None => self.connect_or_wait().await?,
             };
             match sender.try_send_request(req).await {
                 Ok(rsp) => {
@@ -319,7 +390,7 @@ impl Pool {
         }
     }
 
-    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, SendError> {
+    async fn connect_http1(self: Arc<Self>) -> Result<http1::SendRequest<Body>, SendError> {
         let io = self.connector.connect().await.map_err(SendError::Connect)?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))

@@ -66,6 +66,7 @@ struct Stats {
     ok: AtomicU64,
     reconnects: AtomicU64,
     goaways: AtomicU64,
+    closed_before_send: AtomicU64,
     slow_started: AtomicU64,
     slow_done: AtomicU64,
     uploads_started: AtomicU64,
@@ -225,19 +226,24 @@ impl Conn {
         }
     }
 
+    /// Waits until the connection can take a request: an error means it
+    /// closed before the request left the client (after `Connection: close`,
+    /// an idle close or a GOAWAY), so the request may go out elsewhere.
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match &mut self.sender {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
     async fn send(
         &mut self,
         req: Request<Body>,
     ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        self.ready().await?;
         match &mut self.sender {
-            Sender::H1(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
-            Sender::H2(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
         }
     }
 }
@@ -299,6 +305,13 @@ async fn keep_alive_client(port: u16, h2: bool, id: u32, stop: Arc<AtomicBool>, 
                 }
             },
         };
+        if c.ready().await.is_err() {
+            // Closed by the server before this request was sent: not a lost
+            // request; open a new connection (to whichever process accepts).
+            stats.closed_before_send.fetch_add(1, Ordering::Relaxed);
+            let _ = conn.take().expect("conn").close().await;
+            continue;
+        }
         i += 1;
         let req = get(uri(port, &format!("/echo/{id}/{i}"), h2), h2);
         match c.send(req).await {
@@ -491,10 +504,11 @@ fn twenty_upgrades_under_load_lose_nothing() {
     }
     let stats = load.finish();
     eprintln!(
-        "ok {} reconnects {} goaways {} slow {} uploads {}",
+        "ok {} reconnects {} goaways {} closed before send {} slow {} uploads {}",
         stats.ok.load(Ordering::Relaxed),
         stats.reconnects.load(Ordering::Relaxed),
         stats.goaways.load(Ordering::Relaxed),
+        stats.closed_before_send.load(Ordering::Relaxed),
         stats.slow_done.load(Ordering::Relaxed),
         stats.uploads_done.load(Ordering::Relaxed)
     );
