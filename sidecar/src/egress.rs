@@ -114,7 +114,7 @@ pub async fn handle(egress: &Egress, req: Request<Incoming>) -> Response<Body> {
     let request_id = headers::request_id(req.headers());
     match forward(egress, &snapshot, req).await {
         Ok(rsp) => rsp,
-        Err(rej) => reply::rejection(rej, &snapshot.error_codes, &request_id),
+        Err(rej) => reply::rejection(rej, &snapshot.error_codes, request_id.as_str()),
     }
 }
 

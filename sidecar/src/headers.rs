@@ -28,46 +28,68 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+/// Position of `name` in [`HOP_BY_HOP`]. A string match compiles to a
+/// length switch; comparing `HeaderName`s one by one costs far more.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 /// For a protocol upgrade, `Connection: upgrade` and `Upgrade` are kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none; one pass over the names is far cheaper than
-    // a lookup per hop-by-hop name (each hashes and parses the name).
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names finds which hop-by-hop headers are present;
+    // most messages carry none, and then nothing else is done.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    // The hop-by-hop names present plus the names `Connection` lists: a
-    // lookup only for what is there.
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    doomed.extend(
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-            .filter(|name| !(keep_upgrade && name == UPGRADE)),
-    );
+    // `te: trailers` is how gRPC clients announce trailer support; it must reach the app.
+    let te_trailers = headers
+        .get(TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let upgrade = if keep_upgrade {
         headers.get(UPGRADE).cloned()
     } else {
         None
     };
-    // `te: trailers` is how gRPC clients announce trailer support; it must reach the app.
-    let te_trailers = headers
-        .get(TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in &doomed {
-        // `remove` drops every value of a repeated header.
-        headers.remove(name);
+    // The names `Connection` lists. Its values are reference-counted clones
+    // (the rest allocates only for a repeated header), and removing by
+    // `&str` looks a name up without allocating one.
+    let mut values = headers.get_all(CONNECTION).iter();
+    let first = values.next().cloned();
+    let rest: Vec<HeaderValue> = values.cloned().collect();
+    for token in first
+        .iter()
+        .chain(&rest)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+    {
+        // `remove` drops every value of a repeated header; an invalid name is simply absent.
+        headers.remove(token);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -85,28 +107,47 @@ fn is_identity(name: &HeaderName) -> bool {
 /// Removes every client-supplied `x-meshgate-*` header: identity reaches the
 /// app only from the filters that verified it.
 pub fn strip_identity(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_identity) {
-        return;
+    // Usually none, at most a few: find one, remove it, look again. Cloning
+    // a name only bumps a reference count.
+    while let Some(name) = headers.keys().find(|n| is_identity(n)).cloned() {
+        headers.remove(&name);
     }
-    let reserved: Vec<HeaderName> = headers.keys().filter(|n| is_identity(n)).cloned().collect();
-    for name in reserved {
-        headers.remove(name);
+}
+
+/// A request id, held as the header value it travels in: the same bytes go
+/// to the app and back to the client without being copied again.
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // Only visible ASCII is ever stored (checked or generated below).
+        self.0.to_str().unwrap_or_default()
+    }
+
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// The request id to use: the client's when it is sane, else a new one.
-pub fn request_id(headers: &HeaderMap) -> String {
-    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
-            return id.to_string();
+pub fn request_id(headers: &HeaderMap) -> RequestId {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        let bytes = id.as_bytes();
+        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic) {
+            return RequestId(id.clone());
         }
     }
     // Encoding into a stack buffer skips the formatting machinery of `to_string`.
     let mut buf = uuid::Uuid::encode_buffer();
-    uuid::Uuid::new_v4()
-        .hyphenated()
-        .encode_lower(&mut buf)
-        .to_owned()
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    RequestId(HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-")))
 }
 
 /// The client address as a header value, made once per connection.
@@ -163,6 +204,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hop_by_hop_index_matches_the_table() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-app")), None);
+    }
+
+    #[test]
     fn strips_hop_by_hop_and_connection_named() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -208,8 +257,10 @@ mod tests {
         strip_identity(&mut h);
         assert!(h.is_empty());
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
+        assert_eq!(request_id(&h).as_str(), "abc-123");
         h.insert("x-request-id", HeaderValue::from_static(""));
-        assert_eq!(request_id(&h).len(), 36);
+        assert_eq!(request_id(&h).as_str().len(), 36);
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h).as_str(), "has space");
     }
 }

@@ -18,7 +18,7 @@ use meshgate_filters::{Body, BodyError, Rejection, RequestCtx, RequestView, Resp
 use meshgate_xds::config::AppProtocol;
 
 use crate::config_store::ConfigStore;
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers::{self, RequestId, X_REQUEST_ID};
 use crate::health::AppHealth;
 use crate::reply;
 use crate::route_metrics::RouteMetrics;
@@ -67,21 +67,22 @@ pub async fn handle(
         uri: req.uri().clone(),
         status: 0,
         upstream: None,
-        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_in: 0,
+        streamed_in: None,
         verdicts: Vec::new(),
         guards: Vec::new(),
     };
     let mut rsp = match forward(&shared, &snapshot, &conn, req, &mut log).await {
         Ok(rsp) => rsp,
-        Err(rej) => reply::rejection(rej, &snapshot.error_codes, &log.request_id),
+        Err(rej) => reply::rejection(rej, &snapshot.error_codes, log.request_id.as_str()),
     };
-    if let Ok(v) = HeaderValue::try_from(log.request_id.as_str()) {
-        rsp.headers_mut().insert(X_REQUEST_ID.clone(), v);
-    }
+    rsp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), log.request_id.header_value());
     log.status = rsp.status().as_u16();
     rsp.map(|body| LoggedBody {
         inner: body,
         bytes_out: 0,
+        held: None,
         log: Some(log),
     })
 }
@@ -126,14 +127,14 @@ async fn forward(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
     {
-        log.bytes_in.store(len, Ordering::Relaxed);
+        log.bytes_in = len;
     }
     let (mut head, incoming) = req.into_parts();
     headers::strip_identity(&mut head.headers);
     headers::strip_hop_by_hop(&mut head.headers, upgrade);
 
     let mut cx = RequestCtx::new(
-        log.request_id.clone(),
+        log.request_id.as_str().to_owned(),
         route.route.name.clone(),
         conn.peer.ip(),
         conn.tls,
@@ -154,26 +155,30 @@ async fn forward(
     }
 
     headers::add_forwarded(&mut head.headers, &conn.client_value, conn.tls);
-    if let Ok(v) = HeaderValue::try_from(log.request_id.as_str()) {
-        head.headers.insert(X_REQUEST_ID.clone(), v);
-    }
+    head.headers
+        .insert(X_REQUEST_ID.clone(), log.request_id.header_value());
     for (name, value) in cx.upstream_headers.drain(..) {
         head.headers.insert(name, value);
     }
-    let client_authority = head.uri.authority().map(|a| a.to_string());
-    let path = head
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    head.uri = snapshot
-        .upstream
-        .uri_from(path)
-        .map_err(|_| Rejection::new("bad_request", "request target cannot be forwarded"))?;
     head.version = match snapshot.config.app.protocol {
         AppProtocol::Http1 => Version::HTTP_11,
         AppProtocol::Http2 => Version::HTTP_2,
     };
+    let client_authority = head.uri.authority().map(|a| a.to_string());
+    // An HTTP/1 client's origin-form target goes to an HTTP/1 app as it is;
+    // anything else is rebuilt for the app's protocol.
+    if head.version == Version::HTTP_2 || head.uri.scheme().is_some() || client_authority.is_some()
+    {
+        let path = head
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        head.uri = snapshot
+            .upstream
+            .uri_from(path)
+            .map_err(|_| Rejection::new("bad_request", "request target cannot be forwarded"))?;
+    }
     if head.version == Version::HTTP_2 {
         // HTTP/2 carries the authority in the URI; a Host header would be a duplicate.
         head.headers.remove(HOST);
@@ -185,20 +190,18 @@ async fn forward(
         }
     }
     // A body of announced length was counted from Content-Length; count a
-    // streamed one as it goes (the wrapper costs an allocation, so only then).
-    let upstream_body =
-        if log.bytes_in.load(Ordering::Relaxed) == 0 && !http_body::Body::is_end_stream(&body) {
-            Body::boxed(CountingBody {
-                inner: body,
-                count: log.bytes_in.clone(),
-            })
-        } else {
-            body
-        };
+    // streamed one as it goes (the wrapper costs allocations, so only then).
+    let upstream_body = if log.bytes_in == 0 && !http_body::Body::is_end_stream(&body) {
+        let count = Arc::new(AtomicU64::new(0));
+        log.streamed_in = Some(count.clone());
+        Body::boxed(CountingBody { inner: body, count })
+    } else {
+        body
+    };
 
     let sent = Instant::now();
-    let result = tokio::time::timeout(
-        route.route.timeout,
+    let result = tokio::time::timeout_at(
+        (sent + route.route.timeout).into(),
         snapshot
             .upstream
             .send(Request::from_parts(head, upstream_body)),
@@ -277,8 +280,9 @@ async fn forward(
     Ok(Response::from_parts(rhead, rbody))
 }
 
-/// Host without port, from the Host header or the URI authority (HTTP/2).
-fn host_of<B>(req: &Request<B>) -> Option<String> {
+/// Host without port, from the Host header or the URI authority (HTTP/2),
+/// lowercased (which allocates only when it has capitals).
+fn host_of<B>(req: &Request<B>) -> Option<std::borrow::Cow<'_, str>> {
     let raw = req
         .headers()
         .get(HOST)
@@ -288,7 +292,11 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => raw.split(':').next().unwrap_or(raw),
     };
-    Some(host.to_ascii_lowercase())
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
 }
 
 /// Copies bytes both ways between the upgraded client and app connections.
@@ -342,13 +350,15 @@ impl http_body::Body for CountingBody {
 /// response body is finished (or the client went away).
 pub struct AccessLog {
     started: Instant,
-    request_id: String,
+    request_id: RequestId,
     route: Arc<RouteMetrics>,
     method: http::Method,
     uri: http::Uri,
     status: u16,
     upstream: Option<Duration>,
-    bytes_in: Arc<AtomicU64>,
+    /// From Content-Length, or counted below for a streamed body.
+    bytes_in: u64,
+    streamed_in: Option<Arc<AtomicU64>>,
     verdicts: Vec<(Arc<str>, &'static str)>,
     /// Held until the response is done (e.g. concurrency-limit permits).
     guards: Vec<Box<dyn std::any::Any + Send>>,
@@ -373,7 +383,10 @@ impl AccessLog {
                 status = self.status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0),
-                bytes_in = self.bytes_in.load(Ordering::Relaxed),
+                bytes_in = self
+                    .streamed_in
+                    .as_ref()
+                    .map_or(self.bytes_in, |n| n.load(Ordering::Relaxed)),
                 bytes_out,
                 verdicts = %verdicts.join(","),
             );
@@ -386,15 +399,15 @@ impl AccessLog {
 pub struct LoggedBody {
     inner: Body,
     bytes_out: u64,
+    /// The connection's in-flight mark, dropped with the body.
+    held: Option<Box<dyn std::any::Any + Send>>,
     log: Option<AccessLog>,
 }
 
 impl LoggedBody {
-    /// Keeps `guard` alive until the response is done.
+    /// Keeps `guard` alive until the response is done (or abandoned).
     pub fn hold(&mut self, guard: Box<dyn std::any::Any + Send>) {
-        if let Some(log) = self.log.as_mut() {
-            log.guards.push(guard);
-        }
+        self.held = Some(guard);
     }
 }
 
@@ -418,6 +431,7 @@ impl http_body::Body for LoggedBody {
                 if let Some(log) = this.log.take() {
                     log.finish(this.bytes_out);
                 }
+                this.held = None;
             }
             _ => {}
         }
