@@ -3,13 +3,16 @@
 
 Targets: the bare echo app; meshgate pass-through; meshgate with filter chains
 (configs in test-harness/bench/chains/*.yaml, each a route named `bench`);
-nginx and haproxy as reverse proxies (one worker each). Load: wrk (HTTP/1.1
-keep-alive) and h2load (HTTP/2, h2c). Reports requests/s, p50/p99/p99.9
-latency, CPU time per request of the proxy process, RSS idle and with 1,000
-open connections, and ratios to nginx and to meshgate pass-through.
+nginx twice (plain proxy_pass, and with the same header work meshgate does:
+forwarding headers, a request id both ways, the app's internal headers hidden)
+and haproxy, every proxy with one worker. Load: wrk (HTTP/1.1 keep-alive) in
+rounds where the targets take turns, and h2load (HTTP/2, h2c). Reports the
+median requests/s and p50/p99/p99.9 latency over the rounds, CPU time per
+request of the proxy process, RSS idle and with 1,000 open connections, and
+ratios to both nginx set-ups and to meshgate pass-through.
 
 Usage: python3 test-harness/bench/compare.py [--duration 10] [--connections 32]
-       [--write BENCHMARKS.md]
+       [--rounds 3] [--write BENCHMARKS.md]
 Only loopback addresses are used; every run is bounded by --duration.
 """
 import argparse
@@ -65,6 +68,11 @@ def ensure_tools():
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    # The chain benchmarks sign their requests with the same Python libraries the interop tests use.
+    if subprocess.run([sys.executable, "-c", "import http_message_signatures, jwt, cryptography"],
+                      capture_output=True).returncode != 0:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "http-message-signatures", "PyJWT",
+                        "cryptography"], check=True)
 
 
 def proc_stats(pid):
@@ -160,10 +168,82 @@ admin: {{ listen: "127.0.0.1:{admin}" }}
         return base + f.read()
 
 
+NGINX_PLAIN = "proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off;"
+# The header contract meshgate applies on every request (docs/architecture.md):
+# the client's Host kept, X-Forwarded-For/-Proto added, a request id generated
+# and sent both ways, and the app's hop-by-hop and x-meshgate-* answers hidden.
+NGINX_SAME_HEADERS = NGINX_PLAIN + """
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Request-Id $request_id;
+      add_header X-Request-Id $request_id always;
+      proxy_hide_header x-app-secret-hop;
+      proxy_hide_header x-meshgate-session-set;"""
+
+
+def start_target(kind, chain, port, app_port, tmp, release):
+    if kind == "meshgate":
+        admin = free_port()
+        cfg = os.path.join(tmp, f"meshgate-{port}.yaml")
+        with open(cfg, "w") as f:
+            f.write(meshgate_config(port, admin, app_port, chain))
+        # Filter keys/JWKS referenced by chain configs resolve against the config's directory.
+        return subprocess.Popen([os.path.join(release, "meshgate"), "--config", cfg, "--concurrency", "1",
+                                 "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kind in ("nginx", "nginx-headers"):
+        conf = os.path.join(tmp, f"nginx-{port}.conf")
+        location = NGINX_PLAIN if kind == "nginx" else NGINX_SAME_HEADERS
+        with open(conf, "w") as f:
+            f.write(f"""worker_processes 1; daemon off; pid {tmp}/nginx-{port}.pid; error_log {tmp}/nginx-{port}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ {location} }}
+  }}
+}}
+""")
+        return subprocess.Popen(["nginx", "-c", conf, "-e", f"{tmp}/nginx-{port}.err"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kind == "haproxy":
+        conf = os.path.join(tmp, f"haproxy-{port}.cfg")
+        with open(conf, "w") as f:
+            f.write(f"""global
+  nbthread 1
+  maxconn 8192
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend app
+backend app
+  server app 127.0.0.1:{app_port}
+""")
+        return subprocess.Popen(["haproxy", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    raise ValueError(kind)
+
+
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="HTTP/1.1 rounds; targets take turns in a rotating order and the median is reported")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated target names to run (default: all), e.g. 'meshgate pass-through,nginx'")
     ap.add_argument("--write", default=None, help="update this markdown file between the compare.py markers")
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
@@ -181,106 +261,88 @@ def main():
                            env={**os.environ, "TOKIO_WORKER_THREADS": "1"})
     wait_port(app_port)
 
-    targets = [("bare app", None)]
-    targets.append(("meshgate pass-through", ("meshgate", None)))
+    specs = [("bare app", None), ("meshgate pass-through", ("meshgate", None))]
     for chain in sorted(f for f in os.listdir(os.path.join(BENCH_DIR, "chains")) if f.endswith(".yaml")):
-        targets.append((f"meshgate {chain[:-5]}", ("meshgate", os.path.join(BENCH_DIR, "chains", chain))))
-    targets.append(("nginx", ("nginx", None)))
-    targets.append(("haproxy", ("haproxy", None)))
+        specs.append((f"meshgate {chain[:-5]}", ("meshgate", os.path.join(BENCH_DIR, "chains", chain))))
+    specs.append(("nginx", ("nginx", None)))
+    specs.append(("nginx, same headers", ("nginx-headers", None)))
+    specs.append(("haproxy", ("haproxy", None)))
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",")}
+        unknown = wanted - {name for name, _ in specs}
+        if unknown:
+            sys.exit(f"unknown targets: {', '.join(sorted(unknown))}")
+        specs = [(name, spec) for name, spec in specs if name in wanted]
 
-    results = []
-    for name, spec in targets:
-        proc = None
-        port = app_port
-        if spec is not None:
-            kind, chain = spec
-            port = free_port()
-            if kind == "meshgate":
-                admin = free_port()
-                cfg = os.path.join(tmp, f"meshgate-{port}.yaml")
-                with open(cfg, "w") as f:
-                    f.write(meshgate_config(port, admin, app_port, chain))
-                # Filter keys/JWKS referenced by chain configs resolve against the config's directory.
-                proc = subprocess.Popen([os.path.join(release, "meshgate"), "--config", cfg, "--concurrency", "1",
-                                         "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            elif kind == "nginx":
-                conf = os.path.join(tmp, f"nginx-{port}.conf")
-                with open(conf, "w") as f:
-                    f.write(f"""worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }}
-  }}
-}}
-""")
-                proc = subprocess.Popen(["nginx", "-c", conf, "-e", f"{tmp}/nginx.err"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            elif kind == "haproxy":
-                conf = os.path.join(tmp, f"haproxy-{port}.cfg")
-                with open(conf, "w") as f:
-                    f.write(f"""global
-  nbthread 1
-  maxconn 8192
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend app
-backend app
-  server app 127.0.0.1:{app_port}
-""")
-                proc = subprocess.Popen(["haproxy", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_port(port)
-            time.sleep(0.5)
-        headers = {}
-        if spec is not None and spec[1] is not None:
-            chain_name = os.path.basename(spec[1])[:-len(".yaml")]
-            # Sign for the authority the load tool sends (host:port of the target).
-            headers = json.loads(subprocess.run([sys.executable, os.path.join(BENCH_DIR, "chains", "headers.py"),
-                                                 chain_name, f"http://127.0.0.1:{port}/bench"],
-                                                check=True, capture_output=True, text=True).stdout)
-        target_script = os.path.join(tmp, f"wrk-{port}.lua")
-        with open(target_script, "w") as f:
-            f.write(headers_lua(headers) + WRK_LUA)
-        measured = proc if proc is not None else app
-        pids = pids_of(measured)
-        _, rss_idle = total_stats(pids)
-        run_wrk(port, 2, args.connections, target_script)  # warm-up
-        cpu0, _ = total_stats(pids)
-        h1 = run_wrk(port, args.duration, args.connections, target_script)
-        cpu1, _ = total_stats(pids)
-        h2 = None
-        if not (spec and spec[0] == "nginx"):  # nginx proxies h2 only with TLS here; skip h2c
-            try:
-                h2 = run_h2load(port, args.duration, args.connections, headers)
-            except Exception as e:  # noqa: BLE001
-                print(f"{name}: h2load failed: {e}", file=sys.stderr)
-        socks = hold_connections(port, 1000)
+    # Every target runs for the whole benchmark, so that rounds can take turns.
+    targets = []
+    try:
+        for name, spec in specs:
+            t = {"name": name, "spec": spec, "proc": None, "port": app_port, "headers": {}, "rounds": []}
+            if spec is not None:
+                kind, chain = spec
+                t["port"] = free_port()
+                t["proc"] = start_target(kind, chain, t["port"], app_port, tmp, release)
+                wait_port(t["port"])
+                if chain is not None:
+                    chain_name = os.path.basename(chain)[:-len(".yaml")]
+                    # Sign for the authority the load tool sends (host:port of the target).
+                    t["headers"] = json.loads(subprocess.run(
+                        [sys.executable, os.path.join(BENCH_DIR, "chains", "headers.py"), chain_name,
+                         f"http://127.0.0.1:{t['port']}/bench"], check=True, capture_output=True, text=True).stdout)
+            t["script"] = os.path.join(tmp, f"wrk-{t['port']}.lua")
+            with open(t["script"], "w") as f:
+                f.write(headers_lua(t["headers"]) + WRK_LUA)
+            targets.append(t)
         time.sleep(0.5)
-        _, rss_1000 = total_stats(pids)
-        for s in socks:
-            s.close()
-        cpu_us_per_req = (cpu1 - cpu0) * 1e6 / max(h1["requests"], 1)
-        results.append({"name": name, "h1": h1, "h2": h2, "cpu_us": cpu_us_per_req, "rss_idle_kb": rss_idle,
-                        "rss_1000_kb": rss_1000})
-        print(f"{name:32s} h1 {h1['rps']:>9.0f} req/s p50 {h1['p50']/1000:.2f}ms p99 {h1['p99']/1000:.2f}ms "
-              f"p99.9 {h1['p999']/1000:.2f}ms errors {h1['errors']} non2xx {h1['non2xx']} cpu {cpu_us_per_req:.1f}us/req "
-              f"rss {rss_idle/1024:.1f}/{rss_1000/1024:.1f}MB" + (f" | h2 {h2['rps']:.0f} req/s" if h2 else ""), flush=True)
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    app.terminate()
+        for t in targets:
+            # After the pause: nginx forks its worker only after it listens.
+            t["pids"] = pids_of(t["proc"] if t["proc"] is not None else app)
+            _, t["rss_idle_kb"] = total_stats(t["pids"])
+
+        for r in range(args.rounds):
+            shift = r % len(targets)
+            for t in targets[shift:] + targets[:shift]:
+                run_wrk(t["port"], 2 if r == 0 else 1, args.connections, t["script"])  # warm-up
+                cpu0, _ = total_stats(t["pids"])
+                h1 = run_wrk(t["port"], args.duration, args.connections, t["script"])
+                cpu1, _ = total_stats(t["pids"])
+                h1["cpu_us"] = (cpu1 - cpu0) * 1e6 / max(h1["requests"], 1)
+                t["rounds"].append(h1)
+                print(f"round {r + 1} {t['name']:32s} h1 {h1['rps']:>9.0f} req/s p50 {h1['p50']/1000:.2f}ms "
+                      f"p99 {h1['p99']/1000:.2f}ms p99.9 {h1['p999']/1000:.2f}ms errors {h1['errors']} "
+                      f"non2xx {h1['non2xx']} cpu {h1['cpu_us']:.1f}us/req", flush=True)
+
+        results = []
+        for t in targets:
+            h2 = None
+            if not (t["spec"] and t["spec"][0].startswith("nginx")):  # nginx proxies h2 only with TLS here
+                try:
+                    h2 = run_h2load(t["port"], args.duration, args.connections, t["headers"])
+                except Exception as e:  # noqa: BLE001
+                    print(f"{t['name']}: h2load failed: {e}", file=sys.stderr)
+            socks = hold_connections(t["port"], 1000)
+            time.sleep(0.5)
+            _, rss_1000 = total_stats(t["pids"])
+            for s in socks:
+                s.close()
+            rounds = t["rounds"]
+            h1 = {k: median([x[k] for x in rounds]) for k in ("rps", "p50", "p99", "p999", "cpu_us")}
+            h1["errors"] = sum(x["errors"] + x["non2xx"] for x in rounds)
+            h1["min_rps"] = min(x["rps"] for x in rounds)
+            h1["max_rps"] = max(x["rps"] for x in rounds)
+            results.append({"name": t["name"], "h1": h1, "h2": h2, "rounds": rounds,
+                            "rss_idle_kb": t["rss_idle_kb"], "rss_1000_kb": rss_1000})
+            time.sleep(0.5)
+    finally:
+        for t in targets:
+            if t["proc"] is not None:
+                t["proc"].terminate()
+                try:
+                    t["proc"].wait(10)
+                except subprocess.TimeoutExpired:
+                    t["proc"].kill()
+        app.terminate()
 
     report = render(results, args)
     print(report)
@@ -298,20 +360,29 @@ backend app
 def render(results, args):
     by = {r["name"]: r for r in results}
     nginx = by.get("nginx")
+    nginx_same = by.get("nginx, same headers")
     passthrough = by.get("meshgate pass-through")
-    lines = [f"Command: `python3 test-harness/bench/compare.py --duration {args.duration} --connections {args.connections}`"
-             f" ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, load generator on the same machine, "
-             f"every proxy limited to one worker thread/process)", "",
-             "| target | HTTP/1.1 req/s | p50 ms | p99 ms | p99.9 ms | errors | vs nginx | vs pass-through | h2c req/s | CPU µs/req | RSS idle MB | RSS 1k conns MB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def ratio(r, base, only_meshgate=False):
+        if base is None or r is base or (only_meshgate and not r["name"].startswith("meshgate")):
+            return "-"
+        return f"{r['h1']['rps'] / base['h1']['rps']:.2f}"
+
+    only = f" --only '{args.only}'" if args.only else ""
+    lines = [f"Command: `python3 test-harness/bench/compare.py --duration {args.duration} --connections {args.connections}"
+             f" --rounds {args.rounds}{only}` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, load generator on the "
+             f"same machine, every proxy limited to one worker thread/process). HTTP/1.1 figures are the median of "
+             f"{args.rounds} rounds in which the targets take turns; the range is the lowest and highest round.", "",
+             "| target | HTTP/1.1 req/s | range | p50 ms | p99 ms | p99.9 ms | errors | vs nginx | vs nginx, same headers "
+             "| vs pass-through | h2c req/s | CPU µs/req | RSS idle MB | RSS 1k conns MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         h1 = r["h1"]
-        vs_nginx = f"{h1['rps'] / nginx['h1']['rps']:.2f}" if nginx else "-"
-        vs_pt = f"{h1['rps'] / passthrough['h1']['rps']:.2f}" if passthrough and r["name"].startswith("meshgate") else "-"
         h2 = f"{r['h2']['rps']:.0f}" if r["h2"] else "-"
-        lines.append(f"| {r['name']} | {h1['rps']:.0f} | {h1['p50']/1000:.2f} | {h1['p99']/1000:.2f} | {h1['p999']/1000:.2f} | "
-                     f"{h1['errors'] + h1['non2xx']} | {vs_nginx} | {vs_pt} | {h2} | {r['cpu_us']:.1f} | "
-                     f"{r['rss_idle_kb']/1024:.1f} | {r['rss_1000_kb']/1024:.1f} |")
+        lines.append(f"| {r['name']} | {h1['rps']:.0f} | {h1['min_rps']:.0f}–{h1['max_rps']:.0f} | "
+                     f"{h1['p50']/1000:.2f} | {h1['p99']/1000:.2f} | {h1['p999']/1000:.2f} | {h1['errors']} | "
+                     f"{ratio(r, nginx)} | {ratio(r, nginx_same)} | {ratio(r, passthrough, True)} | {h2} | "
+                     f"{h1['cpu_us']:.1f} | {r['rss_idle_kb']/1024:.1f} | {r['rss_1000_kb']/1024:.1f} |")
     return "\n".join(lines)
 
 
