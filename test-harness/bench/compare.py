@@ -265,7 +265,7 @@ def main():
     for chain in sorted(f for f in os.listdir(os.path.join(BENCH_DIR, "chains")) if f.endswith(".yaml")):
         specs.append((f"meshgate {chain[:-5]}", ("meshgate", os.path.join(BENCH_DIR, "chains", chain))))
     specs.append(("nginx", ("nginx", None)))
-    specs.append(("nginx, same headers", ("nginx-headers", None)))
+    specs.append(("nginx (same headers)", ("nginx-headers", None)))
     specs.append(("haproxy", ("haproxy", None)))
     if args.only:
         wanted = {w.strip() for w in args.only.split(",")}
@@ -360,7 +360,7 @@ def main():
 def render(results, args):
     by = {r["name"]: r for r in results}
     nginx = by.get("nginx")
-    nginx_same = by.get("nginx, same headers")
+    nginx_same = by.get("nginx (same headers)")
     passthrough = by.get("meshgate pass-through")
 
     def ratio(r, base, only_meshgate=False):
@@ -373,7 +373,7 @@ def render(results, args):
              f" --rounds {args.rounds}{only}` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, load generator on the "
              f"same machine, every proxy limited to one worker thread/process). HTTP/1.1 figures are the median of "
              f"{args.rounds} rounds in which the targets take turns; the range is the lowest and highest round.", "",
-             "| target | HTTP/1.1 req/s | range | p50 ms | p99 ms | p99.9 ms | errors | vs nginx | vs nginx, same headers "
+             "| target | HTTP/1.1 req/s | range | p50 ms | p99 ms | p99.9 ms | errors | vs nginx | vs nginx (same headers) "
              "| vs pass-through | h2c req/s | CPU µs/req | RSS idle MB | RSS 1k conns MB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
