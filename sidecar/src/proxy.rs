@@ -200,8 +200,10 @@ async fn forward(
     };
 
     let sent = Instant::now();
-    let result = tokio::time::timeout_at(
-        (sent + route.route.timeout).into(),
+    // `timeout` (not `sent + timeout`): a configured timeout too large to add
+    // to an Instant means "no limit" instead of a panic.
+    let result = tokio::time::timeout(
+        route.route.timeout,
         snapshot
             .upstream
             .send(Request::from_parts(head, upstream_body)),
