@@ -407,7 +407,9 @@ pub struct LoggedBody {
 }
 
 impl LoggedBody {
-    /// Keeps `guard` alive until the response is done (or abandoned).
+    /// Keeps `guard` alive until the response is done (or abandoned). One
+    /// slot, for the connection's in-flight mark; per-request guards of the
+    /// filters live in the access log.
     pub fn hold(&mut self, guard: Box<dyn std::any::Any + Send>) {
         self.held = Some(guard);
     }
