@@ -29,6 +29,13 @@ mod token;
 #[cfg(test)]
 mod tests;
 
+/// JWT header and claims checking, reachable from the fuzz targets in
+/// `test-harness/fuzz/` only.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use super::jwt::{Claims, JwtError, JwtVerifier, KeySet};
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 
