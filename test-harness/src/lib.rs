@@ -42,6 +42,22 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Fails the calling test, naming what to install, unless `program args`
+/// runs and succeeds. A test that needs a tool never skips without it.
+pub fn require_tool(program: &str, args: &[&str], what: &str) {
+    let ran = Command::new(program).args(args).output();
+    let detail = match &ran {
+        Ok(out) if out.status.success() => return,
+        Ok(out) => format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("cannot run {program}: {e}"),
+    };
+    panic!("this test needs {what} ({detail}); scripts/install-test-deps.sh installs it");
+}
+
 /// The workspace root (for sample apps and scripts).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -378,6 +394,7 @@ pub struct Redis {
 impl Redis {
     /// Starts redis-server; panics with a clear message when it is not installed.
     pub fn start() -> Redis {
+        require_tool("redis-server", &["--version"], "redis-server");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut redis = Redis {
             port: free_port(),
@@ -386,14 +403,6 @@ impl Redis {
         };
         redis.restart();
         redis
-    }
-
-    /// Whether redis-server is installed.
-    pub fn available() -> bool {
-        Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok()
     }
 
     pub fn url(&self) -> String {

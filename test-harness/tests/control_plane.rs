@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use meshgate_test_harness::{
-    bin, free_port, get, request, wait_until, EchoApp, HttpResult, Proc, Sidecar,
+    bin, free_port, get, request, require_tool, wait_until, EchoApp, HttpResult, Proc, Sidecar,
 };
 use serde_json::Value;
 
@@ -605,18 +605,14 @@ fn hundred_pushes_under_load_fail_no_request() {
 }
 
 /// A client generated (by grpcio-tools) from the upstream xDS message layout
-/// subscribes, decodes the resource and ACKs. Skipped when the Python gRPC
-/// tools are not installed.
+/// subscribes, decodes the resource and ACKs.
 #[test]
 fn envoy_layout_grpc_client_subscribes_and_acks() {
-    let python_ok = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !python_ok {
-        eprintln!("SKIP: python3 with grpcio and grpcio-tools is not installed");
-        return;
-    }
+    require_tool(
+        "python3",
+        &["-c", "import grpc, grpc_tools"],
+        "python3 with the packages grpcio and grpcio-tools",
+    );
     let data = tempfile::tempdir().expect("tempdir");
     let cp = ControlPlane::start(&data.path().join("cp"));
     let v = cp.push("orders", &pushed("one", ""), "");

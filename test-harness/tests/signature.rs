@@ -263,10 +263,6 @@ egress:
 
 #[test]
 fn redis_nonce_store_is_shared_by_two_sidecars() {
-    if !Redis::available() {
-        eprintln!("redis-server not installed; skipping");
-        return;
-    }
     let mut redis = Redis::start();
     let app = EchoApp::start();
     let yaml = verify_yaml(

@@ -33,7 +33,7 @@ impl RedisProc {
             .args(["--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
-            .expect("redis-server installed");
+            .expect("redis-server is required (scripts/install-test-deps.sh installs it)");
         let redis = RedisProc { child, port };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
