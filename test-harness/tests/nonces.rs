@@ -102,7 +102,12 @@ fn gauge(sidecar: &Sidecar, name: &str) -> Option<f64> {
 fn assert_bounds(sidecar: &Sidecar) {
     let long = "n".repeat(129);
     let rsp = send(sidecar, "app-1", SECRET, &long);
-    assert_eq!(outcome(&rsp), (400, "nonce_invalid".into()), "{}", rsp.text());
+    assert_eq!(
+        outcome(&rsp),
+        (400, "nonce_invalid".into()),
+        "{}",
+        rsp.text()
+    );
     assert_eq!(rsp.json()["code"], 40030);
     let very_long = "n".repeat(8000);
     assert_eq!(
@@ -181,7 +186,10 @@ fn redis_nonces_are_digested_bounded_and_the_old_key_form_is_still_checked() {
         );
     }
     let ttl: i64 = redis.cli(&["TTL", set]).trim().parse().expect("ttl");
-    assert!((1..=330).contains(&ttl), "set expires with the window: {ttl}");
+    assert!(
+        (1..=330).contains(&ttl),
+        "set expires with the window: {ttl}"
+    );
     // ...and the old form too, so pods of the previous release refuse
     // nonces first seen here while a rolling upgrade runs.
     assert_eq!(

@@ -627,7 +627,9 @@ fn full_memory_store_evicts_the_least_recently_used_session() {
         "",
         "    cache_max_entries: 4",
     ));
-    let ids: Vec<String> = (1..=4).map(|i| login(&sidecar, &format!("u-{i}"))).collect();
+    let ids: Vec<String> = (1..=4)
+        .map(|i| login(&sidecar, &format!("u-{i}")))
+        .collect();
     // every session but the first is used again
     for id in &ids[1..] {
         assert_eq!(with_session(&sidecar, "/whoami", id).status, 200);
@@ -702,7 +704,10 @@ fn redis_store_evicts_per_subject_and_keeps_ttls_consistent() {
     // A caches its own new sessions for cache_ttl: the revocation budget.
     assert!(wait_until(Duration::from_secs(2), || status_and_error(
         &with_session(&a, "/whoami", &ids[0])
-    ) == (401, "session_revoked".into())));
+    ) == (
+        401,
+        "session_revoked".into()
+    )));
 
     // One sorted set per subject, holding only its live sessions, living as
     // long as the sessions in it may.

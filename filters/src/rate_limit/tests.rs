@@ -432,8 +432,13 @@ async fn identity_header_keys_read_the_filter_set_value_only() {
                 Verdict::Continue
             ));
         }
-        assert!(limited(&run_with_identity(&f, Some("t1"), None).await), "{key}");
-        assert!(limited(&run_with_identity(&f, Some("t1"), Some("other")).await));
+        assert!(
+            limited(&run_with_identity(&f, Some("t1"), None).await),
+            "{key}"
+        );
+        assert!(limited(
+            &run_with_identity(&f, Some("t1"), Some("other")).await
+        ));
         assert!(matches!(
             run_with_identity(&f, Some("t2"), None).await,
             Verdict::Continue

@@ -126,7 +126,8 @@ impl Backend {
                 // in its subject's index, in one round trip.
                 let raw: Option<String> = store
                     .run(|mut conn| async move {
-                        scripts().get
+                        scripts()
+                            .get
                             .key(&key)
                             .arg(millis(idle))
                             .arg(&prefix)
@@ -488,6 +489,7 @@ impl MemoryStore {
     }
 
     /// Stored sessions and tombstones.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().entries().len()
     }
@@ -495,20 +497,18 @@ impl MemoryStore {
     fn get(&self, id: &str, idle: Duration) -> Lookup {
         let now = Instant::now();
         let mut sessions = self.lock();
-        let expired = match sessions.entries().get_mut(id) {
-            Some(e) if e.expired(now) => true,
-            Some(e) => {
+        match sessions.entries().get_mut(id) {
+            None => return Lookup::Missing,
+            Some(e) if !e.expired(now) => {
                 e.last_seen = now;
                 if !e.record.revoked {
                     e.idle = idle;
                 }
                 return Lookup::from_record(e.record.clone());
             }
-            None => return Lookup::Missing,
-        };
-        if expired {
-            sessions.remove(id);
+            Some(_) => {}
         }
+        sessions.remove(id);
         Lookup::Missing
     }
 

@@ -49,10 +49,12 @@ pub fn nonce_digest(key_id: &str, nonce: &str) -> NonceDigest {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn parse_hex_digest(text: &str) -> Option<NonceDigest> {
@@ -233,8 +235,7 @@ impl Handover for MemoryNonces {
                     .map(move |(d, exp)| serde_json::json!([&**key_id, hex(d), exp]))
             })
             .collect();
-        (!live.is_empty())
-            .then(|| serde_json::json!({"format": EXPORT_FORMAT, "entries": live}))
+        (!live.is_empty()).then(|| serde_json::json!({"format": EXPORT_FORMAT, "entries": live}))
     }
 
     fn import(&self, value: serde_json::Value) {
@@ -352,9 +353,7 @@ impl NonceStore {
                 let set_key = redis_key_set(key_id);
                 let legacy_key = legacy_redis_key(key_id, nonce);
                 let digest = hex(&nonce_digest(key_id, nonce));
-                let ttl_ms = u64::try_from(ttl.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1000);
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
                 let result = store
                     .run(|mut conn| async move {
                         check_script()
@@ -371,7 +370,10 @@ impl NonceStore {
                     Ok((1, _)) => NonceCheck::Fresh,
                     Ok((0, _)) => NonceCheck::Replayed,
                     Ok((_, retry_ms)) => NonceCheck::KeyLimit {
-                        retry_after_secs: u64::try_from(retry_ms).unwrap_or(0).div_ceil(1000).max(1),
+                        retry_after_secs: u64::try_from(retry_ms)
+                            .unwrap_or(0)
+                            .div_ceil(1000)
+                            .max(1),
                     },
                     Err(e) => {
                         tracing::warn!(error = %e, "nonce store unavailable");
@@ -461,10 +463,7 @@ mod tests {
         assert_eq!(at(&m, "k", &long, 60, 1000), NonceCheck::Fresh);
         assert_eq!(at(&m, "k", &long, 60, 1001), NonceCheck::Replayed);
         let exported = m.export().expect("exported").to_string();
-        assert!(
-            exported.len() < 200,
-            "only the digest is kept: {exported}"
-        );
+        assert!(exported.len() < 200, "only the digest is kept: {exported}");
     }
 
     #[test]

@@ -1020,7 +1020,10 @@ async fn nonce_length_and_per_key_bound_are_enforced_by_the_filter() {
     let f = build(&spec(serde_json::json!({"max_nonces_per_key": 2})), &state);
     let first = signed_request(&s, b"x", now());
     assert_eq!(reason(&f, first.clone(), b"x").await, "pass");
-    assert_eq!(reason(&f, signed_request(&s, b"x", now()), b"x").await, "pass");
+    assert_eq!(
+        reason(&f, signed_request(&s, b"x", now()), b"x").await,
+        "pass"
+    );
     let (r, _, _) = run(&f, signed_request(&s, b"x", now()), b"x").await;
     let r = r.expect_err("bound");
     assert_eq!((r.reason, r.status.as_u16()), ("nonce_limit_reached", 429));
@@ -1038,7 +1041,10 @@ async fn nonce_length_and_per_key_bound_are_enforced_by_the_filter() {
         private_key("app-2-next", Algorithm::EcdsaP256Sha256, ECC_P256_PRIVATE),
         ALL,
     );
-    assert_eq!(reason(&f, signed_request(&other, b"x", now()), b"x").await, "pass");
+    assert_eq!(
+        reason(&f, signed_request(&other, b"x", now()), b"x").await,
+        "pass"
+    );
 
     let errs = spec(serde_json::json!({"max_nonces_per_key": 0, "max_nonce_length": 0}))
         .validate("filters.verify", &ValidateCx::control_plane())
@@ -1046,7 +1052,10 @@ async fn nonce_length_and_per_key_bound_are_enforced_by_the_filter() {
     let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["filters.verify.max_nonce_length", "filters.verify.max_nonces_per_key"]
+        [
+            "filters.verify.max_nonce_length",
+            "filters.verify.max_nonces_per_key"
+        ]
     );
 }
 
