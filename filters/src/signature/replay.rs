@@ -460,8 +460,9 @@ mod tests {
     fn memory_per_nonce_does_not_depend_on_its_length() {
         let m = MemoryNonces::new(10, 10);
         let long = "n".repeat(15_000);
-        assert_eq!(at(&m, "k", &long, 60, 1000), NonceCheck::Fresh);
-        assert_eq!(at(&m, "k", &long, 60, 1001), NonceCheck::Replayed);
+        let ttl = Duration::from_secs(60);
+        assert_eq!(m.check_and_insert(&k("k"), &long, ttl), NonceCheck::Fresh);
+        assert_eq!(m.check_and_insert(&k("k"), &long, ttl), NonceCheck::Replayed);
         let exported = m.export().expect("exported").to_string();
         assert!(exported.len() < 200, "only the digest is kept: {exported}");
     }
