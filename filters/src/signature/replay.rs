@@ -462,7 +462,10 @@ mod tests {
         let long = "n".repeat(15_000);
         let ttl = Duration::from_secs(60);
         assert_eq!(m.check_and_insert(&k("k"), &long, ttl), NonceCheck::Fresh);
-        assert_eq!(m.check_and_insert(&k("k"), &long, ttl), NonceCheck::Replayed);
+        assert_eq!(
+            m.check_and_insert(&k("k"), &long, ttl),
+            NonceCheck::Replayed
+        );
         let exported = m.export().expect("exported").to_string();
         assert!(exported.len() < 200, "only the digest is kept: {exported}");
     }
