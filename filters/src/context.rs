@@ -66,6 +66,17 @@ impl RequestCtx {
         self.upstream_headers.push((name, value));
     }
 
+    /// The value an earlier filter of the chain set for the app under
+    /// `name`, e.g. `x-meshgate-tenant` from the session filter. Never a
+    /// client-sent header: those are stripped before the chain runs and are
+    /// not in this list.
+    pub fn upstream_header(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.upstream_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
     /// Takes the guards out, to be dropped when the response body completes.
     pub fn take_guards(&mut self) -> Vec<Box<dyn Any + Send>> {
         std::mem::take(&mut self.guards)

@@ -55,6 +55,8 @@ pub const REASONS: &[Reason] = &[
     r("digest_mismatch", 401, 40108),
     r("signature_malformed", 400, 40003),
     r("replay_store_unavailable", 503, 50303),
+    r("nonce_invalid", 400, 40030),
+    r("nonce_limit_reached", 429, 42930),
     // session filter
     r("login_required", 401, 40111),
     r("token_invalid", 401, 40112),

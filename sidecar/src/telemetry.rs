@@ -82,5 +82,13 @@ pub fn init_metrics() -> Result<PrometheusHandle, String> {
         "meshgate_app_healthy",
         "1 when the app passes its health check"
     );
+    metrics::describe_gauge!(
+        "meshgate_signature_nonces",
+        "Nonces held by a signature filter's memory replay store"
+    );
+    metrics::describe_counter!(
+        "meshgate_sessions_evicted_total",
+        "Live sessions ended to bound the store (store_full, subject_limit)"
+    );
     Ok(handle)
 }

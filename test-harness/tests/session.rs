@@ -567,3 +567,199 @@ fn sessions_shared_by_two_sidecars_through_redis() {
         "rejections counted:\n{metrics}"
     );
 }
+
+// ------------------------------------------------ bounds and identity keys
+
+fn bounded_config(app_port: u16, store: &str, extra_top: &str, extra_filters: &str) -> String {
+    format!(
+        r#"
+inbound: {{ listen: "${{INBOUND}}" }}
+app: {{ address: "127.0.0.1:{app_port}" }}
+admin: {{ listen: "${{ADMIN}}" }}
+{extra_top}
+routes:
+  - name: login
+    match: {{ path: /login }}
+    filters: [anonymous_ok]
+  - name: limited
+    match: {{ path_prefix: /limited/ }}
+    filters: [session, per_user]
+  - name: api
+    match: {{ path_prefix: / }}
+    filters: [session]
+filters:
+  anonymous_ok:
+    type: session
+    mode: session
+    store: {store}
+    optional: true
+    cache_ttl: 500ms
+{extra_filters}
+  session:
+    type: session
+    mode: session
+    store: {store}
+    cache_ttl: 500ms
+    claims_to_headers: {{ tenant: x-meshgate-tenant }}
+{extra_filters}
+  per_user:
+    type: rate_limit
+    rules:
+      - {{ name: per-user, key: "header:x-meshgate-user", algorithm: fixed_window, limit: 2, window: 1h }}
+"#
+    )
+}
+
+fn status_and_error(rsp: &HttpResult) -> (u16, String) {
+    let error = serde_json::from_slice::<Value>(&rsp.body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    (rsp.status, error)
+}
+
+#[test]
+fn full_memory_store_evicts_the_least_recently_used_session() {
+    let app = SessionApp::start();
+    let sidecar = Sidecar::start(&bounded_config(
+        app.port,
+        "memory",
+        "",
+        "    cache_max_entries: 4",
+    ));
+    let ids: Vec<String> = (1..=4)
+        .map(|i| login(&sidecar, &format!("u-{i}")))
+        .collect();
+    // every session but the first is used again
+    for id in &ids[1..] {
+        assert_eq!(with_session(&sidecar, "/whoami", id).status, 200);
+    }
+    // A store full of live sessions used to answer 503 to every login.
+    let fifth = login(&sidecar, "u-5");
+    assert_eq!(
+        status_and_error(&with_session(&sidecar, "/whoami", &ids[0])),
+        (401, "session_expired".into()),
+        "the least recently used session made room"
+    );
+    for id in ids[1..].iter().chain([&fifth]) {
+        let rsp = with_session(&sidecar, "/whoami", id);
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+    }
+    assert!(
+        sidecar
+            .metrics()
+            .contains("meshgate_sessions_evicted_total{reason=\"store_full\"}"),
+        "{}",
+        sidecar.metrics()
+    );
+}
+
+/// 17 logins of one subject: the first (least recently used) session is
+/// revoked, the other 16 work, another subject is not affected.
+fn assert_subject_cap(sidecar: &Sidecar, budget: Duration) {
+    let other = login(sidecar, "u-other");
+    let ids: Vec<String> = (0..17).map(|_| login(sidecar, "u-many")).collect();
+    assert!(
+        wait_until(budget, || status_and_error(&with_session(
+            sidecar, "/whoami", &ids[0]
+        )) == (401, "session_revoked".into())),
+        "the 17th login did not revoke the first session: {:?}",
+        status_and_error(&with_session(sidecar, "/whoami", &ids[0]))
+    );
+    for id in ids[1..].iter().chain([&other]) {
+        let rsp = with_session(sidecar, "/whoami", id);
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+    }
+}
+
+#[test]
+fn sessions_per_subject_are_capped_in_the_memory_store() {
+    let app = SessionApp::start();
+    let sidecar = Sidecar::start(&bounded_config(app.port, "memory", "", ""));
+    assert_subject_cap(&sidecar, Duration::ZERO);
+}
+
+#[test]
+fn redis_store_evicts_per_subject_and_keeps_ttls_consistent() {
+    let redis = Redis::start();
+    let app = SessionApp::start();
+    let config = bounded_config(
+        app.port,
+        "redis",
+        &format!("redis: {{ url: \"{}\", timeout: 500ms }}", redis.url()),
+        "    idle_timeout: 10m",
+    );
+    let a = Sidecar::start(&config);
+    let b = Sidecar::start(&config);
+    // Logins through A, checked through B: the cap is shared by the pods.
+    let other = login(&a, "u-other");
+    let ids: Vec<String> = (0..17).map(|_| login(&a, "u-many")).collect();
+    assert_eq!(
+        status_and_error(&with_session(&b, "/whoami", &ids[0])),
+        (401, "session_revoked".into())
+    );
+    for id in ids[1..].iter().chain([&other]) {
+        assert_eq!(with_session(&b, "/whoami", id).status, 200);
+    }
+    // A caches its own new sessions for cache_ttl: the revocation budget.
+    assert!(wait_until(Duration::from_secs(2), || status_and_error(
+        &with_session(&a, "/whoami", &ids[0])
+    ) == (
+        401,
+        "session_revoked".into()
+    )));
+
+    // One sorted set per subject, holding only its live sessions, living as
+    // long as the sessions in it may.
+    let sets = redis.cli(&["--scan", "--pattern", "meshgate:session:subject:*"]);
+    assert_eq!(sets.lines().count(), 2, "{sets}");
+    let many = sets
+        .lines()
+        .find(|set| redis.cli(&["ZCARD", set]).trim() == "16")
+        .expect("the capped subject's set")
+        .to_string();
+    let set_ttl: i64 = redis.cli(&["PTTL", &many]).trim().parse().expect("pttl");
+    assert!(
+        set_ttl > 9 * 60 * 1000 && set_ttl <= 10 * 60 * 1000,
+        "set expires with the idle timeout: {set_ttl}"
+    );
+    for member in redis.cli(&["ZRANGE", &many, "0", "-1"]).lines() {
+        let ttl: i64 = redis.cli(&["PTTL", member]).trim().parse().expect("pttl");
+        assert!(ttl > 0 && ttl <= set_ttl + 1000, "{member}: {ttl}");
+    }
+
+    // Logout removes the session from its subject's set.
+    let logout = with_session(&b, "/logout", &ids[16]);
+    assert_eq!(logout.status, 200);
+    assert_eq!(redis.cli(&["ZCARD", &many]).trim(), "15");
+}
+
+#[test]
+fn rate_limit_keys_read_the_identity_the_session_filter_set() {
+    let app = SessionApp::start();
+    let sidecar = Sidecar::start(&bounded_config(app.port, "memory", "", ""));
+    let alice = login(&sidecar, "alice");
+    let bob = login(&sidecar, "bob");
+    let limited = |id: &str, claimed: Option<&str>| {
+        let cookie = format!("meshgate_session={id}");
+        let mut headers = vec![("cookie", cookie.as_str())];
+        if let Some(user) = claimed {
+            headers.push(("x-meshgate-user", user));
+        }
+        get_with(&sidecar.url("/limited/x"), &headers).status
+    };
+    // Each user has a budget of 2; a client-sent x-meshgate-user changes
+    // nothing (the key is the session's subject).
+    assert_eq!(limited(&alice, Some("mallory-1")), 200);
+    assert_eq!(limited(&alice, Some("mallory-2")), 200);
+    assert_eq!(limited(&alice, Some("mallory-3")), 429);
+    assert_eq!(limited(&alice, None), 429);
+    assert_eq!(limited(&bob, Some("alice")), 200);
+    assert_eq!(limited(&bob, None), 200);
+    let rsp = get_with(
+        &sidecar.url("/limited/x"),
+        &[("cookie", &format!("meshgate_session={bob}"))],
+    );
+    assert_eq!(status_and_error(&rsp), (429, "rate_limited".into()));
+    assert_eq!(rsp.json()["code"], 42901);
+}

@@ -104,6 +104,9 @@ impl Rule {
                     .headers
                     .get(name)
                     .map(|v| String::from_utf8_lossy(v.as_bytes())),
+                KeyPart::FilterHeader(name) => cx
+                    .upstream_header(name)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes())),
             };
         }
         let mut key = String::new();
@@ -121,6 +124,10 @@ impl Rule {
                 }
                 KeyPart::Header(name) => {
                     let v = req.head.headers.get(name)?;
+                    key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                }
+                KeyPart::FilterHeader(name) => {
+                    let v = cx.upstream_header(name)?;
                     key.push_str(&String::from_utf8_lossy(v.as_bytes()));
                 }
             }

@@ -7,6 +7,7 @@ use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{FieldErrors, ValidateCx};
+use crate::IDENTITY_HEADER_PREFIX;
 
 /// Rules per filter instance.
 pub const MAX_RULES: usize = 64;
@@ -174,7 +175,11 @@ pub enum KeyPart {
     ClientId,
     User,
     ClientIp,
+    /// A request header as the client sent it.
     Header(HeaderName),
+    /// An `x-meshgate-*` identity header: only the value an earlier filter
+    /// set (session claims, client id), never one a client sent.
+    FilterHeader(HeaderName),
 }
 
 /// The limit of one rule (or one override), by algorithm.
@@ -639,6 +644,9 @@ fn validate_key(spec: &KeySpec, path: &str, errors: &mut FieldErrors) -> Vec<Key
             "client_ip" => KeyPart::ClientIp,
             other => match other.strip_prefix("header:") {
                 Some(name) => match HeaderName::try_from(name.trim()) {
+                    Ok(h) if h.as_str().starts_with(IDENTITY_HEADER_PREFIX) => {
+                        KeyPart::FilterHeader(h)
+                    }
                     Ok(h) => KeyPart::Header(h),
                     Err(_) => {
                         errors.push(ppath, format!("invalid header name {name:?}"));

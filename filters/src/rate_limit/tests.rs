@@ -374,3 +374,81 @@ async fn fail_closed_answers_503_without_store() {
         Verdict::Continue => panic!("expected 503"),
     }
 }
+
+/// Runs the filter once with `tenant` set by an earlier filter and
+/// `client_sent` as a request header of the same name.
+async fn run_with_identity(
+    f: &RateLimitFilter,
+    tenant: Option<&'static str>,
+    client_sent: Option<&'static str>,
+) -> Verdict {
+    let mut builder = http::Request::builder().uri("/x");
+    if let Some(h) = client_sent {
+        builder = builder.header("x-meshgate-tenant", h);
+    }
+    let (mut head, ()) = builder.body(()).expect("request").into_parts();
+    let mut body = Body::Empty;
+    let mut cx = RequestCtx::new(
+        "r".into(),
+        Arc::from("route-a"),
+        [10, 0, 0, 1].into(),
+        false,
+    );
+    if let Some(t) = tenant {
+        cx.set_upstream_header(
+            http::HeaderName::from_static("x-meshgate-tenant"),
+            http::HeaderValue::from_static(t),
+        );
+    }
+    f.on_request(&mut RequestView::new(&mut head, &mut body, 1024), &mut cx)
+        .await
+}
+
+#[tokio::test]
+async fn identity_header_keys_read_the_filter_set_value_only() {
+    let rules = |key: serde_json::Value| {
+        serde_json::json!({"rules": [
+            {"name": "t", "key": key, "algorithm": "fixed_window", "limit": 2, "window": "1h"}
+        ]})
+    };
+    let cfg = config(rules(serde_json::json!("header:X-Meshgate-Tenant")));
+    assert_eq!(
+        cfg.rules[0].key,
+        vec![KeyPart::FilterHeader(http::HeaderName::from_static(
+            "x-meshgate-tenant"
+        ))]
+    );
+    for key in [
+        serde_json::json!("header:x-meshgate-tenant"),
+        serde_json::json!(["route", "header:x-meshgate-tenant"]),
+    ] {
+        let state = State::new();
+        let f = build(&state, rules(key.clone()));
+        let limited = |v: &Verdict| matches!(v, Verdict::Reject(r) if r.reason == "rate_limited");
+        // each tenant has its own budget, whatever the client claims
+        for _ in 0..2 {
+            assert!(matches!(
+                run_with_identity(&f, Some("t1"), Some("t2")).await,
+                Verdict::Continue
+            ));
+        }
+        assert!(
+            limited(&run_with_identity(&f, Some("t1"), None).await),
+            "{key}"
+        );
+        assert!(limited(
+            &run_with_identity(&f, Some("t1"), Some("other")).await
+        ));
+        assert!(matches!(
+            run_with_identity(&f, Some("t2"), None).await,
+            Verdict::Continue
+        ));
+        // a client-sent value alone is not a key: the rule does not apply
+        for _ in 0..5 {
+            assert!(matches!(
+                run_with_identity(&f, None, Some("t1")).await,
+                Verdict::Continue
+            ));
+        }
+    }
+}

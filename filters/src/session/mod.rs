@@ -344,7 +344,13 @@ impl SessionFilter {
             revoked: false,
         };
         rt.backend
-            .put(&id, &record, lifetime.min(rt.config.idle_timeout))
+            .create(
+                &id,
+                &record,
+                lifetime.min(rt.config.idle_timeout),
+                rt.config.max_sessions_per_subject,
+                rt.config.idle_timeout,
+            )
             .await
             .map_err(|StoreFailure(e)| {
                 tracing::warn!(error = %e, "storing a new session failed");

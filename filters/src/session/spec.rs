@@ -155,6 +155,10 @@ pub struct SessionSpec {
     pub cache_ttl: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_max_entries: Option<usize>,
+    /// Live sessions one subject may hold (default 16); a login beyond it
+    /// revokes the subject's least recently used session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_subject: Option<usize>,
     #[serde(
         default,
         with = "humantime_serde",
@@ -258,6 +262,7 @@ pub struct StoreConfig {
     pub store: StoreKind,
     pub cache_ttl: Duration,
     pub cache_max_entries: usize,
+    pub max_sessions_per_subject: usize,
     pub idle_timeout: Duration,
     pub absolute_timeout: Duration,
     pub same_site: SameSite,
@@ -270,6 +275,7 @@ pub struct StoreConfig {
 }
 
 pub const DEFAULT_SESSION_COOKIE: &str = "meshgate_session";
+pub const DEFAULT_MAX_SESSIONS_PER_SUBJECT: usize = 16;
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
 fn valid_cookie_name(name: &str) -> bool {
@@ -395,6 +401,10 @@ impl SessionSpec {
             ("store", self.store.is_some()),
             ("cache_ttl", self.cache_ttl.is_some()),
             ("cache_max_entries", self.cache_max_entries.is_some()),
+            (
+                "max_sessions_per_subject",
+                self.max_sessions_per_subject.is_some(),
+            ),
             ("idle_timeout", self.idle_timeout.is_some()),
             ("absolute_timeout", self.absolute_timeout.is_some()),
             ("same_site", self.same_site.is_some()),
@@ -680,10 +690,20 @@ impl SessionSpec {
                 "must be greater than zero",
             );
         }
+        let max_sessions_per_subject = self
+            .max_sessions_per_subject
+            .unwrap_or(DEFAULT_MAX_SESSIONS_PER_SUBJECT);
+        if max_sessions_per_subject == 0 {
+            errors.push(
+                format!("{path}.max_sessions_per_subject"),
+                "must be greater than zero",
+            );
+        }
         StoreConfig {
             store: self.store.unwrap_or(StoreKind::Memory),
             cache_ttl,
             cache_max_entries,
+            max_sessions_per_subject,
             idle_timeout,
             absolute_timeout,
             same_site: self.same_site.unwrap_or(SameSite::Lax),

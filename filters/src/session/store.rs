@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -120,14 +121,17 @@ impl Backend {
             Backend::Redis { store, prefix } => {
                 let store = store.as_ref().ok_or_else(no_redis)?;
                 let key = store_key(prefix, id);
-                // GETEX reads and slides the idle expiry in one command.
+                let prefix = prefix.clone();
+                // Reads, slides the idle expiry and marks the session used
+                // in its subject's index, in one round trip.
                 let raw: Option<String> = store
                     .run(|mut conn| async move {
-                        redis::cmd("GETEX")
-                            .arg(&key)
-                            .arg("PX")
+                        scripts()
+                            .get
+                            .key(&key)
                             .arg(millis(idle))
-                            .query_async(&mut conn)
+                            .arg(&prefix)
+                            .invoke_async(&mut conn)
                             .await
                     })
                     .await
@@ -148,32 +152,51 @@ impl Backend {
         }
     }
 
-    /// Stores `record` under `id`, expiring after `ttl` without use.
-    pub async fn put(
+    /// Stores a new session `record` under `id`, expiring after `ttl`
+    /// without use. A subject at `max_per_subject` live sessions loses its
+    /// least recently used one (revoked, kept as a tombstone for
+    /// `tombstone_ttl`).
+    pub async fn create(
         &self,
         id: &str,
         record: &SessionRecord,
         ttl: Duration,
+        max_per_subject: usize,
+        tombstone_ttl: Duration,
     ) -> Result<(), StoreFailure> {
         match self {
-            Backend::Memory(m) => m.put(id, record.clone(), ttl),
+            Backend::Memory(m) => {
+                m.put(id, record.clone(), ttl, max_per_subject);
+                Ok(())
+            }
             Backend::Redis { store, prefix } => {
                 let store = store.as_ref().ok_or_else(no_redis)?;
                 let key = store_key(prefix, id);
                 let value = serde_json::to_string(record)
                     .map_err(|e| StoreFailure(format!("encoding the session: {e}")))?;
-                store
+                let tombstone = serde_json::to_string(&SessionRecord::tombstone())
+                    .map_err(|e| StoreFailure(format!("encoding a tombstone: {e}")))?;
+                let sub = record.sub.clone();
+                let prefix = prefix.clone();
+                let revoked: u64 = store
                     .run(|mut conn| async move {
-                        redis::cmd("SET")
-                            .arg(&key)
+                        scripts()
+                            .create
+                            .key(&key)
                             .arg(value)
-                            .arg("PX")
                             .arg(millis(ttl))
-                            .query_async::<()>(&mut conn)
+                            .arg(&sub)
+                            .arg(&prefix)
+                            .arg(max_per_subject.max(1))
+                            .arg(tombstone)
+                            .arg(millis(tombstone_ttl))
+                            .invoke_async(&mut conn)
                             .await
                     })
                     .await
-                    .map_err(|e| StoreFailure(e.to_string()))
+                    .map_err(|e| StoreFailure(e.to_string()))?;
+                count_evictions(0, revoked);
+                Ok(())
             }
             #[cfg(test)]
             Backend::Fake(f) => {
@@ -188,8 +211,124 @@ impl Backend {
 
     /// Replaces the session with a tombstone kept for `ttl`.
     pub async fn revoke(&self, id: &str, ttl: Duration) -> Result<(), StoreFailure> {
-        self.put(id, &SessionRecord::tombstone(), ttl).await
+        match self {
+            Backend::Memory(m) => {
+                m.put(id, SessionRecord::tombstone(), ttl, usize::MAX);
+                Ok(())
+            }
+            Backend::Redis { store, prefix } => {
+                let store = store.as_ref().ok_or_else(no_redis)?;
+                let key = store_key(prefix, id);
+                let tombstone = serde_json::to_string(&SessionRecord::tombstone())
+                    .map_err(|e| StoreFailure(format!("encoding a tombstone: {e}")))?;
+                let prefix = prefix.clone();
+                store
+                    .run(|mut conn| async move {
+                        scripts()
+                            .revoke
+                            .key(&key)
+                            .arg(tombstone)
+                            .arg(millis(ttl))
+                            .arg(&prefix)
+                            .invoke_async::<()>(&mut conn)
+                            .await
+                    })
+                    .await
+                    .map_err(|e| StoreFailure(e.to_string()))
+            }
+            #[cfg(test)]
+            Backend::Fake(f) => {
+                if f.down.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(StoreFailure("fake store is down".into()));
+                }
+                f.put(id, SessionRecord::tombstone());
+                Ok(())
+            }
+        }
     }
+}
+
+/// The Redis side of the per-subject cap. Each subject has a sorted set
+/// `<prefix>subject:<sha1 of the subject>` of its session keys scored by
+/// last use (Redis' clock, milliseconds); it expires no sooner than the
+/// longest idle expiry of its sessions, and every script keeps it so. The
+/// scripts name the subject set themselves (it is derived from the record),
+/// which a single Redis server allows; Redis Cluster is not supported by
+/// this store.
+struct Scripts {
+    get: redis::Script,
+    create: redis::Script,
+    revoke: redis::Script,
+}
+
+const LUA_NOW: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function subject_set(prefix, raw)
+  if not raw then return nil end
+  local ok, rec = pcall(cjson.decode, raw)
+  if ok and type(rec) == 'table' and type(rec.sub) == 'string' and rec.sub ~= ''
+     and rec.revoked ~= true then
+    return prefix .. 'subject:' .. redis.sha1hex(rec.sub)
+  end
+  return nil
+end
+local function keep_for(key, ttl)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+"#;
+
+/// KEYS[1] session key; ARGV: idle ms, prefix. Returns the record or nil.
+const GET_SCRIPT: &str = r#"
+local raw = redis.call('GETEX', KEYS[1], 'PX', ARGV[1])
+local set = subject_set(ARGV[2], raw)
+if set then
+  redis.call('ZADD', set, now_ms(), KEYS[1])
+  keep_for(set, tonumber(ARGV[1]))
+end
+return raw
+"#;
+
+/// KEYS[1] session key; ARGV: record, ttl ms, subject, prefix, max per
+/// subject, tombstone, tombstone ttl ms. Returns how many sessions of the
+/// subject were revoked to stay within the cap.
+const CREATE_SCRIPT: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] == '' then return 0 end
+local set = ARGV[4] .. 'subject:' .. redis.sha1hex(ARGV[3])
+for _, member in ipairs(redis.call('ZRANGE', set, 0, -1)) do
+  if member == KEYS[1] or subject_set(ARGV[4], redis.call('GET', member)) ~= set then
+    redis.call('ZREM', set, member)
+  end
+end
+local revoked = 0
+while redis.call('ZCARD', set) >= tonumber(ARGV[5]) do
+  local oldest = redis.call('ZPOPMIN', set)
+  redis.call('SET', oldest[1], ARGV[6], 'PX', ARGV[7])
+  revoked = revoked + 1
+end
+redis.call('ZADD', set, now_ms(), KEYS[1])
+keep_for(set, tonumber(ARGV[2]))
+return revoked
+"#;
+
+/// KEYS[1] session key; ARGV: tombstone, ttl ms, prefix.
+const REVOKE_SCRIPT: &str = r#"
+local set = subject_set(ARGV[3], redis.call('GET', KEYS[1]))
+if set then redis.call('ZREM', set, KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        get: redis::Script::new(&format!("{LUA_NOW}{GET_SCRIPT}")),
+        create: redis::Script::new(&format!("{LUA_NOW}{CREATE_SCRIPT}")),
+        revoke: redis::Script::new(&format!("{LUA_NOW}{REVOKE_SCRIPT}")),
+    })
 }
 
 fn no_redis() -> StoreFailure {
@@ -206,12 +345,136 @@ impl MemEntry {
     fn expired(&self, now: Instant) -> bool {
         now.duration_since(self.last_seen) >= self.idle
     }
+
+    /// The subject this entry counts against, if it is a live session.
+    fn subject(&self) -> Option<&str> {
+        (!self.record.revoked && !self.record.sub.is_empty()).then_some(self.record.sub.as_str())
+    }
+}
+
+struct Sessions {
+    /// Every session and tombstone, least recently used first out. The
+    /// bound is applied by `make_room` (it changes with reloads).
+    entries: LruCache<String, MemEntry>,
+    /// Live session ids of each subject, for the per-subject cap.
+    by_subject: HashMap<String, Vec<String>>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            entries: LruCache::unbounded(),
+            by_subject: HashMap::new(),
+        }
+    }
+}
+
+impl Sessions {
+    fn entries(&mut self) -> &mut LruCache<String, MemEntry> {
+        &mut self.entries
+    }
+
+    fn unlink(&mut self, id: &str, entry: &MemEntry) {
+        let Some(sub) = entry.subject() else {
+            return;
+        };
+        if let Some(ids) = self.by_subject.get_mut(sub) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.by_subject.remove(sub);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(entry) = self.entries().pop(id) {
+            self.unlink(id, &entry);
+        }
+    }
+
+    /// Inserts or replaces `id`: a session as the most recently used
+    /// entry, a tombstone as the least recently used one (dropping a
+    /// tombstone first is harmless: its id stays refused, as unknown).
+    fn insert(&mut self, id: String, entry: MemEntry) {
+        self.remove(&id);
+        let tombstone = entry.record.revoked;
+        if let Some(sub) = entry.subject() {
+            self.by_subject
+                .entry(sub.to_string())
+                .or_default()
+                .push(id.clone());
+        }
+        if tombstone {
+            self.entries.push(id.clone(), entry);
+            self.entries.demote(&id);
+        } else {
+            self.entries.push(id, entry);
+        }
+    }
+
+    /// Drops least recently used entries until there is room for one more.
+    fn make_room(&mut self, max: usize) -> u64 {
+        let mut evicted = 0;
+        while max > 0 && self.entries().len() >= max {
+            let Some((id, entry)) = self.entries().pop_lru() else {
+                break;
+            };
+            self.unlink(&id, &entry);
+            if !entry.expired(Instant::now()) {
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// Revokes the least recently used live sessions of `sub` until it has
+    /// room for one more.
+    fn cap_subject(&mut self, sub: &str, max: usize) -> u64 {
+        let mut revoked = 0;
+        loop {
+            let Some(ids) = self.by_subject.get(sub) else {
+                return revoked;
+            };
+            if ids.len() < max.max(1) {
+                return revoked;
+            }
+            let oldest = ids
+                .iter()
+                .min_by_key(|id| self.entries.peek(id.as_str()).map(|e| e.last_seen))
+                .cloned();
+            let Some(oldest) = oldest else {
+                return revoked;
+            };
+            // A tombstone, so that the revoked id answers session_revoked,
+            // kept as long as the session would have lived without use.
+            let tombstone = self.entries().peek(&oldest).map(|e| MemEntry {
+                record: SessionRecord::tombstone(),
+                idle: e.idle,
+                last_seen: e.last_seen,
+            });
+            match tombstone {
+                Some(t) => {
+                    self.insert(oldest, t);
+                    revoked += 1;
+                }
+                None => {
+                    // index out of step with the entries: drop the id
+                    if let Some(ids) = self.by_subject.get_mut(sub) {
+                        ids.retain(|i| *i != oldest);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The embedded store (`store: memory`): sessions of this process only.
+/// Bounded by `cache_max_entries`: when full, the least recently used
+/// session (or tombstone) makes room, so a store full of live sessions never
+/// refuses a login.
 #[derive(Default)]
 pub struct MemoryStore {
-    entries: Mutex<HashMap<String, MemEntry>>,
+    sessions: Mutex<Sessions>,
     max_entries: std::sync::atomic::AtomicUsize,
 }
 
@@ -221,36 +484,45 @@ impl MemoryStore {
             .store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stored sessions and tombstones.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().entries().len()
+    }
+
     fn get(&self, id: &str, idle: Duration) -> Lookup {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get_mut(id) {
-            Some(e) if e.expired(now) => {
-                entries.remove(id);
-                Lookup::Missing
-            }
-            Some(e) => {
+        let mut sessions = self.lock();
+        match sessions.entries().get_mut(id) {
+            None => return Lookup::Missing,
+            Some(e) if !e.expired(now) => {
                 e.last_seen = now;
                 if !e.record.revoked {
                     e.idle = idle;
                 }
-                Lookup::from_record(e.record.clone())
+                return Lookup::from_record(e.record.clone());
             }
-            None => Lookup::Missing,
+            Some(_) => {}
         }
+        sessions.remove(id);
+        Lookup::Missing
     }
 
-    fn put(&self, id: &str, record: SessionRecord, ttl: Duration) -> Result<(), StoreFailure> {
+    fn put(&self, id: &str, record: SessionRecord, ttl: Duration, max_per_subject: usize) {
         let now = Instant::now();
         let max = self.max_entries.load(std::sync::atomic::Ordering::Relaxed);
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if max > 0 && entries.len() >= max && !entries.contains_key(id) {
-            entries.retain(|_, e| !e.expired(now));
-            if entries.len() >= max {
-                return Err(StoreFailure("memory session store is full".into()));
-            }
+        let mut sessions = self.lock();
+        sessions.remove(id);
+        let mut revoked = 0;
+        if !record.revoked && !record.sub.is_empty() {
+            revoked = sessions.cap_subject(&record.sub, max_per_subject);
         }
-        entries.insert(
+        let evicted = sessions.make_room(max);
+        sessions.insert(
             id.to_string(),
             MemEntry {
                 record,
@@ -258,7 +530,19 @@ impl MemoryStore {
                 last_seen: now,
             },
         );
-        Ok(())
+        drop(sessions);
+        count_evictions(evicted, revoked);
+    }
+}
+
+fn count_evictions(evicted: u64, revoked: u64) {
+    if evicted > 0 {
+        metrics::counter!("meshgate_sessions_evicted_total", "reason" => "store_full")
+            .increment(evicted);
+    }
+    if revoked > 0 {
+        metrics::counter!("meshgate_sessions_evicted_total", "reason" => "subject_limit")
+            .increment(revoked);
     }
 }
 
@@ -273,9 +557,12 @@ struct ExportedSession {
 impl Handover for MemoryStore {
     fn export(&self) -> Option<Value> {
         let now = Instant::now();
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let list: Vec<ExportedSession> = entries
+        let mut sessions = self.lock();
+        // least recently used first, so the importer rebuilds the same order
+        let list: Vec<ExportedSession> = sessions
+            .entries()
             .iter()
+            .rev()
             .filter(|(_, e)| !e.expired(now))
             .map(|(id, e)| ExportedSession {
                 id: id.clone(),
@@ -294,9 +581,9 @@ impl Handover for MemoryStore {
             return;
         };
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = self.lock();
         for s in list {
-            entries.insert(
+            sessions.insert(
                 s.id,
                 MemEntry {
                     record: s.record,

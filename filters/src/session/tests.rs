@@ -1455,3 +1455,97 @@ async fn memory_sessions_are_shared_by_every_instance_of_the_process() {
     assert_eq!(reason(&result), "pass");
     assert_eq!(cx.user.as_deref(), Some("u-42"));
 }
+
+#[tokio::test]
+async fn full_memory_store_evicts_the_least_recently_used_session() {
+    let state = State::new();
+    let filter = build(&session_spec(json!({"cache_max_entries": 3})), &state);
+    let mut ids = Vec::new();
+    for user in ["u-1", "u-2", "u-3"] {
+        ids.push(
+            login(&filter, &format!(r#"{{"sub":"{user}"}}"#), false)
+                .await
+                .0,
+        );
+    }
+    let cookie = |id: &str| format!("meshgate_session={id}");
+    // u-1 is used again, so u-2 is now the least recently used
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie(&ids[0]))]).await.0),
+        "pass"
+    );
+    // a full store of live sessions still lets a new login in
+    let (fourth, _) = login(&filter, r#"{"sub":"u-4"}"#, false).await;
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie(&ids[1]))]).await.0),
+        "session_expired",
+        "the least recently used session made room"
+    );
+    for id in [&ids[0], &ids[2], &fourth] {
+        assert_eq!(
+            reason(&run(&filter, &[("cookie", &cookie(id))]).await.0),
+            "pass"
+        );
+    }
+    let store = state.get_or_insert(MEMORY_STORE_KEY, MemoryStore::default);
+    assert_eq!(store.len(), 3);
+}
+
+#[tokio::test]
+async fn sessions_per_subject_are_capped_by_revoking_the_least_recently_used() {
+    let state = State::new();
+    let filter = build(
+        &session_spec(json!({"max_sessions_per_subject": 3})),
+        &state,
+    );
+    let cookie = |id: &str| format!("meshgate_session={id}");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(login(&filter, r#"{"sub":"u-1"}"#, false).await.0);
+    }
+    // the first is used again: the second is the least recently used
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie(&ids[0]))]).await.0),
+        "pass"
+    );
+    let other_user = login(&filter, r#"{"sub":"u-2"}"#, false).await.0;
+    ids.push(login(&filter, r#"{"sub":"u-1"}"#, false).await.0);
+    assert_eq!(
+        reason(&run(&filter, &[("cookie", &cookie(&ids[1]))]).await.0),
+        "session_revoked"
+    );
+    for id in [&ids[0], &ids[2], &ids[3], &other_user] {
+        assert_eq!(
+            reason(&run(&filter, &[("cookie", &cookie(id))]).await.0),
+            "pass"
+        );
+    }
+    // a logout frees a place: the next login revokes nothing
+    let (_, _, mut cx) = run(&filter, &[("cookie", &cookie(&ids[0]))]).await;
+    respond(&filter, &mut cx, &[(SESSION_CLEAR_HEADER, "1")])
+        .await
+        .0
+        .expect("logout");
+    ids.push(login(&filter, r#"{"sub":"u-1"}"#, false).await.0);
+    for id in [&ids[2], &ids[3], &ids[4]] {
+        assert_eq!(
+            reason(&run(&filter, &[("cookie", &cookie(id))]).await.0),
+            "pass"
+        );
+    }
+}
+
+#[test]
+fn session_limits_are_validated() {
+    let errs = session_spec(json!({"max_sessions_per_subject": 0}))
+        .validate("filters.login", &ValidateCx::control_plane())
+        .expect_err("zero");
+    assert_eq!(errs.0[0].path, "filters.login.max_sessions_per_subject");
+    let config = session_spec(json!({}))
+        .validate("filters.login", &ValidateCx::control_plane())
+        .expect("valid");
+    let ModeConfig::Session(s) = &config.mode else {
+        panic!("session mode")
+    };
+    assert_eq!(s.max_sessions_per_subject, 16);
+}

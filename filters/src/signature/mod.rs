@@ -104,6 +104,23 @@ pub struct SignatureSpec {
     /// signatures are refused (503) rather than opening a replay window.
     #[serde(default = "default_replay_cache_size")]
     pub replay_cache_size: usize,
+    /// Longest accepted `nonce` parameter, in bytes (400 `nonce_invalid`
+    /// beyond).
+    // Left out of dumps and pushes while at the default, so that a config
+    // written by this release still loads in the previous one.
+    #[serde(
+        default = "default_max_nonce_length",
+        skip_serializing_if = "is_default_max_nonce_length"
+    )]
+    pub max_nonce_length: usize,
+    /// Live nonces one key id may hold in the replay store (memory or
+    /// Redis); beyond it new signatures of that key get 429
+    /// `nonce_limit_reached` until its oldest nonce expires.
+    #[serde(
+        default = "default_max_nonces_per_key",
+        skip_serializing_if = "is_default_max_nonces_per_key"
+    )]
+    pub max_nonces_per_key: usize,
     /// A request with a body must cover `content-digest`.
     #[serde(default = "yes")]
     pub require_digest_with_body: bool,
@@ -130,6 +147,8 @@ impl Default for SignatureSpec {
             require_nonce: true,
             replay_store: ReplayStore::Memory,
             replay_cache_size: default_replay_cache_size(),
+            max_nonce_length: default_max_nonce_length(),
+            max_nonces_per_key: default_max_nonces_per_key(),
             require_digest_with_body: true,
             forward_signature_headers: false,
             label: None,
@@ -172,6 +191,18 @@ fn default_clock_skew() -> Duration {
 fn default_replay_cache_size() -> usize {
     100_000
 }
+fn default_max_nonce_length() -> usize {
+    128
+}
+fn default_max_nonces_per_key() -> usize {
+    10_000
+}
+fn is_default_max_nonce_length(n: &usize) -> bool {
+    *n == default_max_nonce_length()
+}
+fn is_default_max_nonces_per_key(n: &usize) -> bool {
+    *n == default_max_nonces_per_key()
+}
 fn default_label() -> String {
     "sig1".into()
 }
@@ -190,6 +221,8 @@ pub struct SignatureConfig {
     pub policy: Policy,
     pub replay_store: ReplayStore,
     pub replay_cache_size: usize,
+    pub max_nonce_length: usize,
+    pub max_nonces_per_key: usize,
     pub forward_signature_headers: bool,
     pub sign_response: Option<SignResponseConfig>,
     pub alipay: Option<AlipayConfig>,
@@ -271,6 +304,14 @@ impl SignatureSpec {
                 "must be greater than zero",
             );
         }
+        for (field, value) in [
+            ("max_nonce_length", self.max_nonce_length),
+            ("max_nonces_per_key", self.max_nonces_per_key),
+        ] {
+            if value == 0 {
+                errors.push(format!("{path}.{field}"), "must be greater than zero");
+            }
+        }
         if let Some(label) = &self.label {
             if sfv::Parser::parse_dictionary(format!("{label}=1").as_bytes()).is_err() {
                 errors.push(format!("{path}.label"), "not a valid dictionary key");
@@ -324,6 +365,8 @@ impl SignatureSpec {
             },
             replay_store: self.replay_store,
             replay_cache_size: self.replay_cache_size,
+            max_nonce_length: self.max_nonce_length,
+            max_nonces_per_key: self.max_nonces_per_key,
             forward_signature_headers: self.forward_signature_headers,
             sign_response,
             alipay,
@@ -371,9 +414,13 @@ impl SignatureFilter {
                 let cache = cx
                     .state
                     .get_or_insert(&format!("{name}/signature-nonces"), || {
-                        MemoryNonces::new(config.replay_cache_size)
+                        MemoryNonces::with_gauge(
+                            config.replay_cache_size,
+                            config.max_nonces_per_key,
+                            metrics::gauge!("meshgate_signature_nonces", "filter" => name.to_string()),
+                        )
                     });
-                cache.set_capacity(config.replay_cache_size);
+                cache.set_limits(config.replay_cache_size, config.max_nonces_per_key);
                 Some(NonceStore::Memory(cache))
             }
             // Without the shared store every nonce check answers 503 (the
@@ -386,10 +433,14 @@ impl SignatureFilter {
         }
     }
 
-    async fn check_nonce(&self, key_id: &str, nonce: &str) -> Result<(), Rejection> {
+    async fn check_nonce(&self, key_id: &Arc<str>, nonce: &str) -> Result<(), Rejection> {
         let ttl = self.config.policy.max_age + self.config.policy.clock_skew;
         let outcome = match &self.nonces {
-            Some(store) => store.check(key_id, nonce, ttl).await,
+            Some(store) => {
+                store
+                    .check(key_id, nonce, ttl, self.config.max_nonces_per_key)
+                    .await
+            }
             None => NonceCheck::Unavailable,
         };
         match outcome {
@@ -397,6 +448,14 @@ impl SignatureFilter {
             NonceCheck::Replayed => Err(Rejection::new(
                 "signature_replayed",
                 "this nonce was already used",
+            )),
+            NonceCheck::KeyLimit { retry_after_secs } => Err(Rejection::new(
+                "nonce_limit_reached",
+                "this key has too many live nonces; retry later",
+            )
+            .with_header(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs),
             )),
             NonceCheck::Unavailable => Err(Rejection::new(
                 "replay_store_unavailable",
@@ -420,6 +479,21 @@ impl SignatureFilter {
             },
             unix_now(),
         )?;
+        // Checked before the body is read; the nonce is stored only once
+        // everything else verified.
+        if verified
+            .nonce
+            .as_ref()
+            .is_some_and(|n| n.len() > self.config.max_nonce_length)
+        {
+            return Err(Rejection::new(
+                "nonce_invalid",
+                format!(
+                    "the nonce is longer than {} bytes",
+                    self.config.max_nonce_length
+                ),
+            ));
+        }
         if verified.covers_digest || req.head.headers.contains_key(sign::CONTENT_DIGEST_HEADER) {
             let body = req.body().await?;
             let values: Vec<&[u8]> = req

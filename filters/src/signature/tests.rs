@@ -1005,3 +1005,83 @@ fn rfc9421_section2_component_values() {
         ));
     }
 }
+
+#[tokio::test]
+async fn nonce_length_and_per_key_bound_are_enforced_by_the_filter() {
+    // random nonces are 22 characters
+    let state = State::new();
+    let f = build(&spec(serde_json::json!({"max_nonce_length": 21})), &state);
+    let s = signer(hmac_key("app-1", APP_SECRET), ALL);
+    let (r, _, _) = run(&f, signed_request(&s, b"x", now()), b"x").await;
+    let r = r.expect_err("too long");
+    assert_eq!((r.reason, r.status.as_u16()), ("nonce_invalid", 400));
+
+    let state = State::new();
+    let f = build(&spec(serde_json::json!({"max_nonces_per_key": 2})), &state);
+    let first = signed_request(&s, b"x", now());
+    assert_eq!(reason(&f, first.clone(), b"x").await, "pass");
+    assert_eq!(
+        reason(&f, signed_request(&s, b"x", now()), b"x").await,
+        "pass"
+    );
+    let (r, _, _) = run(&f, signed_request(&s, b"x", now()), b"x").await;
+    let r = r.expect_err("bound");
+    assert_eq!((r.reason, r.status.as_u16()), ("nonce_limit_reached", 429));
+    let retry: u64 = r
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=330).contains(&retry), "{retry}");
+    // no live nonce was forgotten to make room
+    assert_eq!(reason(&f, first, b"x").await, "signature_replayed");
+    // another key id has its own bound
+    let other = signer(
+        private_key("app-2-next", Algorithm::EcdsaP256Sha256, ECC_P256_PRIVATE),
+        ALL,
+    );
+    assert_eq!(
+        reason(&f, signed_request(&other, b"x", now()), b"x").await,
+        "pass"
+    );
+
+    let errs = spec(serde_json::json!({"max_nonces_per_key": 0, "max_nonce_length": 0}))
+        .validate("filters.verify", &ValidateCx::control_plane())
+        .expect_err("zero");
+    let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "filters.verify.max_nonce_length",
+            "filters.verify.max_nonces_per_key"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn raw_nonces_handed_over_by_the_previous_release_are_still_replays() {
+    let s = signer(hmac_key("app-1", APP_SECRET), ALL);
+    let head = signed_request(&s, b"x", now());
+    let input = head
+        .headers
+        .get(sign::SIGNATURE_INPUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .expect("signature-input")
+        .to_string();
+    let nonce = input
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("nonce parameter");
+    // the previous release's export: raw "<key id>\x1f<nonce>" entries
+    let legacy = serde_json::json!([[format!("app-1\u{1f}{nonce}"), now() + 300]]);
+    let state = State::new();
+    state.import_all([("verify/signature-nonces".to_string(), legacy)].into());
+    let f = build(&spec(serde_json::json!({})), &state);
+    assert_eq!(reason(&f, head, b"x").await, "signature_replayed");
+    assert_eq!(
+        reason(&f, signed_request(&s, b"x", now()), b"x").await,
+        "pass"
+    );
+}
