@@ -33,11 +33,39 @@ use crate::ControlPlane;
 /// Largest accepted request body (a config).
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
-/// Serves the admin API until the listener fails.
+/// The admin bearer token, kept as its SHA-256 digest: comparing digests in
+/// constant time reveals neither the token's bytes nor its length.
+#[derive(Clone)]
+pub struct AdminToken(Arc<[u8; 32]>);
+
+impl AdminToken {
+    pub fn new(token: &str) -> Self {
+        AdminToken(Arc::new(sha256(token.as_bytes())))
+    }
+
+    pub fn matches(&self, presented: &str) -> bool {
+        bool::from(sha256(presented.as_bytes()).ct_eq(&*self.0))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken([redacted])")
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// Serves the admin API until the listener fails. `token: None` (only with
+/// `--insecure-no-admin-token`) accepts every request.
 pub async fn serve(
     listener: TcpListener,
     cp: Arc<ControlPlane>,
-    token: Option<Arc<str>>,
+    token: Option<AdminToken>,
 ) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
@@ -47,9 +75,7 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |req| {
                 let cp = cp.clone();
                 let token = token.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(handle(&cp, token.as_deref(), req).await)
-                }
+                async move { Ok::<_, std::convert::Infallible>(handle(&cp, token.as_ref(), req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -79,15 +105,17 @@ fn error(e: &ApiError) -> Response<Full<Bytes>> {
     json(status, e)
 }
 
-fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
+fn authorized(req: &Request<Incoming>, token: Option<&AdminToken>) -> bool {
     let Some(want) = token else { return true };
-    let got = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    value
+        .to_str()
+        .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    bool::from(got.as_bytes().ct_eq(want.as_bytes()))
+        .is_some_and(|got| want.matches(got))
 }
 
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
@@ -137,7 +165,7 @@ async fn read_body(req: Request<Incoming>) -> Result<(Option<String>, Bytes), Ap
 
 async fn handle(
     cp: &ControlPlane,
-    token: Option<&str>,
+    token: Option<&AdminToken>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     match route(cp, token, req).await {
@@ -148,7 +176,7 @@ async fn handle(
 
 async fn route(
     cp: &ControlPlane,
-    token: Option<&str>,
+    token: Option<&AdminToken>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_string();
@@ -227,7 +255,22 @@ async fn route(
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, AdminToken};
+
+    #[test]
+    fn admin_token_matches_only_itself() {
+        let token = AdminToken::new("s3cret-admin-token");
+        assert!(token.matches("s3cret-admin-token"));
+        for wrong in [
+            "",
+            "s3cret-admin-toke",
+            "s3cret-admin-token ",
+            "S3CRET-ADMIN-TOKEN",
+        ] {
+            assert!(!token.matches(wrong), "{wrong:?}");
+        }
+        assert!(!format!("{token:?}").contains("s3cret"));
+    }
 
     #[test]
     fn query_values_are_percent_decoded() {

@@ -6,6 +6,7 @@
 //! failed validation never half-applies.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -189,3 +190,37 @@ impl fmt::Display for FieldErrors {
 }
 
 impl std::error::Error for FieldErrors {}
+
+/// A listen address that only this host can reach: `127.0.0.0/8:PORT`,
+/// `[::1]:PORT` or `localhost:PORT` (bound as 127.0.0.1). For listeners that
+/// act with the pod's authority (the admin API; egress signs with the pod's
+/// keys), so no other host can use them. `None` (with an error at `path`)
+/// otherwise.
+pub fn loopback_listen(value: &str, path: &str, errors: &mut FieldErrors) -> Option<SocketAddr> {
+    let parsed = match value.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
+        None => value.parse::<SocketAddr>().ok(),
+    };
+    match parsed {
+        Some(addr) if addr.ip().is_loopback() => Some(addr),
+        Some(_) => {
+            errors.push(
+                path,
+                format!("{value:?} is not a loopback address: this listener serves only 127.0.0.0/8, [::1] or localhost"),
+            );
+            None
+        }
+        None => {
+            errors.push(
+                path,
+                format!(
+                    "{value:?} is not a loopback address of the form ip:port or localhost:port"
+                ),
+            );
+            None
+        }
+    }
+}

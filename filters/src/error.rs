@@ -67,6 +67,10 @@ pub const REASONS: &[Reason] = &[
     // rate-limit filter
     r("rate_limited", 429, 42901),
     r("rate_limit_store_unavailable", 503, 50321),
+    // admin API (refused before any endpoint runs)
+    r("admin_host_not_allowed", 403, 40331),
+    r("admin_origin_not_allowed", 403, 40332),
+    r("admin_header_required", 403, 40333),
 ];
 
 /// Looks a reason up by name.

@@ -17,6 +17,7 @@ pub mod error;
 pub mod filter;
 pub mod header;
 pub mod rate_limit;
+pub mod redact;
 pub mod session;
 pub mod signature;
 pub mod state;

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 pub use http_client::{get, request, HttpResult};
 
+/// The header state-changing admin requests need (`sidecar/src/admin.rs`).
+pub const ADMIN_HEADER: &str = "x-meshgate-admin";
+
 /// `target/debug` (or the profile directory) of the running test binary.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -343,6 +346,15 @@ impl Sidecar {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    /// A state-changing admin request (`POST /drain`, `/upgrade`,
+    /// `/logging`) with the header the admin API requires of them.
+    pub fn admin_post(&self, path: &str) -> http::Request<bytes::Bytes> {
+        http::Request::post(self.admin_url(path))
+            .header(ADMIN_HEADER, "1")
+            .body(bytes::Bytes::new())
+            .expect("admin request")
     }
 
     pub fn config_dump(&self) -> serde_json::Value {

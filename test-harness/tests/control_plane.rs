@@ -703,3 +703,274 @@ fn xds_over_mutual_tls_admits_only_trusted_sidecars() {
     assert_eq!(x.which(), "bootstrap");
     assert!(cp.node("node-x").is_none(), "{:#?}", cp.status());
 }
+
+// ---- credentials: the admin token, redaction, loopback-only listeners ----
+
+/// Starts `meshgate-cp serve` with exactly `args` (no default token).
+fn spawn_cp(data_dir: &Path, admin: u16, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin("meshgate-cp"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--grpc", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(args)
+        .env_remove("MESHGATE_CP_TOKEN")
+        .env_remove("MESHGATE_CP_TOKEN_FILE")
+        .env("RUST_LOG", "info");
+    Proc::spawn(
+        "meshgate-cp",
+        &mut cmd,
+        data_dir.with_extension(format!("{admin}.log")),
+    )
+}
+
+fn admin_call(admin: u16, method: &str, path: &str, auth: Option<&str>) -> HttpResult {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{admin}{path}"))
+        .header("content-type", "application/yaml");
+    if let Some(auth) = auth {
+        req = req.header("authorization", auth);
+    }
+    let body = if method == "PUT" {
+        Bytes::from(pushed("v1", ""))
+    } else {
+        Bytes::new()
+    };
+    request(req.body(body).expect("request")).expect("admin api answers")
+}
+
+/// Without a token the control plane does not start (anyone reaching its
+/// admin API could push configs); `--insecure-no-admin-token` is the
+/// explicit way out. The token comes from a file, so it is not in `ps`.
+#[test]
+fn control_plane_needs_an_admin_token_to_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let admin = free_port();
+    let mut cp = spawn_cp(&dir.path().join("none"), admin, &[]);
+    let status = cp.wait_exit(Duration::from_secs(20));
+    let log = cp.output();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "started without a token:\n{log}"
+    );
+    assert!(log.contains("--token-file"), "{log}");
+    assert!(log.contains("--insecure-no-admin-token"), "{log}");
+    assert!(get(&format!("http://127.0.0.1:{admin}/healthz")).is_err());
+
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "file-admin-token\n").expect("token file");
+    let admin = free_port();
+    let token_arg = token_file.display().to_string();
+    let _cp = spawn_cp(
+        &dir.path().join("file"),
+        admin,
+        &["--token-file", &token_arg],
+    );
+    assert!(wait_until(Duration::from_secs(20), || get(&format!(
+        "http://127.0.0.1:{admin}/healthz"
+    ))
+    .is_ok_and(|r| r.status == 200)));
+    for auth in [
+        None,
+        Some("Bearer file-admin-toke"),
+        Some("Bearer file-admin-token\t"),
+        Some("Bearer "),
+        Some("Basic file-admin-token"),
+    ] {
+        let rsp = admin_call(admin, "PUT", "/v1/services/orders/config", auth);
+        assert_eq!(rsp.status, 401, "{auth:?}: {}", rsp.text());
+    }
+    let rsp = admin_call(
+        admin,
+        "PUT",
+        "/v1/services/orders/config",
+        Some("Bearer file-admin-token"),
+    );
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let meshctl = |args: &[&str]| {
+        Command::new(bin("meshctl"))
+            .args(["--server", &format!("http://127.0.0.1:{admin}")])
+            .args(args)
+            .env_remove("MESHCTL_TOKEN")
+            .env_remove("MESHCTL_TOKEN_FILE")
+            .output()
+            .expect("run meshctl")
+    };
+    let out = meshctl(&["--token-file", &token_arg, "history", "--service", "orders"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = meshctl(&["history", "--service", "orders"]);
+    assert!(!out.status.success(), "meshctl without a token was let in");
+
+    let admin = free_port();
+    let insecure = spawn_cp(
+        &dir.path().join("insecure"),
+        admin,
+        &["--insecure-no-admin-token"],
+    );
+    assert!(wait_until(Duration::from_secs(20), || get(&format!(
+        "http://127.0.0.1:{admin}/healthz"
+    ))
+    .is_ok_and(|r| r.status == 200)));
+    assert!(insecure.output().contains("--insecure-no-admin-token"));
+    let rsp = admin_call(admin, "GET", "/v1/services", None);
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+}
+
+const PLANTED: &[&str] = &[
+    "RedisPassS3cret",
+    "RedisQueryS3cret",
+    "RedisEncodedS3cret",
+    "JwksUserS3cret",
+    "JwksPassS3cret",
+    "JwksTokenS3cret",
+    "JwksFragmentS3cret",
+    "c2VjcmV0LWZvci1yZWRhY3Rpb24tdGVzdHMtMzItYnl0ZXM=",
+    "c2Vjb25kLXNlY3JldC1mb3ItcmVkYWN0aW9uLXRlc3RzLTE=",
+];
+
+fn with_secrets(redis_url: &str, jwks_url: &str, hmac: &str) -> String {
+    pushed("secrets", "")
+        + &format!(
+            r#"redis: {{ url: "{redis_url}" }}
+filters:
+  login:
+    type: session
+    mode: jwt
+    jwks_url: "{jwks_url}"
+  verify:
+    type: signature
+    keys: [{{ id: app-1, alg: hmac-sha256, secret_base64: "{hmac}" }}]
+"#
+        )
+}
+
+/// History, stored versions and diffs (API and meshctl) never show a
+/// credential carried in a URL or a key, whatever its spelling.
+#[test]
+fn history_show_and_diff_never_show_credentials() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cp = ControlPlane::start(dir.path());
+    let v1 = cp.push(
+        "orders",
+        &with_secrets(
+            "redis+unix:///run/redis.sock?db=0&pass=RedisQueryS3cret",
+            "https://JwksUserS3cret:JwksPassS3cret@idp.example/jwks#JwksFragmentS3cret",
+            "c2VjcmV0LWZvci1yZWRhY3Rpb24tdGVzdHMtMzItYnl0ZXM=",
+        ),
+        "",
+    );
+    let v2 = cp.push(
+        "orders",
+        &with_secrets(
+            "redis://:RedisPassS3cret@127.0.0.1:1/0?%70assword=RedisEncodedS3cret",
+            "https://idp.example/jwks?access_token=JwksTokenS3cret",
+            "c2Vjb25kLXNlY3JldC1mb3ItcmVkYWN0aW9uLXRlc3RzLTE=",
+        ),
+        "",
+    );
+    let mut shown = Vec::new();
+    for path in [
+        "/v1/services/orders/history".to_string(),
+        format!("/v1/services/orders/versions/{v1}"),
+        format!("/v1/services/orders/versions/{v2}"),
+        format!("/v1/services/orders/diff?from={v1}&to={v2}"),
+        "/v1/services".to_string(),
+        "/v1/status".to_string(),
+    ] {
+        let rsp = cp.call("GET", &path, "", "application/json");
+        assert_eq!(rsp.status, 200, "{path}: {}", rsp.text());
+        shown.push((path, rsp.text()));
+    }
+    for args in [
+        vec!["history", "--service", "orders"],
+        vec!["show", "--service", "orders", &v1],
+        vec!["show", "--service", "orders", &v2],
+        vec!["diff", "--service", "orders", &v1, &v2],
+        vec!["--json", "show", "--service", "orders", &v2],
+    ] {
+        let out = cp.meshctl(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shown.push((
+            format!("meshctl {args:?}"),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        ));
+    }
+    for (what, text) in &shown {
+        for secret in PLANTED {
+            assert!(!text.contains(secret), "{what} shows {secret}:\n{text}");
+        }
+    }
+    // The diff still shows what changed, redacted.
+    let diff = &shown[3].1;
+    assert!(diff.contains("+") && diff.contains("[redacted]"), "{diff}");
+    assert_no_secret_in_log(&cp);
+}
+
+fn assert_no_secret_in_log(cp: &ControlPlane) {
+    let log = cp.proc.output();
+    for secret in PLANTED {
+        assert!(
+            !log.contains(secret),
+            "the control plane log shows {secret}:\n{log}"
+        );
+    }
+}
+
+/// A pushed config cannot open egress (which signs with the pod's keys) or
+/// the admin API beyond loopback: the control plane refuses it with the
+/// field named, and sidecars keep serving the last good version.
+#[test]
+fn pushed_non_loopback_egress_or_admin_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cp = ControlPlane::start(dir.path());
+    let node = start_node(&cp, "loopback-1", &[], None);
+    let v1 = cp.push("orders", &pushed("v1", ""), "");
+    node.wait_version(&v1);
+    wait_acked(&cp, &[&node], &v1);
+
+    let egress = |listen: &str| {
+        pushed("v2", "")
+            + &format!(
+                r#"egress:
+  listen: "{listen}"
+  destinations:
+    - host: wallet.internal
+      upstream: 127.0.0.1:1
+      key: {{ id: orders, alg: hmac-sha256, secret_base64: "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=" }}
+"#
+            )
+    };
+    for (yaml, field) in [
+        (egress("0.0.0.0:15001"), "egress.listen"),
+        (egress("[::]:15001"), "egress.listen"),
+        (
+            pushed("v2", "") + "admin: { listen: \"0.0.0.0:15000\" }\n",
+            "admin.listen",
+        ),
+    ] {
+        let rsp = cp.call(
+            "PUT",
+            "/v1/services/orders/config",
+            &yaml,
+            "application/yaml",
+        );
+        assert_eq!(rsp.status, 400, "{}", rsp.text());
+        let fields = rsp.json()["fields"].to_string();
+        assert!(fields.contains(field), "{fields}");
+    }
+    let history = cp.call("GET", "/v1/services/orders/history", "", "application/json");
+    assert_eq!(history.json()["versions"].as_array().map(Vec::len), Some(1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(node.sidecar.version(), v1);
+    assert_eq!(node.which(), "v1");
+}

@@ -576,7 +576,7 @@ fn app_connections_are_pooled_reaped_when_idle_and_replaced_after_an_app_restart
 #[test]
 fn log_level_changes_at_runtime() {
     let (_app, sidecar) = start();
-    let rsp = request(post(&sidecar.admin_url("/logging?level=warn"), "")).expect("set level");
+    let rsp = request(sidecar.admin_post("/logging?level=warn")).expect("set level");
     assert_eq!(rsp.status, 200);
     assert_eq!(
         get(&sidecar.admin_url("/logging"))
@@ -600,8 +600,7 @@ fn log_level_changes_at_runtime() {
         before,
         "access log still written at warn"
     );
-    let rsp =
-        request(post(&sidecar.admin_url("/logging?level=nonsense=[["), "")).expect("bad level");
+    let rsp = request(sidecar.admin_post("/logging?level=nonsense=[[")).expect("bad level");
     assert_eq!(rsp.status, 400);
 }
 
@@ -650,7 +649,7 @@ fn drain_finishes_in_flight_requests_then_exits() {
     let cfg_slow = sidecar.url("/slow?ms=250");
     let in_flight = std::thread::spawn(move || get(&cfg_slow));
     std::thread::sleep(Duration::from_millis(80));
-    let rsp = request(post(&sidecar.admin_url("/drain"), "")).expect("drain");
+    let rsp = request(sidecar.admin_post("/drain")).expect("drain");
     assert_eq!(rsp.status, 202);
     let slow = in_flight
         .join()
@@ -760,9 +759,7 @@ async fn single_worker_runtime_serves_and_drains() {
     .await
     .expect("h1");
     assert_eq!(rsp.json()["path"], "/two");
-    let drain = send_h1(post(&sidecar.admin_url("/drain"), ""))
-        .await
-        .expect("drain");
+    let drain = send_h1(sidecar.admin_post("/drain")).await.expect("drain");
     assert_eq!(drain.status, 202);
     assert!(sidecar
         .proc

@@ -545,12 +545,8 @@ fn failing_new_binary_leaves_the_old_process_serving() {
     load.wait_progress(100);
 
     // Through the admin API and through SIGUSR2.
-    let rsp = meshgate_test_harness::request(
-        Request::post(up.sidecar.admin_url("/upgrade"))
-            .body(Bytes::new())
-            .expect("request"),
-    )
-    .expect("POST /upgrade");
+    let rsp =
+        meshgate_test_harness::request(up.sidecar.admin_post("/upgrade")).expect("POST /upgrade");
     assert_eq!(rsp.status, 202, "{}", rsp.text());
     assert!(wait_until(Duration::from_secs(5), || up
         .sidecar

@@ -140,9 +140,11 @@ where
         attempt = attempt.saturating_add(1);
         match result {
             Err(e) => {
-                tracing::warn!(url = %opts.url, error = %e, retry_in = ?delay, "xds stream ended")
+                tracing::warn!(url = %meshgate_filters::redact::redact_url(&opts.url), error = %e, retry_in = ?delay, "xds stream ended")
             }
-            Ok(()) => tracing::info!(url = %opts.url, retry_in = ?delay, "xds stream ended"),
+            Ok(()) => {
+                tracing::info!(url = %meshgate_filters::redact::redact_url(&opts.url), retry_in = ?delay, "xds stream ended")
+            }
         }
         tokio::time::sleep(delay).await;
     }
@@ -188,7 +190,7 @@ where
         .stream_aggregated_resources(outbound)
         .await?
         .into_inner();
-    tracing::info!(url = %opts.url, node = %opts.node_id, service = %opts.service, "xds stream open");
+    tracing::info!(url = %meshgate_filters::redact::redact_url(&opts.url), node = %opts.node_id, service = %opts.service, "xds stream open");
     while let Some(response) = inbound.message().await? {
         *got_response = true;
         let (request, outcome) = subscription.on_response(&response, apply);

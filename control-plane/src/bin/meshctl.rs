@@ -27,9 +27,19 @@ struct Cli {
         global = true
     )]
     server: String,
-    /// Bearer token of the admin API.
-    #[arg(long, env = "MESHCTL_TOKEN", hide_env_values = true, global = true)]
+    /// Bearer token of the admin API (visible in `ps`: prefer --token-file
+    /// or the environment).
+    #[arg(
+        long,
+        env = "MESHCTL_TOKEN",
+        hide_env_values = true,
+        global = true,
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
+    /// File holding the admin bearer token.
+    #[arg(long, env = "MESHCTL_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
     /// Print the raw JSON answers instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -201,10 +211,20 @@ fn enc(s: &str) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading token file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
     let api = Api {
         client: Client::builder(TokioExecutor::new()).build_http(),
         server: cli.server.clone(),
-        token: cli.token.clone(),
+        token,
     };
     let print_json =
         |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());

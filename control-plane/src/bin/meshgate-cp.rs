@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,7 +33,8 @@ struct ServeArgs {
     /// Address of the admin REST API.
     #[arg(long, default_value = "127.0.0.1:18001")]
     admin: SocketAddr,
-    /// Bearer token required by the admin API.
+    /// Bearer token required by the admin API (visible in `ps`: prefer
+    /// --token-file or the environment).
     #[arg(
         long,
         env = "MESHGATE_CP_TOKEN",
@@ -42,9 +42,13 @@ struct ServeArgs {
         conflicts_with = "token_file"
     )]
     token: Option<String>,
-    /// File holding the admin bearer token.
-    #[arg(long)]
+    /// File holding the admin bearer token (surrounding whitespace ignored).
+    #[arg(long, env = "MESHGATE_CP_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Serve the admin API without a token: anyone who reaches it can push
+    /// configs. Only for local experiments.
+    #[arg(long, conflicts_with_all = ["token", "token_file"])]
+    insecure_no_admin_token: bool,
     /// Server certificate (PEM) for xDS over TLS.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -72,22 +76,32 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let token: Option<Arc<str>> = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(t.trim().into()),
+    let token: Option<String> = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
         (None, Some(f)) => Some(
             std::fs::read_to_string(f)
                 .with_context(|| format!("reading token file {}", f.display()))?
                 .trim()
-                .into(),
+                .to_string(),
         ),
         (None, None) => None,
     };
     if token.as_deref().is_some_and(str::is_empty) {
         anyhow::bail!("the admin token is empty");
     }
-    if token.is_none() {
-        tracing::warn!("no --token: the admin API accepts unauthenticated requests");
-    }
+    let token = match token {
+        Some(t) => Some(admin::AdminToken::new(&t)),
+        None if args.insecure_no_admin_token => {
+            tracing::warn!(
+                "--insecure-no-admin-token: the admin API accepts config pushes from anyone who reaches it"
+            );
+            None
+        }
+        None => anyhow::bail!(
+            "the admin API needs a token: --token-file FILE (or --token / MESHGATE_CP_TOKEN); \
+             --insecure-no-admin-token serves it unauthenticated"
+        ),
+    };
     let cp = ControlPlane::open(&args.data_dir)
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
 

@@ -158,9 +158,9 @@ impl RemoteJwks {
             Ok(raw) => match KeySet::parse_lenient(&raw, &s.algorithms) {
                 Ok((keys, skipped)) => {
                     if skipped > 0 {
-                        tracing::warn!(url = %s.config.url, skipped, "JWKS keys skipped as unusable");
+                        tracing::warn!(url = %crate::redact::redact_url(&s.config.url.to_string()), skipped, "JWKS keys skipped as unusable");
                     }
-                    tracing::debug!(url = %s.config.url, keys = keys.len(), "JWKS fetched");
+                    tracing::debug!(url = %crate::redact::redact_url(&s.config.url.to_string()), keys = keys.len(), "JWKS fetched");
                     let mut c = self.current.write().unwrap_or_else(|e| e.into_inner());
                     c.keys = Some(Arc::new(keys));
                     c.raw = Some(raw);
@@ -174,7 +174,7 @@ impl RemoteJwks {
 
     fn failed(&self, s: &RemoteSettings, error: &str) {
         metrics::counter!("meshgate_jwks_fetch_failures_total").increment(1);
-        tracing::warn!(url = %s.config.url, error, "JWKS fetch failed; cached keys keep serving");
+        tracing::warn!(url = %crate::redact::redact_url(&s.config.url.to_string()), error, "JWKS fetch failed; cached keys keep serving");
     }
 
     async fn fetch(&self, config: &RemoteJwksConfig) -> Result<Value, String> {

@@ -71,7 +71,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// The file/wire spec.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSpec {
     pub mode: SessionMode,
@@ -539,7 +539,13 @@ impl SessionSpec {
                     })
                 }
                 _ => {
-                    errors.push(field, format!("not an http(s) URL: {url:?}"));
+                    errors.push(
+                        field,
+                        format!(
+                            "not an http(s) URL with a host: {}",
+                            crate::redact::redact_url(url)
+                        ),
+                    );
                     KeySource::default()
                 }
             }
@@ -727,22 +733,9 @@ impl SessionSpec {
             redact_jwks(jwks);
         }
         if let Some(url) = copy.jwks_url.as_mut() {
-            redact_userinfo(url);
+            *url = crate::redact::redact_url(url);
         }
         copy
-    }
-}
-
-/// `http://user:secret@host/...` -> `http://[redacted]@host/...`.
-fn redact_userinfo(url: &mut String) {
-    let Some(scheme_end) = url.find("://") else {
-        return;
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    if let Some(at) = rest[..authority_end].rfind('@') {
-        let start = scheme_end + 3;
-        url.replace_range(start..start + at, "[redacted]");
     }
 }
 
@@ -753,11 +746,19 @@ fn redact_jwks(jwks: &mut serde_json::Value) {
             if let Some(obj) = key.as_object_mut() {
                 for member in SECRET_MEMBERS {
                     if let Some(v) = obj.get_mut(*member) {
-                        *v = serde_json::Value::String("[redacted]".into());
+                        *v = serde_json::Value::String(crate::redact::REDACTED.into());
                     }
                 }
             }
         }
+    }
+}
+
+/// Shows the redacted form: a spec reaches logs through `{:?}` too.
+impl std::fmt::Debug for SessionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = serde_json::to_string(&self.redacted()).map_err(|_| std::fmt::Error)?;
+        write!(f, "SessionSpec {shown}")
     }
 }
 

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::keys::KeySpec;
 use super::sign::Signer;
 use super::validate_components;
-use crate::config::{FieldErrors, ValidateCx};
+use crate::config::{loopback_listen, FieldErrors, ValidateCx};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -103,10 +103,9 @@ impl EgressSpec {
     /// whose keys live in files carry no signer and are left out.
     pub fn validate(&self, path: &str, cx: &ValidateCx) -> Result<EgressConfig, FieldErrors> {
         let mut errors = FieldErrors::default();
-        let listen = self.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
-            errors.push(format!("{path}.listen"), "expected ip:port");
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        });
+        // Anyone who reaches egress gets requests signed with the pod's keys.
+        let listen = loopback_listen(&self.listen, &format!("{path}.listen"), &mut errors)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         if self.timeout.is_zero() {
             errors.push(format!("{path}.timeout"), "must be greater than zero");
         }
@@ -223,5 +222,34 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:15001");
         assert!(config.destination("Wallet.Internal").is_some());
         assert!(config.destination("other").is_none());
+    }
+
+    #[test]
+    fn egress_listens_on_loopback_only() {
+        for (listen, ok) in [
+            ("127.0.0.1:15001", true),
+            ("127.0.0.2:15001", true),
+            ("[::1]:15001", true),
+            ("localhost:15001", true),
+            ("0.0.0.0:15001", false),
+            ("[::]:15001", false),
+            ("10.0.0.7:15001", false),
+            ("[::ffff:10.0.0.7]:15001", false),
+            ("egress.internal:15001", false),
+            ("localhost", false),
+        ] {
+            let spec: EgressSpec =
+                serde_json::from_value(serde_json::json!({ "listen": listen })).expect("spec");
+            match spec.validate("egress", &ValidateCx::control_plane()) {
+                Ok(config) => {
+                    assert!(ok, "{listen} accepted");
+                    assert!(config.listen.ip().is_loopback());
+                }
+                Err(errs) => {
+                    assert!(!ok, "{listen} rejected: {errs}");
+                    assert_eq!(errs.0[0].path, "egress.listen");
+                }
+            }
+        }
     }
 }

@@ -73,7 +73,7 @@ impl fmt::Display for Algorithm {
 /// `secret_base64` for HMAC; a public key (inline PEM or file) for verifying
 /// with an asymmetric algorithm; a private key (inline PEM or file) where the
 /// sidecar signs (it also verifies with the derived public key).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
     pub id: String,
@@ -94,7 +94,15 @@ pub struct KeySpec {
     pub private_key_file: Option<PathBuf>,
 }
 
-pub(crate) const REDACTED: &str = "[redacted]";
+pub(crate) use crate::redact::REDACTED;
+
+/// Shows the redacted form: a spec reaches logs through `{:?}` too.
+impl fmt::Debug for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = serde_json::to_string(&self.redacted()).map_err(|_| fmt::Error)?;
+        write!(f, "KeySpec {shown}")
+    }
+}
 
 impl KeySpec {
     /// Secrets (HMAC secrets, private keys) replaced; public keys stay.

@@ -73,13 +73,52 @@ pub struct Outgoing {
     pub stop_admin: watch::Sender<bool>,
 }
 
-/// Binds the upgrade socket at `path`, replacing a stale file.
+/// Binds the upgrade socket at `path` (replacing a stale file), mode 0600.
+///
+/// The socket hands out listeners, config and secrets, so it is never
+/// reachable by another user, not even for a moment: `bind` creates the file
+/// with the process umask, so it is bound inside a fresh 0700 directory,
+/// restricted to 0600 there, and only then renamed into place.
 pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
-    match std::fs::remove_file(path) {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = parent.join(format!(".meshgate-{}.d", std::process::id()));
+    match std::fs::remove_dir_all(&private) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    UnixListener::bind(path)
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        // Atomically replaces a stale socket file left at `path`.
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
+/// Refuses a peer of another user: only a process of this sidecar's own
+/// (effective) uid may take its sockets, config and secrets over, and this
+/// process takes over only from one of its own uid. Root gets past the
+/// socket file's 0600 mode, so the file mode alone is not enough.
+fn check_peer(stream: &UnixStream, side: &'static str) -> Result<(), String> {
+    let own = rustix::process::geteuid().as_raw();
+    let peer = rustix::net::sockopt::socket_peercred(stream)
+        .map_err(|e| format!("cannot read the peer's credentials (SO_PEERCRED): {e}"))?;
+    let peer_uid = peer.uid.as_raw();
+    if peer_uid == own {
+        return Ok(());
+    }
+    metrics::counter!("meshgate_upgrade_peers_refused_total", "side" => side).increment(1);
+    Err(format!(
+        "peer pid {} runs as uid {peer_uid}, this process as uid {own}",
+        peer.pid.as_raw_nonzero()
+    ))
 }
 
 /// Serves upgrade requests one at a time until one succeeds (then starts the
@@ -90,7 +129,7 @@ pub async fn serve(listener: UnixListener, path: PathBuf, outgoing: Outgoing) ->
             accepted = listener.accept() => accepted,
             _ = outgoing.drain.started() => return false,
         };
-        let stream = match accepted {
+        let mut stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "upgrade socket accept failed");
@@ -98,6 +137,18 @@ pub async fn serve(listener: UnixListener, path: PathBuf, outgoing: Outgoing) ->
                 continue;
             }
         };
+        if let Err(reason) = check_peer(&stream, "old") {
+            tracing::warn!(%reason, "upgrade socket: peer refused; nothing handed over");
+            let refusal = Message::Refused {
+                reason: "the upgrade socket serves only processes of its own user".into(),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                protocol::write(&mut stream, &refusal),
+            )
+            .await;
+            continue;
+        }
         match hand_over(stream, &path, &outgoing).await {
             Ok(pid) => {
                 metrics::counter!("meshgate_upgrades_total", "result" => "handed_over")
@@ -224,6 +275,13 @@ pub async fn connect(path: &Path) -> anyhow::Result<Option<Takeover>> {
         }
         Err(e) => return Err(e).with_context(|| format!("upgrade socket {}", path.display())),
     };
+    if let Err(reason) = check_peer(&stream, "new") {
+        tracing::error!(socket = %path.display(), %reason, "upgrade socket: refusing to take over from another user's process");
+        anyhow::bail!(
+            "upgrade socket {} is served by another user's process ({reason}); refusing to take over",
+            path.display()
+        );
+    }
     protocol::write(
         &mut stream,
         &Message::Hello {
@@ -525,6 +583,28 @@ mod tests {
         // The same socket, still listening.
         let _client = std::net::TcpStream::connect(addr).expect("connect");
         taken.accept().expect("accept on the handed-over socket");
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_private_to_its_user() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = tempfile_dir();
+        let path = dir.join("upgrade.sock");
+        std::fs::write(&path, b"stale").expect("stale file");
+        let _listener = bind_socket(&path).expect("bind");
+        let meta = std::fs::metadata(&path).expect("stat");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("upgrade.sock")]);
+        // A peer of the same user passes the check from both sides.
+        let client = UnixStream::connect(&path).await.expect("connect");
+        assert_eq!(check_peer(&client, "new"), Ok(()));
+        let (server, _) = _listener.accept().await.expect("accept");
+        assert_eq!(check_peer(&server, "old"), Ok(()));
     }
 
     #[tokio::test]

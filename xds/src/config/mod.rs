@@ -36,7 +36,28 @@ fn shape_error(path: String, message: String) -> FieldErrors {
     } else {
         path
     };
-    FieldError::new(path, message).into()
+    FieldError::new(path, without_quoted_value(message)).into()
+}
+
+/// serde quotes the offending value (`invalid type: string "redis://:pw@h",
+/// expected ...`, ``unknown variant `pw`, expected ...``); a misplaced secret
+/// must not reach dumps and logs through the error, so the value is replaced.
+fn without_quoted_value(message: String) -> String {
+    for (open, close) in [
+        ("string \"", "\", expected"),
+        ("unknown variant `", "`, expected"),
+    ] {
+        let Some(start) = message.find(open).map(|i| i + open.len()) else {
+            continue;
+        };
+        // The opening quote stays out; from the closing quote on is kept.
+        let kept_prefix = &message[..start - 1];
+        return match message[start..].rfind(close) {
+            Some(len) => format!("{kept_prefix}{REDACTED}{}", &message[start + len + 1..]),
+            None => format!("{kept_prefix}{REDACTED}"),
+        };
+    }
+    message
 }
 
 impl ConfigSpec {
@@ -57,19 +78,47 @@ impl ConfigSpec {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host` URLs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!(
-                "{}://{}:[redacted]@{}",
-                &url[..scheme_end],
-                user,
-                &url[at + 1..]
-            )
-        }
-        _ => url.to_string(),
+/// The one URL redaction (see `meshgate_filters::redact`), re-exported for
+/// the sidecar and the control plane.
+pub use meshgate_filters::redact::{redact_url, REDACTED};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dumps_and_debug_output_never_carry_url_credentials() {
+        let spec = parse_yaml(
+            r#"
+redis: { url: "redis+unix:///run/redis.sock?db=0&pass=S3cret" }
+filters:
+  sess:
+    type: session
+    mode: jwt
+    jwks_url: "https://u:S3cret@idp.example/jwks?token=S3cret#S3cret"
+"#,
+        )
+        .expect("spec");
+        let dumped = serde_json::to_string(&spec.redacted()).expect("json");
+        assert!(!dumped.contains("S3cret"), "{dumped}");
+        assert!(dumped.contains("pass=[redacted]"), "{dumped}");
+        let debugged = format!("{spec:?}");
+        assert!(!debugged.contains("S3cret"), "{debugged}");
+    }
+
+    #[test]
+    fn shape_errors_do_not_echo_string_values() {
+        let errors = parse_yaml("redis: \"redis://:S3cret@cache\"\n").expect_err("shape");
+        let shown = errors.to_string();
+        assert!(!shown.contains("S3cret"), "{shown}");
+        assert!(
+            shown.starts_with("redis: invalid type: string [redacted], expected"),
+            "{shown}"
+        );
+        let errors = parse_json(r#"{"app": {"protocol": "S3cret"}}"#).expect_err("shape");
+        assert!(!errors.to_string().contains("S3cret"), "{errors}");
+        // Field names stay readable.
+        let errors = parse_yaml("app: { adress: x }\n").expect_err("shape");
+        assert!(errors.to_string().contains("adress"), "{errors}");
     }
 }

@@ -143,14 +143,25 @@ impl Default for AdminSpec {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
-    /// `redis://host:port/db`; a password in it is redacted in dumps.
+    /// `redis://host:port/db`; credentials in it (userinfo, query values
+    /// such as `pass=`) are redacted in dumps and logs.
     pub url: String,
     /// Per-command timeout; a slow Redis never stalls requests longer.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// Shows the URL redacted: a spec reaches logs through `{:?}` too.
+impl std::fmt::Debug for RedisSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSpec")
+            .field("url", &meshgate_filters::redact::redact_url(&self.url))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 fn default_redis_timeout() -> Duration {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use indexmap::IndexMap;
+use meshgate_filters::config::loopback_listen;
 use meshgate_filters::error::reason;
 use meshgate_filters::signature::egress::EgressConfig;
 use meshgate_filters::{FieldErrors, FilterConfig, ValidateCx};
@@ -69,10 +70,20 @@ pub struct App {
     pub pool_idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     pub url: String,
     pub timeout: Duration,
+}
+
+/// Shows the URL redacted: a config reaches logs through `{:?}` too.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &meshgate_filters::redact::redact_url(&self.url))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -240,14 +251,10 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
         pool_idle_timeout: a.pool_idle_timeout,
     };
 
-    let admin_listen = socket_addr(&spec.admin.listen, "admin.listen", &mut errors)
+    // The admin API drains, upgrades and dumps config; probes from outside
+    // the pod use admin.health_listen.
+    let admin_listen = loopback_listen(&spec.admin.listen, "admin.listen", &mut errors)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    if !admin_listen.ip().is_loopback() {
-        errors.push(
-            "admin.listen",
-            "the admin API serves only loopback addresses; use admin.health_listen for probes",
-        );
-    }
     let health_listen = spec
         .admin
         .health_listen
@@ -525,6 +532,23 @@ error_codes: { no_such_reason: 1 }
         assert!(
             errs[0].starts_with("app.adress: ") && errs[0].contains("unknown field `adress`"),
             "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn admin_and_egress_listen_on_loopback_only() {
+        assert_eq!(
+            errors_of("admin: { listen: \"0.0.0.0:15000\" }\negress: { listen: \"0.0.0.0:15001\" }\n"),
+            vec![
+                "admin.listen: \"0.0.0.0:15000\" is not a loopback address: this listener serves only 127.0.0.0/8, [::1] or localhost",
+                "egress.listen: \"0.0.0.0:15001\" is not a loopback address: this listener serves only 127.0.0.0/8, [::1] or localhost",
+            ]
+        );
+        assert_eq!(
+            errors_of(
+                "admin: { listen: \"localhost:15000\" }\negress: { listen: \"[::1]:15001\" }\n"
+            ),
+            Vec::<String>::new()
         );
     }
 
