@@ -55,6 +55,8 @@ pub const REASONS: &[Reason] = &[
     r("digest_mismatch", 401, 40108),
     r("signature_malformed", 400, 40003),
     r("replay_store_unavailable", 503, 50303),
+    r("unsigned_body", 415, 41501),
+    r("parameters_ambiguous", 400, 40041),
     // session filter
     r("login_required", 401, 40111),
     r("token_invalid", 401, 40112),

@@ -910,7 +910,6 @@ async fn alipay_rsa2_request() {
             .append_pair("timestamp", &ts)
             .append_pair("version", "1.0")
             .append_pair("biz_content", "{\"out_trade_no\":\"1\"}")
-            .append_pair("empty", "")
             .append_pair("sign", sign)
             .finish();
         Box::leak(body.into_bytes().into_boxed_slice())
@@ -939,6 +938,82 @@ async fn alipay_rsa2_request() {
         reason(&f, request(), form(&sign, "alipay.trade.refund")).await,
         "signature_invalid"
     );
+    // an unsigned empty parameter added
+    let mut with_empty = form(&sign, "alipay.trade.query").to_vec();
+    with_empty.extend_from_slice(b"&refund=");
+    assert_eq!(
+        reason(&f, request(), Box::leak(with_empty.into_boxed_slice())).await,
+        "parameters_ambiguous"
+    );
+    // the signed parameters in the query, a body that no signature covers
+    let query = String::from_utf8(form(&sign, "alipay.trade.query").to_vec()).expect("utf-8");
+    let non_form = |content_type: Option<&str>| {
+        let mut b = http::Request::post(format!("/gateway.do?{query}"));
+        if let Some(ct) = content_type {
+            b = b.header("content-type", ct);
+        }
+        b.body(()).expect("request").into_parts().0
+    };
+    for ct in [
+        Some("application/json"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        assert_eq!(
+            reason(&f, non_form(ct), br#"{"amount":99999}"#).await,
+            "unsigned_body",
+            "{ct:?}"
+        );
+    }
+    // no body at all: the query alone is the signed content, which verifies
+    // (and is then a replay of the form request's signature)
+    assert_eq!(
+        reason(&f, non_form(Some("application/json")), b"").await,
+        "signature_replayed"
+    );
+    // two Content-Type headers: the app may read the other one
+    let mut twice = request();
+    twice
+        .headers
+        .append("content-type", http::HeaderValue::from_static("text/plain"));
+    assert_eq!(
+        reason(&f, twice, form(&sign, "alipay.trade.query")).await,
+        "signature_malformed"
+    );
+}
+
+#[tokio::test]
+async fn alipay_non_form_body_passes_unsigned_only_when_configured() {
+    let state = State::new();
+    let sp: SignatureSpec = serde_json::from_value(serde_json::json!({
+        "scheme": "alipay-rsa2",
+        "keys": [{"id": "merchant", "alg": "rsa-v1_5-sha256", "private_key_pem": RSA_PRIVATE_PKCS1}],
+        "alipay": {"timezone": "+00:00", "allow_non_form_body": true}
+    }))
+    .expect("spec");
+    let f = build(&sp, &state);
+    let key = private_key("merchant", Algorithm::RsaV15Sha256, RSA_PRIVATE_PKCS1);
+    let ts = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_string();
+    let content = format!("app_id=merchant&timestamp={ts}");
+    let sign = base64::engine::general_purpose::STANDARD
+        .encode(key.sign(content.as_bytes()).expect("sign"));
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("app_id", "merchant")
+        .append_pair("timestamp", &ts)
+        .append_pair("sign", &sign)
+        .finish();
+    let head = http::Request::post(format!("/upload?{query}"))
+        .header("content-type", "application/octet-stream")
+        .body(())
+        .expect("request")
+        .into_parts()
+        .0;
+    let (r, _, _) = run(&f, head, b"unsigned bytes").await;
+    r.expect("allowed, unsigned");
 }
 
 /// Component derivation examples of RFC 9421 §2.1 and §2.2.
