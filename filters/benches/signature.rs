@@ -21,8 +21,7 @@ use meshgate_filters::signature::keys::{
 };
 use meshgate_filters::signature::{Policy, Signer, VerifyKey};
 
-const RSA_PRIVATE_PKCS1: &str =
-    include_str!("../src/signature/testdata/rfc9421-rsa-v1_5-private.pem");
+const RSA_PRIVATE_PKCS1: &str = include_str!("../src/signature/testdata/rsa-2048-private.pem");
 
 const ECC_P256_PRIVATE: &str =
     include_str!("../src/signature/testdata/rfc9421-ecc-p256-private.pem");

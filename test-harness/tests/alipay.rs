@@ -14,20 +14,14 @@ use meshgate_test_harness::{request, EchoApp, Sidecar};
 
 const APP_ID: &str = "2014072300007148";
 
-/// RFC 9421 B.1.1 test-key-rsa (2048 bits), public half; the private half
-/// is `filters/src/signature/testdata/rfc9421-rsa-v1_5-private.pem`.
-const MERCHANT_PUBLIC: &str = "-----BEGIN RSA PUBLIC KEY-----
-MIIBCgKCAQEAhAKYdtoeoy8zcAcR874L8cnZxKzAGwd7v36APp7Pv6Q2jdsPBRrw
-WEBnez6d0UDKDwGbc6nxfEXAy5mbhgajzrw3MOEt8uA5txSKobBpKDeBLOsdJKFq
-MGmXCQvEG7YemcxDTRPxAleIAgYYRjTSd/QBwVW9OwNFhekro3RtlinV0a75jfZg
-kne/YiktSvLG34lw2zqXBDTC5NHROUqGTlML4PlNZS5Ri2U4aCNx2rUPRcKIlE0P
-uKxI4T+HIaFpv8+rdV6eUgOrB2xeI1dSFFn/nnv5OoZJEIB+VmuKn3DCUcCZSFlQ
-PSXSfBDiUGhwOw76WuSSsf1D4b/vLoJ10wIDAQAB
------END RSA PUBLIC KEY-----";
+/// The merchant's key: a 2048-bit test key, public half (PKCS#1); the
+/// private half is `filters/src/signature/testdata/rsa-2048-private.pem`.
+const MERCHANT_PUBLIC: &str =
+    include_str!("../../filters/src/signature/testdata/rsa-2048-public.pem");
 
 fn private_key_file() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../filters/src/signature/testdata/rfc9421-rsa-v1_5-private.pem")
+        .join("../filters/src/signature/testdata/rsa-2048-private.pem")
 }
 
 /// A request as the SDK would send it.

@@ -195,8 +195,8 @@ fn responses_signed_with_rsa_and_ecdsa_verify_in_python() {
     let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../filters/src/signature/testdata");
     let (pss_private, pss_public) = gen_key(d, "pss", "rsa", 2048, "pkcs8", "spki");
     let (ec_private, ec_public) = gen_key(d, "ec", "ec", 256, "traditional", "spki");
-    // RFC 9421 B.1.1 test-key-rsa, PKCS#1; its public half is derived by Python
-    let v15_private = testdata.join("rfc9421-rsa-v1_5-private.pem");
+    // the 2048-bit PKCS#1 test key; its public half is derived by Python
+    let v15_private = testdata.join("rsa-2048-private.pem");
     let v15_public = d.join("v15.pub.pem");
     let out = Command::new("python3")
         .args(["-c", "import sys; from cryptography.hazmat.primitives import serialization as s; k = s.load_pem_private_key(open(sys.argv[1], 'rb').read(), None); open(sys.argv[2], 'wb').write(k.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))"])

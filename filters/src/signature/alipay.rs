@@ -383,49 +383,52 @@ mod tests {
         let reason = |query: &str| prepared(query).err().map(|r| r.reason);
         // `a=1&b=2` as one value or as two parameters
         assert_eq!(
-            content("app_id=1&sign=AA&a=1&b=2").as_deref(),
+            content("app_id=1&sign=AAAA&a=1&b=2").as_deref(),
             Some("a=1&app_id=1&b=2")
         );
         assert_eq!(
-            reason("app_id=1&sign=AA&a=1%26app_id%3D1%26b%3D2"),
+            reason("app_id=1&sign=AAAA&a=1%26app_id%3D1%26b%3D2"),
             Some("parameters_ambiguous")
         );
         // a name carrying `=`: `a=b` + `c` reads as `a` + `b=c`
         assert_eq!(
-            reason("app_id=1&sign=AA&a%3Db=c"),
+            reason("app_id=1&sign=AAAA&a%3Db=c"),
             Some("parameters_ambiguous")
         );
         assert_eq!(
-            reason("app_id=1&sign=AA&a%26x=c"),
+            reason("app_id=1&sign=AAAA&a%26x=c"),
             Some("parameters_ambiguous")
         );
         // an empty parameter is left out of the content: it would be unsigned
         assert_eq!(
-            reason("app_id=1&sign=AA&refund="),
+            reason("app_id=1&sign=AAAA&refund="),
             Some("parameters_ambiguous")
         );
         assert_eq!(
-            reason("app_id=1&sign=AA&refund"),
+            reason("app_id=1&sign=AAAA&refund"),
             Some("parameters_ambiguous")
         );
-        assert_eq!(reason("app_id=1&sign=AA&=x"), Some("parameters_ambiguous"));
+        assert_eq!(
+            reason("app_id=1&sign=AAAA&=x"),
+            Some("parameters_ambiguous")
+        );
         // `&` and `=` that cannot start a pair are fine (JSON, prose)
         let json = "biz_content=%7B%22subject%22%3A%22Tom+%26+Jerry%22%2C%22q%22%3A%22a%3Db%22%7D";
         assert_eq!(
-            content(&format!("app_id=1&sign=AA&{json}")).as_deref(),
+            content(&format!("app_id=1&sign=AAAA&{json}")).as_deref(),
             Some(r#"app_id=1&biz_content={"subject":"Tom & Jerry","q":"a=b"}"#)
         );
         assert_eq!(
-            reason("app_id=1&sign=AA&biz_content=%7B%22s%22%3A%22x%26y%3D1%22%7D"),
+            reason("app_id=1&sign=AAAA&biz_content=%7B%22s%22%3A%22x%26y%3D1%22%7D"),
             Some("parameters_ambiguous")
         );
         // bytes that are not UTF-8 would decode lossily
         assert_eq!(
-            reason("app_id=1&sign=AA&a=%FF"),
+            reason("app_id=1&sign=AAAA&a=%FF"),
             Some("signature_malformed")
         );
         assert_eq!(
-            content("app_id=1&sign=AA&a=%E4%B8%AD").as_deref(),
+            content("app_id=1&sign=AAAA&a=%E4%B8%AD").as_deref(),
             Some("a=中&app_id=1")
         );
     }

@@ -25,16 +25,13 @@ aOT9v6d+nb4bnNkQVklLQ3fVAvJm+xdDOp9LCNCN48V2pnDOkFV6+U9nV5oyc6XI
 2wIDAQAB
 -----END PUBLIC KEY-----";
 
-const RSA_PUBLIC_PKCS1: &str = "-----BEGIN RSA PUBLIC KEY-----
-MIIBCgKCAQEAhAKYdtoeoy8zcAcR874L8cnZxKzAGwd7v36APp7Pv6Q2jdsPBRrw
-WEBnez6d0UDKDwGbc6nxfEXAy5mbhgajzrw3MOEt8uA5txSKobBpKDeBLOsdJKFq
-MGmXCQvEG7YemcxDTRPxAleIAgYYRjTSd/QBwVW9OwNFhekro3RtlinV0a75jfZg
-kne/YiktSvLG34lw2zqXBDTC5NHROUqGTlML4PlNZS5Ri2U4aCNx2rUPRcKIlE0P
-uKxI4T+HIaFpv8+rdV6eUgOrB2xeI1dSFFn/nnv5OoZJEIB+VmuKn3DCUcCZSFlQ
-PSXSfBDiUGhwOw76WuSSsf1D4b/vLoJ10wIDAQAB
------END RSA PUBLIC KEY-----";
+/// A 2048-bit key generated for these tests (PKCS#1). RFC 9421's B.1.1
+/// test-key-rsa is not used for signing: its CRT components are
+/// inconsistent and `ring` refuses it (see `rfc9421_b11_rsa_key_is_refused`).
+const RSA_PUBLIC_PKCS1: &str = include_str!("testdata/rsa-2048-public.pem");
 
-pub(crate) const RSA_PRIVATE_PKCS1: &str = include_str!("testdata/rfc9421-rsa-v1_5-private.pem");
+pub(crate) const RSA_PRIVATE_PKCS1: &str = include_str!("testdata/rsa-2048-private.pem");
+const RFC9421_RSA_PRIVATE: &str = include_str!("testdata/rfc9421-rsa-v1_5-private.pem");
 
 const ECC_P256_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
 MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEqIVYZVLCrPZHGHjP17CTW0/+D9Lf
@@ -293,7 +290,7 @@ fn b26_ed25519_is_byte_exact() {
 
 #[test]
 fn rsa_v1_5_and_sm2_round_trip() {
-    // RFC 9421 has no rsa-v1_5 vector; B.1.1 test-key-rsa signs and verifies.
+    // RFC 9421 has no rsa-v1_5 vector; a generated 2048-bit key signs and verifies.
     let rsa = private_key("test-key-rsa", Algorithm::RsaV15Sha256, RSA_PRIVATE_PKCS1);
     let sig = rsa.sign(b"base").expect("sign");
     assert!(public_key(Algorithm::RsaV15Sha256, RSA_PUBLIC_PKCS1).verify(b"base", &sig));
@@ -313,6 +310,40 @@ fn rsa_v1_5_and_sm2_round_trip() {
     assert_eq!(sig.len(), 64);
     assert!(sm2_key.verify(b"base", &sig));
     assert!(!sm2_key.verify(b"basf", &sig));
+}
+
+#[test]
+fn rfc9421_b11_rsa_key_is_refused() {
+    // ring checks the CRT components of a private key; B.1.1's do not agree
+    // (the `rsa` crate loaded it without looking).
+    let err = parse_private(Algorithm::RsaV15Sha256, RFC9421_RSA_PRIVATE)
+        .err()
+        .expect("refused");
+    assert!(err.contains("InconsistentComponents"), "{err}");
+}
+
+#[test]
+fn rsa_pss_round_trip_and_key_bounds() {
+    let rsa = private_key("k", Algorithm::RsaPssSha512, RSA_PRIVATE_PKCS1);
+    let sig = rsa.sign(b"base").expect("sign");
+    assert_eq!(sig.len(), 256);
+    assert!(public_key(Algorithm::RsaPssSha512, RSA_PUBLIC_PKCS1).verify(b"base", &sig));
+    // PSS is randomised: a second signature differs and verifies too
+    let again = rsa.sign(b"base").expect("sign");
+    assert_ne!(again, sig);
+    assert!(rsa.verify(b"base", &again));
+    // a PSS signature is not a v1.5 one under the same key
+    assert!(!public_key(Algorithm::RsaV15Sha256, RSA_PUBLIC_PKCS1).verify(b"base", &sig));
+    // ECDSA through ring: raw r||s, 64 bytes, verified by the SPKI key
+    let ec = private_key("ec", Algorithm::EcdsaP256Sha256, ECC_P256_PRIVATE);
+    let sig = ec.sign(b"base").expect("sign");
+    assert_eq!(sig.len(), 64);
+    assert!(public_key(Algorithm::EcdsaP256Sha256, ECC_P256_PUBLIC).verify(b"base", &sig));
+    assert!(!public_key(Algorithm::EcdsaP256Sha256, ECC_P256_PUBLIC).verify(b"basf", &sig));
+    // wrong key types and labels are refused with a message
+    assert!(parse_public(Algorithm::RsaV15Sha256, ECC_P256_PUBLIC).is_err());
+    assert!(parse_private(Algorithm::RsaV15Sha256, ECC_P256_PRIVATE).is_err());
+    assert!(parse_public(Algorithm::EcdsaP256Sha256, RSA_PSS_PUBLIC).is_err());
 }
 
 // ---- filter behaviour ----
