@@ -24,6 +24,7 @@ pip_packages=(
   "requests:requests"
   "grpc:grpcio"
   "grpc_tools:grpcio-tools"
+  "alipay:alipay-sdk-python"
 )
 
 as_root() {

@@ -2,7 +2,11 @@
 //! policy, rebuild the signature base and verify (no body digest, no nonce
 //! store). Plus the Content-Digest of a 16 KiB body.
 //!
-//! `cargo bench -p meshgate-filters --bench signature -- --quick`
+//! The `verify-ed25519-backend` group times the bare Ed25519 verification
+//! of `ed25519-dalek` (used) against `ring`'s, the measurement behind that
+//! choice.
+//!
+//! `cargo bench -p meshgate-filters --bench signature -- verify --warm-up-time 1 --measurement-time 3`
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -17,8 +21,7 @@ use meshgate_filters::signature::keys::{
 };
 use meshgate_filters::signature::{Policy, Signer, VerifyKey};
 
-const RSA_PRIVATE_PKCS1: &str =
-    include_str!("../src/signature/testdata/rfc9421-rsa-v1_5-private.pem");
+const RSA_PRIVATE_PKCS1: &str = include_str!("../src/signature/testdata/rsa-2048-private.pem");
 
 const ECC_P256_PRIVATE: &str =
     include_str!("../src/signature/testdata/rfc9421-ecc-p256-private.pem");
@@ -114,5 +117,32 @@ fn bench_verify(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_verify);
+fn bench_ed25519_backends(c: &mut Criterion) {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    use ed25519_dalek::Signer as _;
+    let secret = ed25519_dalek::SigningKey::from_pkcs8_pem(ED25519_PRIVATE).expect("ed25519 key");
+    let public = secret.verifying_key();
+    let message = vec![b'm'; 256];
+    let sig = secret.sign(&message);
+    let ring_key =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public.to_bytes());
+    let mut group = c.benchmark_group("verify-ed25519-backend");
+    group.bench_function("ed25519-dalek-verify-strict", |b| {
+        b.iter(|| {
+            public
+                .verify_strict(black_box(&message), &sig)
+                .expect("verifies")
+        })
+    });
+    group.bench_function("ring", |b| {
+        b.iter(|| {
+            ring_key
+                .verify(black_box(&message), &sig.to_bytes())
+                .expect("verifies")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_verify, bench_ed25519_backends);
 criterion_main!(benches);

@@ -57,6 +57,8 @@ pub const REASONS: &[Reason] = &[
     r("replay_store_unavailable", 503, 50303),
     r("nonce_invalid", 400, 40030),
     r("nonce_limit_reached", 429, 42930),
+    r("unsigned_body", 415, 41501),
+    r("parameters_ambiguous", 400, 40041),
     // session filter
     r("login_required", 401, 40111),
     r("token_invalid", 401, 40112),

@@ -4,6 +4,15 @@
 //! the notification variant) with a non-empty value, sorted by name and
 //! joined as `k=v&k=v`; the signature is SHA256withRSA (RSASSA-PKCS1-v1_5
 //! with SHA-256) in standard base64.
+//!
+//! That content stays byte-compatible with Alipay's, so what it cannot say is
+//! enforced around it: it names neither the HTTP method nor the path (the
+//! route must match one exact path and listed methods, and one alipay filter
+//! serves one route: `meshgate-xds` validation), it does not cover a
+//! non-form body (refused unless `allow_non_form_body`), and `k=v&k=v` is
+//! ambiguous when names or values carry `&` or `=` or values are empty
+//! ([`AlipayParams::prepare`] refuses every parameter set that another set
+//! could share a signed content with).
 
 use std::time::Duration;
 
@@ -36,6 +45,11 @@ pub struct AlipaySpec {
     /// Offset of the `timestamp` parameter's local time, `+08:00` by default.
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// Let bodies that are not `application/x-www-form-urlencoded` through.
+    /// Such a body is not part of the signed content, so it reaches the app
+    /// unsigned; off by default, when a non-empty one is refused (415).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_non_form_body: bool,
 }
 
 impl Default for AlipaySpec {
@@ -44,6 +58,7 @@ impl Default for AlipaySpec {
             app_ids: IndexMap::new(),
             variant: AlipayVariant::Request,
             timezone: default_timezone(),
+            allow_non_form_body: false,
         }
     }
 }
@@ -59,6 +74,7 @@ pub struct AlipayConfig {
     pub variant: AlipayVariant,
     /// Seconds east of UTC.
     pub utc_offset_secs: i64,
+    pub allow_non_form_body: bool,
 }
 
 impl AlipaySpec {
@@ -74,6 +90,7 @@ impl AlipaySpec {
             app_ids: self.app_ids.clone(),
             variant: self.variant,
             utc_offset_secs,
+            allow_non_form_body: self.allow_non_form_body,
         }
     }
 }
@@ -115,19 +132,50 @@ fn malformed(msg: impl Into<String>) -> Rejection {
     Rejection::new("signature_malformed", msg.into()).with_status(http::StatusCode::BAD_REQUEST)
 }
 
+fn ambiguous(msg: impl Into<String>) -> Rejection {
+    Rejection::new("parameters_ambiguous", msg.into())
+}
+
+/// Characters of a parameter name. Alipay's names are snake_case; a name
+/// with `=` or `&` would make the signed content parse another way.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// Whether `segment` (text after an `&` inside a value) reads as the start
+/// of another `name=value` pair of the signed content.
+fn starts_a_pair(segment: &str) -> bool {
+    match segment.split_once('=') {
+        Some((name, _)) => !name.is_empty() && name.chars().all(is_name_char),
+        None => false,
+    }
+}
+
 impl AlipayParams {
-    /// Query string plus, for form bodies, the body's parameters.
-    pub fn collect(query: Option<&str>, form_body: Option<&[u8]>) -> Self {
+    /// Query string plus, for form bodies, the body's parameters. Both must
+    /// decode to UTF-8: a lossy decoding would let different bytes (what the
+    /// app reads) share one signed content.
+    pub fn collect(query: Option<&str>, form_body: Option<&[u8]>) -> Result<Self, Rejection> {
         let mut params: Vec<(String, String)> = Vec::new();
-        if let Some(q) = query {
-            params.extend(form_urlencoded::parse(q.as_bytes()).into_owned());
+        let sources = [query.map(str::as_bytes), form_body];
+        for raw in sources.into_iter().flatten() {
+            if percent_encoding::percent_decode(raw).decode_utf8().is_err() {
+                return Err(malformed("parameters are not UTF-8"));
+            }
+            params.extend(form_urlencoded::parse(raw).into_owned());
         }
-        if let Some(body) = form_body {
-            params.extend(form_urlencoded::parse(body).into_owned());
-        }
-        AlipayParams { params }
+        Ok(AlipayParams { params })
     }
 
+    /// Checks the parameters and builds the signed content.
+    ///
+    /// Accepted parameter sets are exactly those the signed content parses
+    /// back into (split at `&` that start a `name=` pair, then at the first
+    /// `=`), so no two accepted requests share a signed content and a
+    /// signature cannot be moved to a different set of parameters: names are
+    /// unique and of `[A-Za-z0-9_.-]`, no value is empty (empty values are
+    /// left out of the content, so they would reach the app unsigned), and an
+    /// `&` inside a value is not followed by `name=`.
     pub fn prepare(&self, config: &AlipayConfig) -> Result<AlipayRequest, Rejection> {
         let mut sorted: Vec<&(String, String)> = self.params.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
@@ -137,19 +185,36 @@ impl AlipayParams {
         {
             return Err(malformed("a parameter appears more than once"));
         }
+        for (k, v) in &sorted {
+            if k.is_empty() || !k.chars().all(is_name_char) {
+                return Err(ambiguous(format!(
+                    "parameter name {k:?}: names are letters, digits, '_', '.' and '-'"
+                )));
+            }
+            if v.is_empty() {
+                return Err(ambiguous(format!(
+                    "parameter {k} is empty; empty parameters are not signed"
+                )));
+            }
+            if v.split('&').skip(1).any(starts_a_pair) {
+                return Err(ambiguous(format!(
+                    "parameter {k} holds '&name=', which the signed content would read as another parameter"
+                )));
+            }
+        }
         let get = |name: &str| {
             sorted
                 .iter()
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
-        let Some(sign) = get("sign").filter(|s| !s.is_empty()) else {
+        let Some(sign) = get("sign") else {
             return Err(Rejection::new(
                 "signature_missing",
                 "the sign parameter is required",
             ));
         };
-        if let Some(t) = get("sign_type").filter(|t| !t.is_empty()) {
+        if let Some(t) = get("sign_type") {
             if t != "RSA2" {
                 return Err(Rejection::new(
                     "algorithm_not_allowed",
@@ -160,7 +225,7 @@ impl AlipayParams {
         let sign = base64::engine::general_purpose::STANDARD
             .decode(sign.trim())
             .map_err(|_| malformed("sign is not base64"))?;
-        let Some(app_id) = get("app_id").filter(|a| !a.is_empty()) else {
+        let Some(app_id) = get("app_id") else {
             return Err(malformed("the app_id parameter is required"));
         };
         let time_param = match config.variant {
@@ -168,18 +233,16 @@ impl AlipayParams {
             AlipayVariant::Notify => "notify_time",
         };
         let timestamp = match get(time_param) {
-            Some(t) if !t.is_empty() => Some(
+            Some(t) => Some(
                 parse_local_time(t, config.utc_offset_secs)
                     .ok_or_else(|| malformed(format!("{time_param} is not yyyy-MM-dd HH:mm:ss")))?,
             ),
-            _ => None,
+            None => None,
         };
         let content = sorted
             .iter()
-            .filter(|(k, v)| {
-                !v.is_empty()
-                    && k != "sign"
-                    && !(config.variant == AlipayVariant::Notify && k == "sign_type")
+            .filter(|(k, _)| {
+                k != "sign" && !(config.variant == AlipayVariant::Notify && k == "sign_type")
             })
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
@@ -191,6 +254,16 @@ impl AlipayParams {
             timestamp,
         })
     }
+}
+
+/// Whether a `Content-Type` value is `application/x-www-form-urlencoded`
+/// (parameters such as `charset` allowed).
+pub fn is_form_content_type(value: &str) -> bool {
+    value.split(';').next().is_some_and(|media| {
+        media
+            .trim()
+            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    })
 }
 
 /// `yyyy-MM-dd HH:mm:ss` in local time at `offset` seconds east of UTC.
@@ -251,9 +324,10 @@ mod tests {
     #[test]
     fn content_is_sorted_without_sign_and_empty_values() {
         let p = AlipayParams::collect(
-            Some("method=alipay.trade.pay&app_id=2014072300007148&sign=AAAA&sign_type=RSA2&charset=utf-8&empty="),
+            Some("method=alipay.trade.pay&app_id=2014072300007148&sign=AAAA&sign_type=RSA2&charset=utf-8"),
             Some(b"biz_content=%7B%22a%22%3A1%7D&timestamp=2014-07-24+03%3A07%3A50"),
-        );
+        )
+        .expect("utf-8");
         let mut config = AlipaySpec::default().validate("x", &mut FieldErrors::default());
         let r = p.prepare(&config).expect("prepared");
         assert_eq!(
@@ -264,7 +338,8 @@ mod tests {
         let notify = AlipayParams::collect(
             Some("app_id=1&sign=AAAA&sign_type=RSA2&notify_time=2014-07-24+03%3A07%3A50&b=2"),
             None,
-        );
+        )
+        .expect("utf-8");
         assert_eq!(
             notify.prepare(&config).expect("prepared").content,
             "app_id=1&b=2&notify_time=2014-07-24 03:07:50"
@@ -274,11 +349,150 @@ mod tests {
     #[test]
     fn rejects_other_sign_types_and_duplicates() {
         let config = AlipaySpec::default().validate("x", &mut FieldErrors::default());
-        let rsa1 = AlipayParams::collect(Some("app_id=1&sign=AAAA&sign_type=RSA"), None);
-        assert!(matches!(rsa1.prepare(&config), Err(r) if r.reason == "algorithm_not_allowed"));
-        let dup = AlipayParams::collect(Some("app_id=1&app_id=2&sign=AAAA"), None);
-        assert!(matches!(dup.prepare(&config), Err(r) if r.reason == "signature_malformed"));
-        let unsigned = AlipayParams::collect(Some("app_id=1"), None);
-        assert!(matches!(unsigned.prepare(&config), Err(r) if r.reason == "signature_missing"));
+        let reason =
+            |query: &str, body: Option<&[u8]>| match AlipayParams::collect(Some(query), body)
+                .and_then(|p| p.prepare(&config))
+            {
+                Ok(_) => "ok",
+                Err(r) => r.reason,
+            };
+        assert_eq!(
+            reason("app_id=1&sign=AAAA&sign_type=RSA", None),
+            "algorithm_not_allowed"
+        );
+        assert_eq!(
+            reason("app_id=1&app_id=2&sign=AAAA", None),
+            "signature_malformed"
+        );
+        // in the query and the body: the app might read either
+        assert_eq!(
+            reason("app_id=1&sign=AAAA", Some(&b"app_id=2"[..])),
+            "signature_malformed"
+        );
+        assert_eq!(reason("app_id=1", None), "signature_missing");
+    }
+
+    /// The class: two parameter sets with one signed content. Every such
+    /// pair has a member that is refused.
+    #[test]
+    fn parameter_sets_sharing_a_signed_content_are_refused() {
+        let config = AlipaySpec::default().validate("x", &mut FieldErrors::default());
+        let prepared =
+            |query: &str| AlipayParams::collect(Some(query), None).and_then(|p| p.prepare(&config));
+        let content = |query: &str| prepared(query).map(|r| r.content).ok();
+        let reason = |query: &str| prepared(query).err().map(|r| r.reason);
+        // `a=1&b=2` as one value or as two parameters
+        assert_eq!(
+            content("app_id=1&sign=AAAA&a=1&b=2").as_deref(),
+            Some("a=1&app_id=1&b=2")
+        );
+        assert_eq!(
+            reason("app_id=1&sign=AAAA&a=1%26app_id%3D1%26b%3D2"),
+            Some("parameters_ambiguous")
+        );
+        // a name carrying `=`: `a=b` + `c` reads as `a` + `b=c`
+        assert_eq!(
+            reason("app_id=1&sign=AAAA&a%3Db=c"),
+            Some("parameters_ambiguous")
+        );
+        assert_eq!(
+            reason("app_id=1&sign=AAAA&a%26x=c"),
+            Some("parameters_ambiguous")
+        );
+        // an empty parameter is left out of the content: it would be unsigned
+        assert_eq!(
+            reason("app_id=1&sign=AAAA&refund="),
+            Some("parameters_ambiguous")
+        );
+        assert_eq!(
+            reason("app_id=1&sign=AAAA&refund"),
+            Some("parameters_ambiguous")
+        );
+        assert_eq!(
+            reason("app_id=1&sign=AAAA&=x"),
+            Some("parameters_ambiguous")
+        );
+        // `&` and `=` that cannot start a pair are fine (JSON, prose)
+        let json = "biz_content=%7B%22subject%22%3A%22Tom+%26+Jerry%22%2C%22q%22%3A%22a%3Db%22%7D";
+        assert_eq!(
+            content(&format!("app_id=1&sign=AAAA&{json}")).as_deref(),
+            Some(r#"app_id=1&biz_content={"subject":"Tom & Jerry","q":"a=b"}"#)
+        );
+        assert_eq!(
+            reason("app_id=1&sign=AAAA&biz_content=%7B%22s%22%3A%22x%26y%3D1%22%7D"),
+            Some("parameters_ambiguous")
+        );
+        // bytes that are not UTF-8 would decode lossily
+        assert_eq!(
+            reason("app_id=1&sign=AAAA&a=%FF"),
+            Some("signature_malformed")
+        );
+        assert_eq!(
+            content("app_id=1&sign=AAAA&a=%E4%B8%AD").as_deref(),
+            Some("a=中&app_id=1")
+        );
+    }
+
+    #[test]
+    fn the_signed_content_parses_back_into_its_parameters() {
+        // greedy parse: split at `&` that start `name=`, then at the first `=`
+        fn parse(content: &str) -> Vec<(String, String)> {
+            let mut out: Vec<(String, String)> = Vec::new();
+            for piece in content.split('&') {
+                match (starts_a_pair(piece), out.last_mut()) {
+                    (true, _) | (false, None) => {
+                        let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
+                        out.push((k.to_string(), v.to_string()));
+                    }
+                    (false, Some(last)) => {
+                        last.1.push('&');
+                        last.1.push_str(piece);
+                    }
+                }
+            }
+            out
+        }
+        let config = AlipaySpec::default().validate("x", &mut FieldErrors::default());
+        let values = [
+            "1",
+            "a&b",
+            "x=y",
+            "&",
+            "a& b=c",
+            "{\"k\":\"v&w\"}",
+            "=",
+            "&&",
+            "a&=b",
+        ];
+        for v in values {
+            for w in values {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                q.append_pair("app_id", "1").append_pair("sign", "AA");
+                q.append_pair("m", v).append_pair("n", w);
+                let query = q.finish();
+                let Ok(r) =
+                    AlipayParams::collect(Some(&query), None).and_then(|p| p.prepare(&config))
+                else {
+                    continue;
+                };
+                let expected = vec![
+                    ("app_id".to_string(), "1".to_string()),
+                    ("m".to_string(), v.to_string()),
+                    ("n".to_string(), w.to_string()),
+                ];
+                assert_eq!(parse(&r.content), expected, "{v:?} {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn form_content_types() {
+        assert!(is_form_content_type("application/x-www-form-urlencoded"));
+        assert!(is_form_content_type(
+            "Application/X-WWW-Form-Urlencoded ; charset=utf-8"
+        ));
+        assert!(!is_form_content_type("application/x-www-form-urlencodedx"));
+        assert!(!is_form_content_type("application/json"));
+        assert!(!is_form_content_type("multipart/form-data; boundary=x"));
     }
 }

@@ -1,8 +1,13 @@
 //! Signature algorithms and key material.
 //!
 //! The algorithm of a key is fixed by configuration; a request can never
-//! choose it. Verification and signing go through RustCrypto implementations;
-//! HMAC tags are compared in constant time by the `hmac` crate.
+//! choose it. RSA (PKCS#1 v1.5 and PSS) and ECDSA P-256 sign and verify with
+//! `ring`, whose RSA private-key operation is blinded and constant-time (the
+//! `rsa` crate's is not: RUSTSEC-2023-0071, the Marvin attack). Ed25519 stays
+//! on `ed25519-dalek`, which verifies faster than `ring` here (BENCHMARKS.md),
+//! SM2 on RustCrypto (`ring` has no SM2). HMAC tags are compared in constant
+//! time by the `hmac` crate. Key files are parsed by RustCrypto's DER/PEM
+//! crates and handed to `ring` as DER.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -10,9 +15,10 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use ring::signature::{self as ring_sig, KeyPair as _};
 use serde::{Deserialize, Serialize};
-use sha2::{Sha256, Sha512};
-use signature::{RandomizedSigner, SignatureEncoding, Signer, Verifier};
+use sha2::Sha256;
+use signature::{Signer, Verifier};
 
 use crate::config::{FieldErrors, ValidateCx};
 
@@ -302,20 +308,24 @@ impl Drop for HmacSecret {
 /// Verification half of an asymmetric key.
 #[derive(Clone)]
 pub enum PublicKey {
-    EcdsaP256(p256::ecdsa::VerifyingKey),
+    /// The uncompressed SEC1 point, for `ECDSA_P256_SHA256_FIXED` (RFC 9421
+    /// signatures are raw `r || s`).
+    EcdsaP256(ring_sig::UnparsedPublicKey<Vec<u8>>),
     Ed25519(ed25519_dalek::VerifyingKey),
-    RsaPss(rsa::pss::VerifyingKey<Sha512>),
-    RsaV15(rsa::pkcs1v15::VerifyingKey<Sha256>),
+    /// The PKCS#1 `RSAPublicKey` DER, checked when loaded (2048 to 8192 bits).
+    RsaPss(ring_sig::UnparsedPublicKey<Vec<u8>>),
+    RsaV15(ring_sig::UnparsedPublicKey<Vec<u8>>),
     Sm2(sm2::dsa::VerifyingKey),
 }
 
-/// Signing half of an asymmetric key.
+/// Signing half of an asymmetric key. `ring`'s key pairs are not `Clone`;
+/// they are shared.
 #[derive(Clone)]
 pub enum PrivateKey {
-    EcdsaP256(p256::ecdsa::SigningKey),
+    EcdsaP256(Arc<ring_sig::EcdsaKeyPair>),
     Ed25519(ed25519_dalek::SigningKey),
-    RsaPss(rsa::pss::BlindedSigningKey<Sha512>),
-    RsaV15(rsa::pkcs1v15::SigningKey<Sha256>),
+    RsaPss(Arc<ring_sig::RsaKeyPair>),
+    RsaV15(Arc<ring_sig::RsaKeyPair>),
     Sm2(sm2::dsa::SigningKey),
 }
 
@@ -402,7 +412,6 @@ impl Key {
 
     /// Signs `message` with this key's algorithm.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-        let failed = |e: signature::Error| SignError::Failed(e.to_string());
         match &*self.material {
             KeyMaterial::Hmac(secret) => {
                 let mut mac = secret
@@ -412,51 +421,77 @@ impl Key {
                 Ok(mac.finalize().into_bytes().to_vec())
             }
             KeyMaterial::Public(_) => Err(SignError::NoPrivateKey(self.id.to_string())),
-            KeyMaterial::Private(sk) => match &**sk {
-                PrivateKey::EcdsaP256(k) => {
-                    let s: p256::ecdsa::Signature = k.try_sign(message).map_err(failed)?;
-                    Ok(s.to_bytes().to_vec())
-                }
-                PrivateKey::Ed25519(k) => Ok(k.try_sign(message).map_err(failed)?.to_vec()),
-                PrivateKey::RsaPss(k) => Ok(k
-                    .try_sign_with_rng(&mut rsa::rand_core::OsRng, message)
-                    .map_err(failed)?
-                    .to_vec()),
-                PrivateKey::RsaV15(k) => Ok(k.try_sign(message).map_err(failed)?.to_vec()),
-                PrivateKey::Sm2(k) => {
-                    let s: sm2::dsa::Signature = k.try_sign(message).map_err(failed)?;
-                    Ok(s.to_bytes().to_vec())
-                }
-            },
+            KeyMaterial::Private(sk) => sk.sign(message),
         }
     }
 }
 
 impl PrivateKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let ring_failed = |_: ring::error::Unspecified| SignError::Failed("ring".into());
+        match self {
+            PrivateKey::EcdsaP256(k) => Ok(k
+                .sign(&ring::rand::SystemRandom::new(), message)
+                .map_err(ring_failed)?
+                .as_ref()
+                .to_vec()),
+            PrivateKey::Ed25519(k) => {
+                let s: ed25519_dalek::Signature = k
+                    .try_sign(message)
+                    .map_err(|e| SignError::Failed(e.to_string()))?;
+                Ok(s.to_bytes().to_vec())
+            }
+            PrivateKey::RsaPss(k) => rsa_sign(k, &ring_sig::RSA_PSS_SHA512, message),
+            PrivateKey::RsaV15(k) => rsa_sign(k, &ring_sig::RSA_PKCS1_SHA256, message),
+            PrivateKey::Sm2(k) => {
+                let s: sm2::dsa::Signature = k
+                    .try_sign(message)
+                    .map_err(|e| SignError::Failed(e.to_string()))?;
+                Ok(s.to_bytes().to_vec())
+            }
+        }
+    }
+
     fn public(&self) -> PublicKey {
         match self {
-            PrivateKey::EcdsaP256(k) => PublicKey::EcdsaP256(*k.verifying_key()),
+            PrivateKey::EcdsaP256(k) => PublicKey::EcdsaP256(ring_sig::UnparsedPublicKey::new(
+                &ring_sig::ECDSA_P256_SHA256_FIXED,
+                k.public_key().as_ref().to_vec(),
+            )),
             PrivateKey::Ed25519(k) => PublicKey::Ed25519(k.verifying_key()),
-            PrivateKey::RsaPss(k) => PublicKey::RsaPss(signature::Keypair::verifying_key(k)),
-            PrivateKey::RsaV15(k) => PublicKey::RsaV15(signature::Keypair::verifying_key(k)),
+            PrivateKey::RsaPss(k) => PublicKey::RsaPss(ring_sig::UnparsedPublicKey::new(
+                &ring_sig::RSA_PSS_2048_8192_SHA512,
+                k.public().as_ref().to_vec(),
+            )),
+            PrivateKey::RsaV15(k) => PublicKey::RsaV15(ring_sig::UnparsedPublicKey::new(
+                &ring_sig::RSA_PKCS1_2048_8192_SHA256,
+                k.public().as_ref().to_vec(),
+            )),
             PrivateKey::Sm2(k) => PublicKey::Sm2(k.verifying_key().clone()),
         }
     }
 }
 
+/// RSA signing through `ring`: blinded, constant-time, fresh PSS salt from
+/// the system RNG.
+fn rsa_sign(
+    key: &ring_sig::RsaKeyPair,
+    padding: &'static dyn ring_sig::RsaEncoding,
+    message: &[u8],
+) -> Result<Vec<u8>, SignError> {
+    let mut sig = vec![0u8; key.public().modulus_len()];
+    key.sign(padding, &ring::rand::SystemRandom::new(), message, &mut sig)
+        .map_err(|_| SignError::Failed("RSA signing failed".into()))?;
+    Ok(sig)
+}
+
 fn verify_public(pk: &PublicKey, message: &[u8], sig: &[u8]) -> bool {
     match pk {
-        PublicKey::EcdsaP256(k) => p256::ecdsa::Signature::from_slice(sig)
-            .map(|s| k.verify(message, &s).is_ok())
-            .unwrap_or(false),
+        PublicKey::EcdsaP256(k) | PublicKey::RsaPss(k) | PublicKey::RsaV15(k) => {
+            k.verify(message, sig).is_ok()
+        }
         PublicKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
             .map(|s| k.verify_strict(message, &s).is_ok())
-            .unwrap_or(false),
-        PublicKey::RsaPss(k) => rsa::pss::Signature::try_from(sig)
-            .map(|s| k.verify(message, &s).is_ok())
-            .unwrap_or(false),
-        PublicKey::RsaV15(k) => rsa::pkcs1v15::Signature::try_from(sig)
-            .map(|s| k.verify(message, &s).is_ok())
             .unwrap_or(false),
         PublicKey::Sm2(k) => sm2::dsa::Signature::from_slice(sig)
             .map(|s| k.verify(message, &s).is_ok())
@@ -464,39 +499,112 @@ fn verify_public(pk: &PublicKey, message: &[u8], sig: &[u8]) -> bool {
     }
 }
 
-fn rsa_public(pem: &str) -> Result<rsa::RsaPublicKey, String> {
-    use rsa::pkcs1::DecodeRsaPublicKey;
-    use rsa::pkcs8::DecodePublicKey;
-    rsa::RsaPublicKey::from_public_key_pem(pem)
-        .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(pem))
-        .map_err(|e| format!("not an RSA public key (SPKI or PKCS#1 PEM): {e}"))
+/// Decodes one PEM block (RFC 7468), returning its label and DER.
+fn pem_der(pem: &str) -> Result<(String, Vec<u8>), String> {
+    pem_rfc7468::decode_vec(pem.trim().as_bytes())
+        .map(|(label, der)| (label.to_string(), der))
+        .map_err(|e| format!("not PEM: {e}"))
 }
 
-fn rsa_private(pem: &str) -> Result<rsa::RsaPrivateKey, String> {
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::pkcs8::DecodePrivateKey;
-    rsa::RsaPrivateKey::from_pkcs8_pem(pem)
-        .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem))
-        .map_err(|e| format!("not an RSA private key (PKCS#8 or PKCS#1 PEM): {e}"))
+const RSA_ENCRYPTION_OID: spki::ObjectIdentifier =
+    spki::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+
+/// Bounds `ring` enforces when verifying; checked at load so that a key it
+/// would refuse is a config error, not a request that never verifies.
+const RSA_MIN_BITS: usize = 2048;
+const RSA_MAX_BITS: usize = 8192;
+
+/// The PKCS#1 `RSAPublicKey` DER of an SPKI (`PUBLIC KEY`) or PKCS#1
+/// (`RSA PUBLIC KEY`) PEM, with the modulus size and exponent checked.
+fn rsa_public_der(pem: &str) -> Result<Vec<u8>, String> {
+    use spki::der::Decode;
+    const WHAT: &str = "not an RSA public key (SPKI or PKCS#1 PEM)";
+    let (label, der) = pem_der(pem).map_err(|e| format!("{WHAT}: {e}"))?;
+    let pkcs1 = match label.as_str() {
+        "PUBLIC KEY" => {
+            let info = spki::SubjectPublicKeyInfoRef::from_der(&der)
+                .map_err(|e| format!("{WHAT}: {e}"))?;
+            if info.algorithm.oid != RSA_ENCRYPTION_OID {
+                return Err(format!("{WHAT}: the key's algorithm is not rsaEncryption"));
+            }
+            info.subject_public_key
+                .as_bytes()
+                .ok_or_else(|| format!("{WHAT}: malformed key bits"))?
+                .to_vec()
+        }
+        "RSA PUBLIC KEY" => der,
+        other => return Err(format!("{WHAT}: found a {other:?} PEM block")),
+    };
+    let key = pkcs1::RsaPublicKey::from_der(&pkcs1).map_err(|e| format!("{WHAT}: {e}"))?;
+    let bits = uint_bits(key.modulus.as_bytes());
+    if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+        return Err(format!(
+            "RSA modulus of {bits} bits; {RSA_MIN_BITS} to {RSA_MAX_BITS} bits are accepted"
+        ));
+    }
+    let e = key.public_exponent.as_bytes();
+    // ring: odd, at least 3, at most 33 bits
+    if uint_bits(e) > 33 || e.last().is_none_or(|b| b & 1 == 0) || uint_bits(e) < 2 {
+        return Err("RSA public exponent must be odd, at least 3 and at most 33 bits".into());
+    }
+    Ok(pkcs1)
+}
+
+/// Bit length of a big-endian unsigned integer.
+fn uint_bits(be: &[u8]) -> usize {
+    let be = match be.iter().position(|b| *b != 0) {
+        Some(i) => &be[i..],
+        None => return 0,
+    };
+    be.len() * 8 - be.first().map_or(0, |b| b.leading_zeros() as usize)
+}
+
+/// A `ring` RSA key pair from a PKCS#8 (`PRIVATE KEY`) or PKCS#1
+/// (`RSA PRIVATE KEY`) PEM. `ring` signs with 2048- to 4096-bit keys.
+fn rsa_private(pem: &str) -> Result<Arc<ring_sig::RsaKeyPair>, String> {
+    const WHAT: &str = "not an RSA private key (PKCS#8 or PKCS#1 PEM)";
+    let (label, der) = pem_der(pem).map_err(|e| format!("{WHAT}: {e}"))?;
+    let pair = match label.as_str() {
+        "PRIVATE KEY" => ring_sig::RsaKeyPair::from_pkcs8(&der),
+        "RSA PRIVATE KEY" => ring_sig::RsaKeyPair::from_der(&der),
+        other => return Err(format!("{WHAT}: found a {other:?} PEM block")),
+    };
+    pair.map(Arc::new).map_err(|e| {
+        format!("{WHAT}: {e} (2048- to 4096-bit keys with a public exponent of at least 65537)")
+    })
 }
 
 /// Parses a public key PEM for `alg`. A key of another type is an error.
 pub fn parse_public(alg: Algorithm, pem: &str) -> Result<PublicKey, String> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
     use p256::pkcs8::DecodePublicKey;
     match alg {
         Algorithm::HmacSha256 => Err("hmac-sha256 has no public key".into()),
-        Algorithm::EcdsaP256Sha256 => p256::ecdsa::VerifyingKey::from_public_key_pem(pem)
-            .map(PublicKey::EcdsaP256)
+        // p256 parses the SPKI (compressed points too) and checks the point is
+        // on the curve; ring verifies with the uncompressed encoding.
+        Algorithm::EcdsaP256Sha256 => p256::PublicKey::from_public_key_pem(pem.trim())
+            .map(|k| {
+                PublicKey::EcdsaP256(ring_sig::UnparsedPublicKey::new(
+                    &ring_sig::ECDSA_P256_SHA256_FIXED,
+                    k.to_encoded_point(false).as_bytes().to_vec(),
+                ))
+            })
             .map_err(|e| format!("not a P-256 public key (SPKI PEM): {e}")),
         Algorithm::Ed25519 => ed25519_dalek::VerifyingKey::from_public_key_pem(pem)
             .map(PublicKey::Ed25519)
             .map_err(|e| format!("not an Ed25519 public key (SPKI PEM): {e}")),
-        Algorithm::RsaPssSha512 => {
-            rsa_public(pem).map(|k| PublicKey::RsaPss(rsa::pss::VerifyingKey::new(k)))
-        }
-        Algorithm::RsaV15Sha256 => {
-            rsa_public(pem).map(|k| PublicKey::RsaV15(rsa::pkcs1v15::VerifyingKey::new(k)))
-        }
+        Algorithm::RsaPssSha512 => rsa_public_der(pem).map(|der| {
+            PublicKey::RsaPss(ring_sig::UnparsedPublicKey::new(
+                &ring_sig::RSA_PSS_2048_8192_SHA512,
+                der,
+            ))
+        }),
+        Algorithm::RsaV15Sha256 => rsa_public_der(pem).map(|der| {
+            PublicKey::RsaV15(ring_sig::UnparsedPublicKey::new(
+                &ring_sig::RSA_PKCS1_2048_8192_SHA256,
+                der,
+            ))
+        }),
         Algorithm::Sm2Sm3 => sm2::PublicKey::from_public_key_pem(pem)
             .map_err(|e| format!("not an SM2 public key (SPKI PEM): {e}"))
             .and_then(|pk| {
@@ -510,22 +618,30 @@ pub fn parse_public(alg: Algorithm, pem: &str) -> Result<PublicKey, String> {
 /// Parses a private key PEM for `alg` (PKCS#8; PKCS#1 for RSA; SEC1 for the
 /// elliptic curves).
 pub fn parse_private(alg: Algorithm, pem: &str) -> Result<PrivateKey, String> {
-    use p256::pkcs8::DecodePrivateKey;
+    use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
     match alg {
         Algorithm::HmacSha256 => Err("hmac-sha256 has no private key".into()),
-        Algorithm::EcdsaP256Sha256 => p256::SecretKey::from_pkcs8_pem(pem)
-            .or_else(|_| p256::SecretKey::from_sec1_pem(pem))
-            .map(|k| PrivateKey::EcdsaP256(k.into()))
-            .map_err(|e| format!("not a P-256 private key (PKCS#8 or SEC1 PEM): {e}")),
+        // p256 reads PKCS#8 or SEC1 (with or without the public point) and
+        // re-encodes PKCS#8 with the point, the one form ring loads.
+        Algorithm::EcdsaP256Sha256 => {
+            let what = "not a P-256 private key (PKCS#8 or SEC1 PEM)";
+            let secret = p256::SecretKey::from_pkcs8_pem(pem.trim())
+                .or_else(|_| p256::SecretKey::from_sec1_pem(pem.trim()))
+                .map_err(|e| format!("{what}: {e}"))?;
+            let pkcs8 = secret.to_pkcs8_der().map_err(|e| format!("{what}: {e}"))?;
+            ring_sig::EcdsaKeyPair::from_pkcs8(
+                &ring_sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+                pkcs8.as_bytes(),
+                &ring::rand::SystemRandom::new(),
+            )
+            .map(|k| PrivateKey::EcdsaP256(Arc::new(k)))
+            .map_err(|e| format!("{what}: {e}"))
+        }
         Algorithm::Ed25519 => ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
             .map(PrivateKey::Ed25519)
             .map_err(|e| format!("not an Ed25519 private key (PKCS#8 PEM): {e}")),
-        Algorithm::RsaPssSha512 => {
-            rsa_private(pem).map(|k| PrivateKey::RsaPss(rsa::pss::BlindedSigningKey::new(k)))
-        }
-        Algorithm::RsaV15Sha256 => {
-            rsa_private(pem).map(|k| PrivateKey::RsaV15(rsa::pkcs1v15::SigningKey::new(k)))
-        }
+        Algorithm::RsaPssSha512 => rsa_private(pem).map(PrivateKey::RsaPss),
+        Algorithm::RsaV15Sha256 => rsa_private(pem).map(PrivateKey::RsaV15),
         Algorithm::Sm2Sm3 => sm2::SecretKey::from_pkcs8_pem(pem)
             .or_else(|_| sm2::SecretKey::from_sec1_pem(pem))
             .map_err(|e| format!("not an SM2 private key (PKCS#8 or SEC1 PEM): {e}"))

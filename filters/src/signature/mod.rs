@@ -525,22 +525,32 @@ impl SignatureFilter {
         let Some(config) = &self.config.alipay else {
             return Err(Rejection::new("internal_error", "alipay settings missing"));
         };
-        let is_form = req
-            .head
-            .headers
-            .get(http::header::CONTENT_TYPE)
+        let mut content_types = req.head.headers.get_all(http::header::CONTENT_TYPE).iter();
+        let content_type = content_types.next();
+        if content_types.next().is_some() {
+            // the app could read another one than this filter
+            return Err(malformed_request("more than one Content-Type"));
+        }
+        let is_form = content_type
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                ct.trim()
-                    .to_ascii_lowercase()
-                    .starts_with("application/x-www-form-urlencoded")
-            });
+            .is_some_and(alipay::is_form_content_type);
         let body = if is_form {
             Some(req.body().await?)
+        } else if config.allow_non_form_body {
+            // configured: such a body streams to the app unsigned
+            None
         } else {
+            // Presence from the body itself, not from its headers: a chunked
+            // or HTTP/2 body announces no length.
+            if !req.body().await?.is_empty() {
+                return Err(Rejection::new(
+                    "unsigned_body",
+                    "alipay-rsa2 signs form parameters only; this body is not application/x-www-form-urlencoded",
+                ));
+            }
             None
         };
-        let params = AlipayParams::collect(req.head.uri.query(), body.as_deref());
+        let params = AlipayParams::collect(req.head.uri.query(), body.as_deref())?;
         let prepared = params.prepare(config)?;
         let key_id = config
             .app_ids
@@ -570,6 +580,10 @@ impl SignatureFilter {
         }
         Ok((vk.key.id.clone(), vk.client.clone(), String::new()))
     }
+}
+
+fn malformed_request(msg: &'static str) -> Rejection {
+    Rejection::new("signature_malformed", msg).with_status(http::StatusCode::BAD_REQUEST)
 }
 
 fn unix_now() -> u64 {

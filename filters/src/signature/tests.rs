@@ -25,16 +25,13 @@ aOT9v6d+nb4bnNkQVklLQ3fVAvJm+xdDOp9LCNCN48V2pnDOkFV6+U9nV5oyc6XI
 2wIDAQAB
 -----END PUBLIC KEY-----";
 
-const RSA_PUBLIC_PKCS1: &str = "-----BEGIN RSA PUBLIC KEY-----
-MIIBCgKCAQEAhAKYdtoeoy8zcAcR874L8cnZxKzAGwd7v36APp7Pv6Q2jdsPBRrw
-WEBnez6d0UDKDwGbc6nxfEXAy5mbhgajzrw3MOEt8uA5txSKobBpKDeBLOsdJKFq
-MGmXCQvEG7YemcxDTRPxAleIAgYYRjTSd/QBwVW9OwNFhekro3RtlinV0a75jfZg
-kne/YiktSvLG34lw2zqXBDTC5NHROUqGTlML4PlNZS5Ri2U4aCNx2rUPRcKIlE0P
-uKxI4T+HIaFpv8+rdV6eUgOrB2xeI1dSFFn/nnv5OoZJEIB+VmuKn3DCUcCZSFlQ
-PSXSfBDiUGhwOw76WuSSsf1D4b/vLoJ10wIDAQAB
------END RSA PUBLIC KEY-----";
+/// A 2048-bit key generated for these tests (PKCS#1). RFC 9421's B.1.1
+/// test-key-rsa is not used for signing: its CRT components are
+/// inconsistent and `ring` refuses it (see `rfc9421_b11_rsa_key_is_refused`).
+const RSA_PUBLIC_PKCS1: &str = include_str!("testdata/rsa-2048-public.pem");
 
-pub(crate) const RSA_PRIVATE_PKCS1: &str = include_str!("testdata/rfc9421-rsa-v1_5-private.pem");
+pub(crate) const RSA_PRIVATE_PKCS1: &str = include_str!("testdata/rsa-2048-private.pem");
+const RFC9421_RSA_PRIVATE: &str = include_str!("testdata/rfc9421-rsa-v1_5-private.pem");
 
 const ECC_P256_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
 MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEqIVYZVLCrPZHGHjP17CTW0/+D9Lf
@@ -293,7 +290,7 @@ fn b26_ed25519_is_byte_exact() {
 
 #[test]
 fn rsa_v1_5_and_sm2_round_trip() {
-    // RFC 9421 has no rsa-v1_5 vector; B.1.1 test-key-rsa signs and verifies.
+    // RFC 9421 has no rsa-v1_5 vector; a generated 2048-bit key signs and verifies.
     let rsa = private_key("test-key-rsa", Algorithm::RsaV15Sha256, RSA_PRIVATE_PKCS1);
     let sig = rsa.sign(b"base").expect("sign");
     assert!(public_key(Algorithm::RsaV15Sha256, RSA_PUBLIC_PKCS1).verify(b"base", &sig));
@@ -313,6 +310,40 @@ fn rsa_v1_5_and_sm2_round_trip() {
     assert_eq!(sig.len(), 64);
     assert!(sm2_key.verify(b"base", &sig));
     assert!(!sm2_key.verify(b"basf", &sig));
+}
+
+#[test]
+fn rfc9421_b11_rsa_key_is_refused() {
+    // ring checks the CRT components of a private key; B.1.1's do not agree
+    // (the `rsa` crate loaded it without looking).
+    let err = parse_private(Algorithm::RsaV15Sha256, RFC9421_RSA_PRIVATE)
+        .err()
+        .expect("refused");
+    assert!(err.contains("InconsistentComponents"), "{err}");
+}
+
+#[test]
+fn rsa_pss_round_trip_and_key_bounds() {
+    let rsa = private_key("k", Algorithm::RsaPssSha512, RSA_PRIVATE_PKCS1);
+    let sig = rsa.sign(b"base").expect("sign");
+    assert_eq!(sig.len(), 256);
+    assert!(public_key(Algorithm::RsaPssSha512, RSA_PUBLIC_PKCS1).verify(b"base", &sig));
+    // PSS is randomised: a second signature differs and verifies too
+    let again = rsa.sign(b"base").expect("sign");
+    assert_ne!(again, sig);
+    assert!(rsa.verify(b"base", &again));
+    // a PSS signature is not a v1.5 one under the same key
+    assert!(!public_key(Algorithm::RsaV15Sha256, RSA_PUBLIC_PKCS1).verify(b"base", &sig));
+    // ECDSA through ring: raw r||s, 64 bytes, verified by the SPKI key
+    let ec = private_key("ec", Algorithm::EcdsaP256Sha256, ECC_P256_PRIVATE);
+    let sig = ec.sign(b"base").expect("sign");
+    assert_eq!(sig.len(), 64);
+    assert!(public_key(Algorithm::EcdsaP256Sha256, ECC_P256_PUBLIC).verify(b"base", &sig));
+    assert!(!public_key(Algorithm::EcdsaP256Sha256, ECC_P256_PUBLIC).verify(b"basf", &sig));
+    // wrong key types and labels are refused with a message
+    assert!(parse_public(Algorithm::RsaV15Sha256, ECC_P256_PUBLIC).is_err());
+    assert!(parse_private(Algorithm::RsaV15Sha256, ECC_P256_PRIVATE).is_err());
+    assert!(parse_public(Algorithm::EcdsaP256Sha256, RSA_PSS_PUBLIC).is_err());
 }
 
 // ---- filter behaviour ----
@@ -910,7 +941,6 @@ async fn alipay_rsa2_request() {
             .append_pair("timestamp", &ts)
             .append_pair("version", "1.0")
             .append_pair("biz_content", "{\"out_trade_no\":\"1\"}")
-            .append_pair("empty", "")
             .append_pair("sign", sign)
             .finish();
         Box::leak(body.into_bytes().into_boxed_slice())
@@ -939,6 +969,82 @@ async fn alipay_rsa2_request() {
         reason(&f, request(), form(&sign, "alipay.trade.refund")).await,
         "signature_invalid"
     );
+    // an unsigned empty parameter added
+    let mut with_empty = form(&sign, "alipay.trade.query").to_vec();
+    with_empty.extend_from_slice(b"&refund=");
+    assert_eq!(
+        reason(&f, request(), Box::leak(with_empty.into_boxed_slice())).await,
+        "parameters_ambiguous"
+    );
+    // the signed parameters in the query, a body that no signature covers
+    let query = String::from_utf8(form(&sign, "alipay.trade.query").to_vec()).expect("utf-8");
+    let non_form = |content_type: Option<&str>| {
+        let mut b = http::Request::post(format!("/gateway.do?{query}"));
+        if let Some(ct) = content_type {
+            b = b.header("content-type", ct);
+        }
+        b.body(()).expect("request").into_parts().0
+    };
+    for ct in [
+        Some("application/json"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        assert_eq!(
+            reason(&f, non_form(ct), br#"{"amount":99999}"#).await,
+            "unsigned_body",
+            "{ct:?}"
+        );
+    }
+    // no body at all: the query alone is the signed content, which verifies
+    // (and is then a replay of the form request's signature)
+    assert_eq!(
+        reason(&f, non_form(Some("application/json")), b"").await,
+        "signature_replayed"
+    );
+    // two Content-Type headers: the app may read the other one
+    let mut twice = request();
+    twice
+        .headers
+        .append("content-type", http::HeaderValue::from_static("text/plain"));
+    assert_eq!(
+        reason(&f, twice, form(&sign, "alipay.trade.query")).await,
+        "signature_malformed"
+    );
+}
+
+#[tokio::test]
+async fn alipay_non_form_body_passes_unsigned_only_when_configured() {
+    let state = State::new();
+    let sp: SignatureSpec = serde_json::from_value(serde_json::json!({
+        "scheme": "alipay-rsa2",
+        "keys": [{"id": "merchant", "alg": "rsa-v1_5-sha256", "private_key_pem": RSA_PRIVATE_PKCS1}],
+        "alipay": {"timezone": "+00:00", "allow_non_form_body": true}
+    }))
+    .expect("spec");
+    let f = build(&sp, &state);
+    let key = private_key("merchant", Algorithm::RsaV15Sha256, RSA_PRIVATE_PKCS1);
+    let ts = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_string();
+    let content = format!("app_id=merchant&timestamp={ts}");
+    let sign = base64::engine::general_purpose::STANDARD
+        .encode(key.sign(content.as_bytes()).expect("sign"));
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("app_id", "merchant")
+        .append_pair("timestamp", &ts)
+        .append_pair("sign", &sign)
+        .finish();
+    let head = http::Request::post(format!("/upload?{query}"))
+        .header("content-type", "application/octet-stream")
+        .body(())
+        .expect("request")
+        .into_parts()
+        .0;
+    let (r, _, _) = run(&f, head, b"unsigned bytes").await;
+    r.expect("allowed, unsigned");
 }
 
 /// Component derivation examples of RFC 9421 §2.1 and §2.2.

@@ -10,7 +10,8 @@ use indexmap::IndexMap;
 use meshgate_filters::config::loopback_listen;
 use meshgate_filters::error::reason;
 use meshgate_filters::signature::egress::EgressConfig;
-use meshgate_filters::{FieldErrors, FilterConfig, ValidateCx};
+use meshgate_filters::signature::Scheme;
+use meshgate_filters::{FieldErrors, FilterConfig, FilterSpec, ValidateCx};
 
 use super::spec::*;
 
@@ -428,6 +429,8 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
         });
     }
 
+    check_alipay_routes(spec, &mut errors);
+
     // error codes
     let mut error_codes: IndexMap<&'static str, u32> = meshgate_filters::error::REASONS
         .iter()
@@ -463,6 +466,57 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
     })
 }
 
+/// The Alipay signed content names neither the HTTP method nor the path, so a
+/// route that verifies it pins both, and one alipay filter serves one route:
+/// otherwise a signature made for one endpoint is accepted at another.
+fn check_alipay_routes(spec: &ConfigSpec, errors: &mut FieldErrors) {
+    let mut served: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for (idx, r) in spec.routes.iter().enumerate() {
+        let path = format!("routes[{idx}]");
+        for (fi, f) in r.filters.iter().enumerate() {
+            let Some(FilterSpec::Signature(sig)) = spec.filters.get(f) else {
+                continue;
+            };
+            if sig.scheme != Scheme::AlipayRsa2 {
+                continue;
+            }
+            if r.matcher.path.is_none() {
+                errors.push(
+                    format!("{path}.match.path"),
+                    format!(
+                        "filter {f:?} (alipay-rsa2) does not sign the path: match one exact `path`{}",
+                        if r.matcher.path_prefix.is_some() {
+                            ", not `path_prefix`"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+            if r.matcher.methods.is_empty() {
+                errors.push(
+                    format!("{path}.match.methods"),
+                    format!(
+                        "filter {f:?} (alipay-rsa2) does not sign the method: list the methods"
+                    ),
+                );
+            }
+            match served.entry(f.as_str()) {
+                std::collections::hash_map::Entry::Occupied(other) => errors.push(
+                    format!("{path}.filters[{fi}]"),
+                    format!(
+                        "filter {f:?} (alipay-rsa2) already serves route {:?}; its signatures name no route, so give each route its own filter",
+                        other.get()
+                    ),
+                ),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(r.name.as_str());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,6 +550,49 @@ filters:
   policy: { type: header, require: [x-app] }
 "#;
         assert_eq!(errors_of(yaml), Vec::<String>::new());
+    }
+
+    #[test]
+    fn alipay_routes_pin_one_path_and_their_methods() {
+        let config = |routes: &str| {
+            format!(
+                r#"
+inbound: {{ listen: "127.0.0.1:15006" }}
+app: {{ address: "127.0.0.1:8080" }}
+admin: {{ listen: "127.0.0.1:15000" }}
+routes:
+{routes}
+filters:
+  pay: {{ type: signature, scheme: alipay-rsa2, keys: [{{ id: m, alg: rsa-v1_5-sha256, public_key_file: m.pem }}] }}
+  other: {{ type: signature, scheme: alipay-rsa2, keys: [{{ id: m, alg: rsa-v1_5-sha256, public_key_file: m.pem }}] }}
+  hdr: {{ type: header, require: [x-app] }}
+"#
+            )
+        };
+        let ok = "  - { name: gw, match: { path: /gateway.do, methods: [POST] }, filters: [hdr, pay] }\n  - { name: n, match: { path: /notify, methods: [POST] }, filters: [other] }\n  - { name: rest, match: { path_prefix: / }, filters: [hdr] }";
+        assert_eq!(errors_of(&config(ok)), Vec::<String>::new());
+        assert_eq!(
+            errors_of(&config(
+                "  - { name: gw, match: { path_prefix: /gateway }, filters: [hdr, pay] }"
+            )),
+            vec![
+                r#"routes[0].match.path: filter "pay" (alipay-rsa2) does not sign the path: match one exact `path`, not `path_prefix`"#,
+                r#"routes[0].match.methods: filter "pay" (alipay-rsa2) does not sign the method: list the methods"#,
+            ]
+        );
+        assert_eq!(
+            errors_of(&config("  - { name: gw, filters: [pay] }")),
+            vec![
+                r#"routes[0].match.path: filter "pay" (alipay-rsa2) does not sign the path: match one exact `path`"#,
+                r#"routes[0].match.methods: filter "pay" (alipay-rsa2) does not sign the method: list the methods"#,
+            ]
+        );
+        assert_eq!(
+            errors_of(&config("  - { name: gw, match: { path: /a, methods: [POST] }, filters: [pay] }\n  - { name: gw2, match: { path: /b, methods: [POST] }, filters: [hdr, pay] }")),
+            vec![
+                r#"routes[1].filters[1]: filter "pay" (alipay-rsa2) already serves route "gw"; its signatures name no route, so give each route its own filter"#,
+            ]
+        );
     }
 
     #[test]
