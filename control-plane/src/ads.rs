@@ -155,14 +155,26 @@ async fn serve_stream(
             DenyReason::ServiceNotAllowed,
             format!("these credentials may not subscribe to service {service:?}"),
         );
-        return Err(deny(&cp, &denial, peer.as_deref(), Some(&node.id), Some(&service)));
+        return Err(deny(
+            &cp,
+            &denial,
+            peer.as_deref(),
+            Some(&node.id),
+            Some(&service),
+        ));
     }
     if let Some(name) = disallowed_resource(&grant, &first) {
         let denial = Denial::new(
             DenyReason::ResourceNotAllowed,
             format!("these credentials may not subscribe to resource {name:?}"),
         );
-        return Err(deny(&cp, &denial, peer.as_deref(), Some(&node.id), Some(&service)));
+        return Err(deny(
+            &cp,
+            &denial,
+            peer.as_deref(),
+            Some(&node.id),
+            Some(&service),
+        ));
     }
     let labels = node_labels(&node);
     let node_id = node.id.clone();

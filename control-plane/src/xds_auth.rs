@@ -214,15 +214,14 @@ impl TokenTable {
                     None
                 }
                 (None, Some(hex_digest)) => {
-                    match hex::decode(hex_digest.trim()).ok().and_then(|d| {
-                        let d: Option<[u8; 32]> = d.try_into().ok();
-                        d
-                    }) {
+                    match hex::decode(hex_digest.trim())
+                        .ok()
+                        .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                    {
                         Some(d) => Some(d),
                         None => {
-                            errors.push(format!(
-                                "{at}.sha256: not a SHA-256 in hex (64 hex digits)"
-                            ));
+                            errors
+                                .push(format!("{at}.sha256: not a SHA-256 in hex (64 hex digits)"));
                             None
                         }
                     }
@@ -294,9 +293,9 @@ impl TokenTable {
 pub fn valid_trust_domain(domain: &str) -> bool {
     !domain.is_empty()
         && domain.len() <= 255
-        && domain
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && domain.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
 }
 
 /// The service named by a SPIFFE ID `spiffe://<trust_domain>/ns/<ns>/sa/<service>`.
@@ -313,9 +312,7 @@ pub fn spiffe_id_service(id: &str, trust_domain: &str) -> Result<String, String>
         ));
     }
     if path.contains(['?', '#', '%']) {
-        return Err(format!(
-            "SPIFFE ID {id:?} has a query, fragment or escape"
-        ));
+        return Err(format!("SPIFFE ID {id:?} has a query, fragment or escape"));
     }
     match path.split('/').collect::<Vec<_>>().as_slice() {
         ["ns", ns, "sa", service]
@@ -439,7 +436,10 @@ fn bearer_services<'a>(
                 "no authorization: Bearer <token> metadata",
             )
         } else {
-            Denial::new(DenyReason::TokenInvalid, "more than one authorization value")
+            Denial::new(
+                DenyReason::TokenInvalid,
+                "more than one authorization value",
+            )
         });
     };
     let invalid = || Denial::new(DenyReason::TokenInvalid, "the xDS token is not valid");
@@ -568,7 +568,10 @@ mod tests {
         assert_eq!(status.code(), Code::Unauthenticated);
         assert!(status.message().starts_with("credential_missing: "));
         assert_eq!(
-            status.metadata().get("meshgate-error").map(|v| v.to_str().ok()),
+            status
+                .metadata()
+                .get("meshgate-error")
+                .map(|v| v.to_str().ok()),
             Some(Some("credential_missing"))
         );
     }
@@ -584,8 +587,10 @@ mod tests {
         ))
         .contains("tokens[0]: set exactly one"));
         assert!(err("tokens:\n  - services: [a]\n").contains("tokens[0]: set exactly one"));
-        assert!(err(&format!("tokens:\n  - token: {TOKEN_A}\n    services: []\n"))
-            .contains("tokens[0].services: list at least one"));
+        assert!(err(&format!(
+            "tokens:\n  - token: {TOKEN_A}\n    services: []\n"
+        ))
+        .contains("tokens[0].services: list at least one"));
         assert!(err(&format!(
             "tokens:\n  - token: {TOKEN_A}\n    services: [ok, \"a/b\"]\n"
         ))
@@ -619,7 +624,10 @@ mod tests {
     #[test]
     fn spiffe_ids_name_one_service_of_the_trust_domain() {
         let ok = |id: &str| spiffe_id_service(id, "mesh.test");
-        assert_eq!(ok("spiffe://mesh.test/ns/prod/sa/orders"), Ok("orders".into()));
+        assert_eq!(
+            ok("spiffe://mesh.test/ns/prod/sa/orders"),
+            Ok("orders".into())
+        );
         for bad in [
             "spiffe://other.test/ns/prod/sa/orders",
             "spiffe://mesh.test.evil/ns/prod/sa/orders",
@@ -662,7 +670,9 @@ mod tests {
         );
         for sans in [
             vec![],
-            vec![rcgen::SanType::DnsName("orders.meshgate.internal".try_into().expect("dns"))],
+            vec![rcgen::SanType::DnsName(
+                "orders.meshgate.internal".try_into().expect("dns"),
+            )],
             vec![uri("https://mesh.test/ns/prod/sa/orders")],
             vec![uri("spiffe://other.test/ns/prod/sa/orders")],
             vec![
@@ -671,10 +681,16 @@ mod tests {
             ],
         ] {
             let denial = check(cert_with(sans)).expect_err("refused");
-            assert_eq!(denial.reason, DenyReason::CertificateIdentityInvalid, "{denial:?}");
+            assert_eq!(
+                denial.reason,
+                DenyReason::CertificateIdentityInvalid,
+                "{denial:?}"
+            );
         }
         assert_eq!(
-            check(b"not a certificate".to_vec()).expect_err("refused").reason,
+            check(b"not a certificate".to_vec())
+                .expect_err("refused")
+                .reason,
             DenyReason::CertificateIdentityInvalid
         );
         let none: Option<&[Vec<u8>]> = Some(&[]);
@@ -710,9 +726,10 @@ mod tests {
 
     #[test]
     fn the_shipped_demo_tokens_admit_the_demo_sidecar_for_wallet_only() {
-        let table =
-            TokenTable::parse(include_str!("../../docker/config/control-plane/xds-tokens.yaml"))
-                .expect("valid demo token file");
+        let table = TokenTable::parse(include_str!(
+            "../../docker/config/control-plane/xds-tokens.yaml"
+        ))
+        .expect("valid demo token file");
         let token = include_str!("../../docker/config/wallet.xds-token").trim();
         assert_eq!(
             table.lookup(token),

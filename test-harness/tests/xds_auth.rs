@@ -111,13 +111,14 @@ routes:
     )
 }
 
-struct Node {
+/// A sidecar with its app and state dir.
+struct Pod {
     _app: EchoApp,
     sidecar: Sidecar,
     _state: tempfile::TempDir,
 }
 
-impl Node {
+impl Pod {
     fn which(&self) -> String {
         get(&self.sidecar.url("/which"))
             .map(|r| r.text())
@@ -125,7 +126,7 @@ impl Node {
     }
 }
 
-fn start_node(url: &str, node_id: &str, service: &str, extra: &[String]) -> Node {
+fn start_node(url: &str, node_id: &str, service: &str, extra: &[String]) -> Pod {
     let app = EchoApp::start();
     let state = tempfile::tempdir().expect("state dir");
     let bootstrap = format!(
@@ -154,14 +155,14 @@ routes:
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut sidecar = Sidecar::spawn(&bootstrap, &refs);
     sidecar.wait_ready();
-    Node {
+    Pod {
         _app: app,
         sidecar,
         _state: state,
     }
 }
 
-fn wait_which(node: &Node, want: &str) {
+fn wait_which(node: &Pod, want: &str) {
     let ok = wait_until(Duration::from_secs(20), || node.which() == want);
     assert!(
         ok,
@@ -172,7 +173,7 @@ fn wait_which(node: &Node, want: &str) {
 }
 
 /// The sidecar logs the refusal and keeps serving its bootstrap config.
-fn assert_refused(node: &Node, reason: &str) {
+fn assert_refused(node: &Pod, reason: &str) {
     let ok = wait_until(Duration::from_secs(20), || {
         node.sidecar.proc.output().contains(reason)
     });
@@ -239,9 +240,8 @@ async fn open(target: &Target, cluster: &str, names: &[&str]) -> Result<Opened, 
     })
     .await
     .expect("queue request");
-    let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|r| (r, rx))
-    });
+    let outbound =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
     let mut request = tonic::Request::new(outbound);
     if let Some(token) = &target.token {
         request.metadata_mut().insert(
@@ -270,7 +270,9 @@ fn fetch(target: &Target, cluster: &str, names: &[&str]) -> Result<DiscoveryResp
 /// resources, and returns how the stream ended.
 fn fetch_then_ask(target: &Target, cluster: &str, next: &[&str]) -> (DiscoveryResponse, Status) {
     runtime().block_on(async {
-        let mut opened = open(target, cluster, &[cluster]).await.expect("first fetch");
+        let mut opened = open(target, cluster, &[cluster])
+            .await
+            .expect("first fetch");
         opened
             .tx
             .send(DiscoveryRequest {
@@ -387,7 +389,10 @@ fn xds_tokens_bind_each_sidecar_to_its_services() {
     assert_eq!(first.version_info, orders_v);
     assert!(carries(&first, "orders-config") && !carries(&first, "billing"));
     assert_eq!(end.code(), Code::PermissionDenied, "{end:?}");
-    assert!(end.message().starts_with("resource_not_allowed: "), "{end:?}");
+    assert!(
+        end.message().starts_with("resource_not_allowed: "),
+        "{end:?}"
+    );
     // The token stored as a hash works for its own service.
     let billing = fetch(&target(Some(BILLING_TOKEN)), "billing", &["billing"]).expect("billing");
     assert!(carries(&billing, "billing-secret-config"));
@@ -406,15 +411,16 @@ fn xds_tokens_bind_each_sidecar_to_its_services() {
     );
 
     // A sidecar whose token file is missing does not start.
+    let missing = s(&dir.path().join("missing.token"));
     let mut broken = Sidecar::spawn(
         "inbound: { listen: \"${INBOUND}\" }\nadmin: { listen: \"${ADMIN}\" }\napp: { address: \"127.0.0.1:9\" }\n",
         &[
             "--xds",
-            &url,
+            url.as_str(),
             "--service",
             "orders",
             "--xds-token-file",
-            &s(&dir.path().join("missing.token")),
+            missing.as_str(),
         ],
     );
     assert!(
@@ -459,13 +465,20 @@ impl Pki {
     }
 
     /// A certificate signed by this CA (or self-signed) with these SANs.
-    fn issue(&self, name: &str, dns: &[&str], uris: &[&str], self_signed: bool) -> (PathBuf, PathBuf) {
+    fn issue(
+        &self,
+        name: &str,
+        dns: &[&str],
+        uris: &[&str],
+        self_signed: bool,
+    ) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(
-            dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-        )
-        .expect("params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let mut params =
+            rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         for uri in uris {
             params
                 .subject_alt_names
@@ -492,10 +505,25 @@ fn xds_mtls_binds_the_service_to_the_certificate_spiffe_id() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(dir.path());
     let (server_cert, server_key) = pki.issue("cp", &["localhost", "127.0.0.1"], &[], false);
-    let orders = pki.issue("orders", &[], &["spiffe://mesh.test/ns/shop/sa/orders"], false);
+    let orders = pki.issue(
+        "orders",
+        &[],
+        &["spiffe://mesh.test/ns/shop/sa/orders"],
+        false,
+    );
     let dns_only = pki.issue("dns-only", &["orders.meshgate.internal"], &[], false);
-    let foreign = pki.issue("foreign", &[], &["spiffe://other.test/ns/shop/sa/orders"], false);
-    let rogue = pki.issue("rogue", &[], &["spiffe://mesh.test/ns/shop/sa/orders"], true);
+    let foreign = pki.issue(
+        "foreign",
+        &[],
+        &["spiffe://other.test/ns/shop/sa/orders"],
+        false,
+    );
+    let rogue = pki.issue(
+        "rogue",
+        &[],
+        &["spiffe://mesh.test/ns/shop/sa/orders"],
+        true,
+    );
     let cp = ControlPlane::start(
         dir.path(),
         &[
@@ -561,7 +589,10 @@ fn xds_mtls_binds_the_service_to_the_certificate_spiffe_id() {
     }
     // A certificate the CA did not sign fails the handshake: no config.
     let rogue_result = fetch(&target(&rogue), "orders", &["orders"]);
-    assert!(rogue_result.is_err(), "an unsigned certificate got a config");
+    assert!(
+        rogue_result.is_err(),
+        "an unsigned certificate got a config"
+    );
     assert!(cp.denied("certificate_identity_invalid") >= 3);
     let nodes = cp.node_ids();
     assert!(nodes.contains(&"node-orders".to_string()), "{nodes:?}");
