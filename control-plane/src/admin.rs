@@ -11,6 +11,7 @@
 //! POST /v1/services/{s}/promote
 //! POST /v1/services/{s}/abort
 //! GET  /v1/status[?service=s]
+//! GET  /metrics                                   (Prometheus text)
 //! ```
 
 use std::net::SocketAddr;
@@ -189,6 +190,14 @@ async fn route(
         return Err(ApiError::unauthorized());
     }
     match (&method, segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            let mut rsp = Response::new(Full::new(Bytes::from(cp.metrics_text())));
+            rsp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            Ok(rsp)
+        }
         (&Method::GET, ["v1", "services"]) => Ok(json(StatusCode::OK, &cp.services())),
         (&Method::GET, ["v1", "status"]) => {
             let service = query_param(&req, "service");

@@ -9,6 +9,7 @@ pub mod load;
 pub mod rollout;
 pub mod store;
 pub mod stream_state;
+pub mod xds_auth;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,6 +70,8 @@ pub struct ControlPlane {
     sidecars: Mutex<BTreeMap<String, SidecarStatus>>,
     changed: watch::Sender<u64>,
     next_stream: std::sync::atomic::AtomicU64,
+    /// Refused xDS streams, shown on the admin API's `/metrics`.
+    pub xds_denials: xds_auth::XdsDenials,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,6 +90,7 @@ impl ControlPlane {
             sidecars: Mutex::new(BTreeMap::new()),
             changed: watch::channel(0).0,
             next_stream: std::sync::atomic::AtomicU64::new(1),
+            xds_denials: xds_auth::XdsDenials::default(),
         }))
     }
 
@@ -198,6 +202,13 @@ impl ControlPlane {
                 s
             })
             .collect()
+    }
+
+    /// Prometheus text for the admin API's `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        self.xds_denials.render(&mut out);
+        out
     }
 
     // ---- admin operations

@@ -31,6 +31,9 @@ struct Args {
 
 type Acks = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
 
+/// The xDS token of the simulated sidecars.
+const XDS_TOKEN: &str = "cp-load-xds-token-0123456789";
+
 struct Cp(Child);
 impl Drop for Cp {
     fn drop(&mut self) {
@@ -105,9 +108,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let data_dir = std::env::temp_dir().join(format!("cp-load-{}", std::process::id()));
     let (grpc, admin) = (free_port()?, free_port()?);
+    // The simulated sidecars authenticate like real ones: one token for the service.
+    std::fs::create_dir_all(&data_dir)?;
+    let tokens_file = data_dir.join("xds-tokens.json");
+    std::fs::write(
+        &tokens_file,
+        serde_json::json!({ "tokens": [{ "token": XDS_TOKEN, "services": [args.service] }] })
+            .to_string(),
+    )?;
     let child = Command::new(&cp_bin)
         .args(["serve", "--data-dir"])
         .arg(&data_dir)
+        .arg("--xds-tokens")
+        .arg(&tokens_file)
         .args([
             "--grpc",
             &format!("127.0.0.1:{grpc}"),
@@ -259,8 +272,13 @@ async fn simulated_sidecar(
     tx.send(subscription.initial_request()).await?;
     let outbound =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut request = tonic::Request::new(outbound);
+    request.metadata_mut().insert(
+        "authorization",
+        tonic::metadata::AsciiMetadataValue::try_from(format!("Bearer {XDS_TOKEN}"))?,
+    );
     let mut inbound = client
-        .stream_aggregated_resources(outbound)
+        .stream_aggregated_resources(request)
         .await?
         .into_inner();
     while let Some(response) = inbound.message().await? {

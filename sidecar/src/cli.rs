@@ -117,6 +117,11 @@ pub struct XdsArgs {
     pub xds_cert: Option<PathBuf>,
     #[arg(long, requires = "xds_cert", global = true)]
     pub xds_key: Option<PathBuf>,
+    /// File holding this sidecar's xDS bearer token, sent as
+    /// `authorization: Bearer` on the ADS stream (a file keeps it out of `ps`).
+    /// Re-read at every connect, so a rotated Secret is picked up.
+    #[arg(long, env = "MESHGATE_XDS_TOKEN_FILE", global = true)]
+    pub xds_token_file: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

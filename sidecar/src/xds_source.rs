@@ -105,6 +105,12 @@ impl XdsSource {
             (None, None, None) => None,
             _ => anyhow::bail!("xDS TLS needs --xds-ca, --xds-cert and --xds-key together"),
         };
+        if let Some(path) = &args.xds_token_file {
+            // Checked now so that a missing or empty file fails the start, not every reconnect.
+            meshgate_xds::client::read_token_file(path)
+                .map_err(|e| anyhow::anyhow!("--xds-token-file {e}"))?;
+            options.token_file = Some(path.clone());
+        }
         let default = ConfigSpec::default();
         Ok(Some(XdsSource {
             options,

@@ -52,6 +52,7 @@ def main():
     ap.add_argument("--admin", required=True)
     ap.add_argument("--token", required=True)
     ap.add_argument("--version", required=True)
+    ap.add_argument("--xds-token", required=True, help="bearer token the control plane maps to the service")
     args = ap.parse_args()
     generate(args.proto_dir, args.out_dir)
 
@@ -78,7 +79,9 @@ def main():
 
     channel = grpc.insecure_channel(args.xds)
     stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-    responses = stub.StreamAggregatedResources(request_iter(), timeout=30)
+    responses = stub.StreamAggregatedResources(
+        request_iter(), timeout=30, metadata=[("authorization", f"Bearer {args.xds_token}")]
+    )
     response = next(responses)
     assert response.type_url == TYPE_URL, response.type_url
     assert response.version_info == args.version, (response.version_info, args.version)

@@ -6,7 +6,7 @@
 //! last good config.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::Rng;
@@ -38,6 +38,9 @@ pub struct ClientOptions {
     pub service: String,
     pub labels: BTreeMap<String, String>,
     pub tls: Option<ClientTls>,
+    /// File holding the bearer token sent as `authorization` metadata on
+    /// every stream; read at each connect, so a rotated file is picked up.
+    pub token_file: Option<PathBuf>,
     /// The version already applied (e.g. restored from the state dir).
     pub initial_version: Option<String>,
     /// Reported to the control plane as `user_agent_version`.
@@ -57,6 +60,7 @@ impl ClientOptions {
             service: service.into(),
             labels: BTreeMap::new(),
             tls: None,
+            token_file: None,
             initial_version: None,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             backoff: Backoff::default(),
@@ -114,6 +118,8 @@ enum StreamError {
     Status(#[from] tonic::Status),
     #[error("tls files: {0}")]
     Tls(std::io::Error),
+    #[error("token file: {0}")]
+    Token(String),
     #[error("stream closed by the control plane")]
     Closed,
 }
@@ -139,6 +145,21 @@ where
         let delay = opts.backoff.delay(attempt);
         attempt = attempt.saturating_add(1);
         match result {
+            Err(StreamError::Status(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                tracing::error!(
+                    url = %opts.url,
+                    service = %opts.service,
+                    code = ?status.code(),
+                    error = %status.message(),
+                    retry_in = ?delay,
+                    "the control plane refused this sidecar's xDS credentials"
+                )
+            }
             Err(e) => {
                 tracing::warn!(url = %meshgate_filters::redact::redact_url(&opts.url), error = %e, retry_in = ?delay, "xds stream ended")
             }
@@ -148,6 +169,32 @@ where
         }
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Reads a bearer token file: its content without surrounding whitespace,
+/// which must be non-empty visible ASCII (it goes into a header).
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{}: the file is empty", path.display()));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{}: the token must be one word of visible ASCII characters",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
+
+fn bearer(path: &Path) -> Result<tonic::metadata::AsciiMetadataValue, StreamError> {
+    let token = read_token_file(path).map_err(StreamError::Token)?;
+    let mut value = tonic::metadata::AsciiMetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|e| StreamError::Token(e.to_string()))?;
+    // Kept out of HTTP/2 header compression tables.
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 async fn endpoint(opts: &ClientOptions) -> Result<Endpoint, StreamError> {
@@ -177,6 +224,7 @@ async fn stream_once<F>(
 where
     F: Fn(ConfigSpec) -> Result<String, String> + Send + Sync,
 {
+    let authorization = opts.token_file.as_deref().map(bearer).transpose()?;
     let channel = endpoint(opts).await?.connect().await?;
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
@@ -186,8 +234,12 @@ where
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|request| (request, rx))
     });
+    let mut request = tonic::Request::new(outbound);
+    if let Some(value) = authorization {
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut inbound = client
-        .stream_aggregated_resources(outbound)
+        .stream_aggregated_resources(request)
         .await?
         .into_inner();
     tracing::info!(url = %meshgate_filters::redact::redact_url(&opts.url), node = %opts.node_id, service = %opts.service, "xds stream open");
@@ -225,6 +277,24 @@ mod tests {
             let big = b.delay(40);
             assert!(big >= Duration::from_secs(1) && big <= Duration::from_secs(2));
         }
+    }
+
+    #[test]
+    fn token_files_are_trimmed_and_must_hold_one_visible_word() {
+        let dir = std::env::temp_dir().join(format!("meshgate-token-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "  s3cret-token\n").expect("write");
+        assert_eq!(read_token_file(&file).as_deref(), Ok("s3cret-token"));
+        let value = bearer(&file).expect("header value");
+        assert_eq!(value.to_str().ok(), Some("Bearer s3cret-token"));
+        assert!(value.is_sensitive());
+        for bad in ["", " \n", "two words", "t\u{e9}st"] {
+            std::fs::write(&file, bad).expect("write");
+            assert!(read_token_file(&file).is_err(), "{bad:?} accepted");
+        }
+        assert!(read_token_file(&dir.join("missing")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use meshgate_control_plane::xds_auth::{TokenTable, XdsAuth};
 use meshgate_control_plane::{admin, ads::Ads, ControlPlane};
 use meshgate_xds::pb::AggregatedDiscoveryServiceServer;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -54,9 +55,69 @@ struct ServeArgs {
     tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// CA for client certificates; when set, sidecars must present one (mTLS).
+    /// CA for client certificates; when set, sidecars must present one (mTLS)
+    /// whose SPIFFE ID names the service they may subscribe to (needs
+    /// --spiffe-trust-domain).
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Trust domain of the sidecars' SPIFFE IDs: a client certificate with the
+    /// URI SAN spiffe://DOMAIN/ns/NAMESPACE/sa/SERVICE may subscribe to SERVICE only.
+    #[arg(long, requires = "tls_client_ca")]
+    spiffe_trust_domain: Option<String>,
+    /// YAML/JSON file mapping xDS bearer tokens (plain or SHA-256) to the
+    /// services each may subscribe to; sidecars send `authorization: Bearer`.
+    #[arg(long)]
+    xds_tokens: Option<PathBuf>,
+    /// Serve every service's config, secrets included, to any client that
+    /// asks, without credentials. For a trusted development setup only.
+    #[arg(long, conflicts_with_all = ["xds_tokens", "tls_client_ca", "spiffe_trust_domain"])]
+    insecure_xds: bool,
+}
+
+/// Refuses to start with xDS open to anyone unless told so explicitly.
+fn xds_auth(args: &ServeArgs) -> anyhow::Result<XdsAuth> {
+    if args.insecure_xds {
+        tracing::warn!(
+            grpc = %args.grpc,
+            "--insecure-xds: any client that can reach the xDS port gets any service's config, secrets included"
+        );
+        return Ok(XdsAuth::Insecure);
+    }
+    if args.tls_client_ca.is_some() && args.spiffe_trust_domain.is_none() {
+        anyhow::bail!(
+            "--tls-client-ca needs --spiffe-trust-domain: the service a sidecar may subscribe to \
+             is read from its certificate's URI SAN spiffe://DOMAIN/ns/NAMESPACE/sa/SERVICE"
+        );
+    }
+    if args.xds_tokens.is_none() && args.tls_client_ca.is_none() {
+        anyhow::bail!(
+            "refusing to serve xDS without credentials (every client could fetch every service's \
+             config and secrets): pass --xds-tokens FILE (bearer tokens mapped to services), \
+             --tls-client-ca CA with --spiffe-trust-domain DOMAIN (service from the client \
+             certificate), or --insecure-xds for a trusted development setup"
+        );
+    }
+    let tokens = match &args.xds_tokens {
+        Some(path) => {
+            let table = TokenTable::load(path).map_err(|errors| {
+                anyhow::anyhow!(
+                    "--xds-tokens {} is invalid:\n  {}",
+                    path.display(),
+                    errors.join("\n  ")
+                )
+            })?;
+            if args.tls_cert.is_none() && !args.grpc.ip().is_loopback() {
+                tracing::warn!(
+                    grpc = %args.grpc,
+                    "xDS tokens travel in clear text: add --tls-cert/--tls-key on a shared network"
+                );
+            }
+            tracing::info!(tokens = table.len(), path = %path.display(), "xDS tokens loaded");
+            Some(table)
+        }
+        None => None,
+    };
+    XdsAuth::checked(tokens, args.spiffe_trust_domain.clone()).map_err(anyhow::Error::msg)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,6 +163,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              --insecure-no-admin-token serves it unauthenticated"
         ),
     };
+    let xds_auth = Arc::new(xds_auth(&args)?);
     let cp = ControlPlane::open(&args.data_dir)
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
 
@@ -126,7 +188,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(grpc = %args.grpc, admin = %args.admin, data_dir = %args.data_dir.display(), "meshgate-cp serving");
     let grpc = server
         .add_service(
-            AggregatedDiscoveryServiceServer::new(Ads::new(cp.clone()))
+            AggregatedDiscoveryServiceServer::new(Ads::new(cp.clone(), xds_auth))
                 .max_decoding_message_size(16 * 1024 * 1024),
         )
         .serve_with_incoming_shutdown(
