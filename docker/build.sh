@@ -269,4 +269,23 @@ import_image "meshgate-wallet-c:$tag" "$rootfs" "" \
   "EXPOSE 8080" \
   'CMD ["/app/wallet"]'
 
+# ---- development credentials for the compose pod -------------------------------
+# Random per checkout, never committed. Readable by every user (0644) because
+# the containers' non-root user must read them through a bind mount; the
+# directory is private (0700) on this machine. Development only.
+secrets="$here/.dev-secrets"
+if [[ ! -s "$secrets/xds-tokens.yaml" ]]; then
+  log "generating development credentials in docker/.dev-secrets/"
+  mkdir -p "$secrets"
+  chmod 0700 "$secrets"
+  random_token() { head -c 24 /dev/urandom | base64 | tr '+/' '-_'; }
+  random_token >"$secrets/cp-admin-token"
+  random_token >"$secrets/xds-token"
+  # meshgate-cp --xds-tokens: token -> the services it may fetch.
+  printf '# Development only (docker/build.sh).\n"%s": [wallet]\n' "$(cat "$secrets/xds-token")" \
+    >"$secrets/xds-tokens.yaml.tmp"
+  mv "$secrets/xds-tokens.yaml.tmp" "$secrets/xds-tokens.yaml"
+  chmod 0644 "$secrets"/*
+fi
+
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E "^meshgate(-cp|-wallet-node|-wallet-c)?:$tag " >&2 || true
