@@ -64,6 +64,9 @@ log "starting $image in slot sidecar-$new; sidecar-$old serves"
 export "MESHGATE_SIDECAR_${new^^}_IMAGE=$image"
 compose up -d --no-deps "sidecar-$new" >&2
 new_id="$(container_of "$new")"
+# A restart by the restart policy means the new process failed (a slot
+# started again by `docker start` may carry an earlier count: compare).
+restarts="$(docker inspect -f '{{.RestartCount}}' "$new_id")"
 
 # The old process logs this line once it has handed over and drained; only
 # then is stopping it free of consequences.
@@ -71,7 +74,7 @@ drained="meshgate drained after handing over; idle until SIGTERM"
 deadline=$((SECONDS + timeout))
 while true; do
   if ! is_running "$new_id" \
-    || [[ "$(docker inspect -f '{{.RestartCount}}' "$new_id")" != 0 ]]; then
+    || [[ "$(docker inspect -f '{{.RestartCount}}' "$new_id")" != "$restarts" ]]; then
     log "the new sidecar (slot sidecar-$new) exited; sidecar-$old keeps serving. Its log:"
     docker logs --since "$since" "$new_id" 2>&1 | tail -n 20 >&2 || true
     compose stop "sidecar-$new" >&2 || true

@@ -11,6 +11,9 @@ cargo build --workspace --bins
 if [ -x docker/lint.sh ]; then
   bash docker/lint.sh
 fi
+# The container images (release build + Debian package files, no registry);
+# the container tests use them (and would build them themselves otherwise).
+bash docker/build.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
