@@ -9,7 +9,8 @@
 # from the serving one (docs/upgrade.md); the old process drains and then
 # idles (--idle-after-handover). Once it has drained, this script stops its
 # slot, which is then the free one for the next upgrade. If the new process
-# fails, the old one keeps serving: the script stops the new slot and exits 1.
+# fails, the old one keeps serving: the script removes the new slot's
+# container and exits 1.
 #
 # MESHGATE_COMPOSE_PROJECT  the compose project (default: docker/.env's)
 # MESHGATE_UPGRADE_TIMEOUT  seconds to wait for takeover and drain (default 120)
@@ -77,7 +78,9 @@ while true; do
     || [[ "$(docker inspect -f '{{.RestartCount}}' "$new_id")" != "$restarts" ]]; then
     log "the new sidecar (slot sidecar-$new) exited; sidecar-$old keeps serving. Its log:"
     docker logs --since "$since" "$new_id" 2>&1 | tail -n 20 >&2 || true
-    compose stop "sidecar-$new" >&2 || true
+    # Removed, not only stopped: the slot must be free for the next attempt,
+    # even if its image is deleted meanwhile.
+    compose rm -f -s "sidecar-$new" >&2 || true
     exit 1
   fi
   if docker logs --since "$since" "$old_id" 2>&1 | grep -qF "$drained"; then

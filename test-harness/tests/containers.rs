@@ -700,7 +700,7 @@ fn pod_faults_control_plane_down_or_cut_sidecar_restart_app_killed() {
     docker(&["kill", &app]);
     assert!(
         wait_until(Duration::from_secs(15), || pod.balance().is_some_and(|r| {
-            r.status == 503 && r.json()["code"] == "app_unhealthy"
+            r.status == 503 && r.json()["error"] == "app_unhealthy"
         })),
         "no 503 app_unhealthy: {:?}",
         pod.balance().map(|r| (r.status, r.text()))
