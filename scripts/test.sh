@@ -12,6 +12,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end tests spawn the binaries; build them first.
 cargo build --workspace --bins
 bash docker/lint.sh
+# The container images (release build + Debian package files, no registry);
+# the container tests use them (and would build them themselves otherwise).
+bash docker/build.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

@@ -725,19 +725,6 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_demo_tokens_admit_the_demo_sidecar_for_wallet_only() {
-        let table = TokenTable::parse(include_str!(
-            "../../docker/config/control-plane/xds-tokens.yaml"
-        ))
-        .expect("valid demo token file");
-        let token = include_str!("../../docker/config/wallet.xds-token").trim();
-        assert_eq!(
-            table.lookup(token),
-            Some(&BTreeSet::from(["wallet".to_string()]))
-        );
-    }
-
-    #[test]
     fn denials_are_counted_per_reason() {
         let d = XdsDenials::default();
         d.record(DenyReason::TokenInvalid);

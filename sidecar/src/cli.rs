@@ -32,6 +32,9 @@ pub enum Command {
         #[arg(long, default_value_t = 8080)]
         app_port: u16,
     },
+    /// Hold a pod's network namespace: wait for SIGTERM or SIGINT, do nothing
+    /// else (the process of the compose pod's pause container).
+    Pause,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

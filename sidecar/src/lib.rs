@@ -11,6 +11,7 @@ pub mod egress;
 pub mod file_source;
 pub mod headers;
 pub mod health;
+pub mod pause;
 pub mod proxy;
 pub mod reply;
 pub mod route_metrics;

@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Some(Command::Validate { file }) => meshgate::validate_file(&file),
         Some(Command::Demo { app_port }) => meshgate::demo::run(cli.run, app_port),
+        Some(Command::Pause) => meshgate::pause::run(),
         None => meshgate::run(cli.run),
     }
 }
