@@ -38,7 +38,8 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
         "alipay: { variant: request }",
         "alipay: { variant: notify, timezone: \"-05:30\", app_ids: { app: \"2014072300007148\" } }",
     ] {
-        let yaml = format!("type: signature\nscheme: alipay-rsa2\nrequire_nonce: false\n{key}{alipay}\n");
+        let yaml =
+            format!("type: signature\nscheme: alipay-rsa2\nrequire_nonce: false\n{key}{alipay}\n");
         match filter_config(&yaml) {
             FilterConfig::Signature(c) => {
                 configs.push(c.alipay.expect("alipay settings"));
@@ -54,7 +55,11 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
 });
 
 fn key<'a>(policy: &'a Policy, config: &AlipayConfig, app_id: &str) -> Option<&'a VerifyKey> {
-    let id = config.app_ids.get(app_id).map(String::as_str).unwrap_or(app_id);
+    let id = config
+        .app_ids
+        .get(app_id)
+        .map(String::as_str)
+        .unwrap_or(app_id);
     policy.keys.get(id)
 }
 

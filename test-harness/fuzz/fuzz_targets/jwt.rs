@@ -51,10 +51,7 @@ claims_to_headers: {{ tenant: x-meshgate-tenant }}
     lax.audiences.clear();
     lax.required_claims.clear();
     Setup {
-        verifiers: vec![
-            JwtVerifier::new(jwt, true),
-            JwtVerifier::new(&lax, false),
-        ],
+        verifiers: vec![JwtVerifier::new(jwt, true), JwtVerifier::new(&lax, false)],
         keys: keys.clone(),
         algorithms: jwt.algorithms.clone(),
     }

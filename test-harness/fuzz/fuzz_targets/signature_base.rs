@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
         .filter_map(|text| parse_component(text).ok())
         .collect();
     if !components.is_empty() {
-        build(&head, &InnerList::with_params(components, Parameters::new()));
+        build(
+            &head,
+            &InnerList::with_params(components, Parameters::new()),
+        );
     }
     let digests: Vec<&[u8]> = head
         .headers
