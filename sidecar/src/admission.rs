@@ -138,7 +138,11 @@ pub fn admit<B>(
             let authority = Authority::try_from(authority.as_bytes())
                 .map_err(|_| reject("bad_authority", "invalid authority"))?;
             Uri::builder()
-                .scheme(if conn.tls { Scheme::HTTPS } else { Scheme::HTTP })
+                .scheme(if conn.tls {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                })
                 .authority(authority)
                 .path_and_query(path_and_query)
                 .build()
@@ -173,8 +177,15 @@ pub fn admit<B>(
         }
         _ => HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     };
-    for name in FORWARDING_HEADERS {
-        headers.remove(*name);
+    // One pass over the names (usually none match) instead of a lookup per
+    // listed name.
+    let forwarding: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| FORWARDING_HEADERS.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    for name in forwarding {
+        headers.remove(name);
     }
     Ok(Admitted {
         host,
@@ -262,7 +273,10 @@ pub fn canonical_authority(raw: &str, default_port: u16) -> Option<(String, Stri
         }
         Some(_) => return None,
     };
-    let route_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let route_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let authority = match port {
         Some(p) if p != default_port => format!("{host}:{p}"),
         _ => host,
@@ -435,9 +449,17 @@ mod tests {
                 "http://a.example/x",
                 &[("host", "b.example")],
             ),
-            (Version::HTTP_2, "http://a.example/x", &[("host", "b.example")]),
+            (
+                Version::HTTP_2,
+                "http://a.example/x",
+                &[("host", "b.example")],
+            ),
             (Version::HTTP_2, "/x", &[]),
-            (Version::HTTP_11, "ftp://a.example/x", &[("host", "a.example")]),
+            (
+                Version::HTTP_11,
+                "ftp://a.example/x",
+                &[("host", "a.example")],
+            ),
         ];
         for (version, uri, headers) in refused {
             let mut r = req(*version, uri, headers);

@@ -237,7 +237,10 @@ mod tests {
         h.insert("host", HeaderValue::from_static("svc.example"));
         h.insert("x-other", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.get("host").map(|v| v.as_bytes()), Some(&b"svc.example"[..]));
+        assert_eq!(
+            h.get("host").map(|v| v.as_bytes()),
+            Some(&b"svc.example"[..])
+        );
         assert!(h.get("x-other").is_none());
     }
 

@@ -105,7 +105,8 @@ async fn forward(
     let admitted = crate::admission::admit(&mut req, inbound, conn)?;
     log.uri = req.uri().clone();
     log.client = admitted.client_ip;
-    let Some(route) = snapshot.route(req.method(), req.uri().path(), Some(admitted.host.as_str())) else {
+    let Some(route) = snapshot.route(req.method(), req.uri().path(), Some(admitted.host.as_str()))
+    else {
         return Err(Rejection::new(
             "route_not_found",
             format!("no route for {} {}", req.method(), req.uri().path()),
@@ -173,7 +174,9 @@ async fn forward(
     };
     // An HTTP/1 client's origin-form target goes to an HTTP/1 app as it is;
     // anything else is rebuilt for the app's protocol.
-    if head.version == Version::HTTP_2 || head.uri.scheme().is_some() || head.uri.authority().is_some()
+    if head.version == Version::HTTP_2
+        || head.uri.scheme().is_some()
+        || head.uri.authority().is_some()
     {
         let path = head
             .uri

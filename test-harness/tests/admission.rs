@@ -75,7 +75,10 @@ impl Raw {
     }
 
     fn error(&self) -> String {
-        self.json()["error"].as_str().unwrap_or_default().to_string()
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     fn has_header(&self, name: &str) -> bool {
@@ -103,7 +106,9 @@ fn raw(port: u16, head: &str) -> Raw {
         .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(&answer)));
     let head = String::from_utf8_lossy(&answer[..split]).to_string();
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "expected a sized response: {head}"
     );
     let status = head
@@ -236,7 +241,12 @@ fn path_variants_reach_the_guarded_route_or_are_refused() {
     assert_eq!(rsp.json()["query_string"], "q=%2e%2e/x&r=1");
 
     // Authority variants of a guarded host also meet the guard.
-    for host in ["admin.example", "ADMIN.example", "admin.example.", "admin.example:80"] {
+    for host in [
+        "admin.example",
+        "ADMIN.example",
+        "admin.example.",
+        "admin.example:80",
+    ] {
         let rsp = raw(port, &format!("GET /x HTTP/1.1\r\nhost: {host}"));
         assert_eq!(
             (rsp.status, rsp.error().as_str()),
@@ -306,7 +316,10 @@ fn one_authority_for_routing_filters_and_app() {
     assert_eq!(rsp.json()["path"], "/x");
     assert_eq!(rsp.json()["headers"]["host"], "svc.example");
     // `Connection: host` does not take the authority away either.
-    let rsp = raw(port, "GET /x HTTP/1.1\r\nhost: Svc.Example\r\nconnection: host");
+    let rsp = raw(
+        port,
+        "GET /x HTTP/1.1\r\nhost: Svc.Example\r\nconnection: host",
+    );
     assert_eq!(rsp.status, 200);
     assert_eq!(rsp.json()["headers"]["host"], "svc.example");
 
@@ -316,19 +329,11 @@ fn one_authority_for_routing_filters_and_app() {
         .expect("runtime");
     rt.block_on(async {
         // HTTP/2: `:authority` and `host` must agree.
-        let (status, body) = h2_request(
-            port,
-            "http://svc.example/x",
-            &[("host", "admin.example")],
-        )
-        .await;
+        let (status, body) =
+            h2_request(port, "http://svc.example/x", &[("host", "admin.example")]).await;
         assert_eq!((status, error_of(&body).as_str()), (400, "bad_authority"));
-        let (status, body) = h2_request(
-            port,
-            "http://admin.example/x",
-            &[("host", "svc.example")],
-        )
-        .await;
+        let (status, body) =
+            h2_request(port, "http://admin.example/x", &[("host", "svc.example")]).await;
         assert_eq!((status, error_of(&body).as_str()), (400, "bad_authority"));
         // `:authority` alone routes like Host.
         let (status, body) = h2_request(port, "http://ADMIN.example/x", &[]).await;
@@ -431,7 +436,10 @@ filters:
             header_lines(&raw_signed)
         ),
     );
-    assert_eq!((rsp.status, rsp.error().as_str()), (401, "signature_invalid"));
+    assert_eq!(
+        (rsp.status, rsp.error().as_str()),
+        (401, "signature_invalid")
+    );
 
     // Signed for a.example, sent to the b.example route in absolute form or
     // over HTTP/2 with a differing `host`: refused, never verified against
@@ -450,8 +458,10 @@ filters:
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let mut headers: Vec<(&str, &str)> =
-            for_a.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut headers: Vec<(&str, &str)> = for_a
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         headers.push(("host", "b.example"));
         let (status, body) = h2_request(port, "http://a.example/x", &headers).await;
         assert_eq!((status, error_of(&body).as_str()), (400, "bad_authority"));
@@ -461,7 +471,10 @@ filters:
         port,
         &format!("GET /x HTTP/1.1\r\nhost: b.example{}", header_lines(&for_a)),
     );
-    assert_eq!((rsp.status, rsp.error().as_str()), (401, "signature_invalid"));
+    assert_eq!(
+        (rsp.status, rsp.error().as_str()),
+        (401, "signature_invalid")
+    );
     // Signed for b.example, it does (the host's case does not matter).
     let for_b = sign("GET", "http://b.example/x", all);
     let rsp = raw(
@@ -555,16 +568,23 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
     let mut cmd = Command::new("python3");
     cmd.arg(&script).arg(app_port.to_string());
     let _app = Proc::spawn("leaky-app", &mut cmd, dir.path().join("app.log"));
-    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect((
-        "127.0.0.1",
-        app_port
-    ))
+    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(
+        ("127.0.0.1", app_port)
+    )
     .is_ok()));
     let sidecar = Sidecar::start(&guarded_yaml(&format!("127.0.0.1:{app_port}"), ""));
     let rsp = raw(sidecar.inbound_port, "GET /x HTTP/1.1\r\nhost: svc");
     assert_eq!(rsp.status, 200, "{}", rsp.head);
-    for name in ["x-meshgate-session-set", "x_meshgate_user", "x-meshgate_tenant"] {
-        assert!(!rsp.has_header(name), "{name} reached the client:\n{}", rsp.head);
+    for name in [
+        "x-meshgate-session-set",
+        "x_meshgate_user",
+        "x-meshgate_tenant",
+    ] {
+        assert!(
+            !rsp.has_header(name),
+            "{name} reached the client:\n{}",
+            rsp.head
+        );
     }
 }
 
@@ -593,7 +613,10 @@ fn client_sent_forwarding_headers_are_replaced() {
         "x-method-override",
         "true-client-ip",
     ] {
-        assert!(headers.get(name).is_none(), "{name} reached the app: {headers}");
+        assert!(
+            headers.get(name).is_none(),
+            "{name} reached the app: {headers}"
+        );
     }
 }
 
@@ -623,9 +646,15 @@ fn trusted_hops_decide_the_client_address() {
     // No trusted hops: a client cannot buy a fresh rate-limit key with XFF.
     let sidecar = Sidecar::start(&limited_yaml(&app.addr(), 0));
     let port = sidecar.inbound_port;
-    let rsp = raw(port, "GET /x HTTP/1.1\r\nhost: svc\r\nx-forwarded-for: 1.1.1.1");
+    let rsp = raw(
+        port,
+        "GET /x HTTP/1.1\r\nhost: svc\r\nx-forwarded-for: 1.1.1.1",
+    );
     assert_eq!(rsp.status, 200);
-    let rsp = raw(port, "GET /x HTTP/1.1\r\nhost: svc\r\nx-forwarded-for: 2.2.2.2");
+    let rsp = raw(
+        port,
+        "GET /x HTTP/1.1\r\nhost: svc\r\nx-forwarded-for: 2.2.2.2",
+    );
     assert_eq!((rsp.status, rsp.error().as_str()), (429, "rate_limited"));
     drop(sidecar);
 

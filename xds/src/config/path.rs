@@ -73,7 +73,18 @@ fn is_plain(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
-            b'/' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+            b'/' | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
         )
 }
 
@@ -110,9 +121,9 @@ pub fn normalize_path<'a>(
         match b {
             b'%' => {
                 // `percent_decode` passes invalid escapes through; refuse them first.
-                let escape = bytes.get(i..i + 3).filter(|e| {
-                    e[1].is_ascii_hexdigit() && e[2].is_ascii_hexdigit()
-                });
+                let escape = bytes
+                    .get(i..i + 3)
+                    .filter(|e| e[1].is_ascii_hexdigit() && e[2].is_ascii_hexdigit());
                 let Some(value) = escape.and_then(|e| percent_encoding::percent_decode(e).next())
                 else {
                     return Err(PathError::InvalidEscape);
@@ -296,10 +307,7 @@ mod tests {
             normalize_path("/api/v1/items-2_x~", &p),
             Ok(Cow::Borrowed(_))
         ));
-        assert!(matches!(
-            normalize_path("/api/../x", &p),
-            Ok(Cow::Owned(_))
-        ));
+        assert!(matches!(normalize_path("/api/../x", &p), Ok(Cow::Owned(_))));
     }
 
     #[test]
