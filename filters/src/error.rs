@@ -34,6 +34,10 @@ pub const REASONS: &[Reason] = &[
     r("header_too_large", 431, 43101),
     r("body_too_large", 413, 41301),
     r("bad_request", 400, 40001),
+    // admission: the request is refused before routing
+    r("bad_path", 400, 40010),
+    r("bad_authority", 400, 40011),
+    r("bad_header_name", 400, 40012),
     r("upstream_unreachable", 502, 50201),
     r("upstream_error", 502, 50202),
     r("app_unhealthy", 503, 50301),

@@ -82,6 +82,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+        // `Connection: host` must not take away the authority admission set.
+        .filter(|t| !t.eq_ignore_ascii_case("host"))
     {
         // `remove` drops every value of a repeated header; an invalid name is simply absent.
         headers.remove(token);
@@ -100,8 +102,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Whether `name` is in the reserved `x-meshgate-` namespace, compared
+/// case-insensitively and with `_` read as `-` (CGI-style apps map both
+/// to the same variable), so no spelling of it slips through.
 fn is_identity(name: &HeaderName) -> bool {
-    name.as_str().starts_with(IDENTITY_HEADER_PREFIX)
+    let name = name.as_str().as_bytes();
+    name.len() >= IDENTITY_HEADER_PREFIX.len()
+        && name
+            .iter()
+            .zip(IDENTITY_HEADER_PREFIX.as_bytes())
+            .all(|(&got, &want)| {
+                let got = if got == b'_' { b'-' } else { got };
+                got.eq_ignore_ascii_case(&want)
+            })
 }
 
 /// Removes every client-supplied `x-meshgate-*` header: identity reaches the
@@ -156,26 +169,11 @@ pub fn client_value(client: IpAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Appends the client to `x-forwarded-for` and sets `x-forwarded-proto`.
-/// `client` is [`client_value`] of the peer address.
-pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
-    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prev) if !prev.is_empty() => {
-            let mut joined = Vec::with_capacity(prev.len() + 2 + client.len());
-            joined.extend_from_slice(prev);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
-        }
-        _ => Some(client.clone()),
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
+/// Sets `x-forwarded-for` and `x-forwarded-proto` to the values admission
+/// decided (`crate::admission`); the client's own were removed there.
+pub fn set_forwarded(headers: &mut HeaderMap, forwarded_for: HeaderValue, proto: HeaderValue) {
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
 }
 
 /// Bytes of the request head as counted against `max_header_bytes`.
@@ -233,6 +231,20 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_name_host() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Host, x-other"));
+        h.insert("host", HeaderValue::from_static("svc.example"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h.get("host").map(|v| v.as_bytes()),
+            Some(&b"svc.example"[..])
+        );
+        assert!(h.get("x-other").is_none());
+    }
+
+    #[test]
     fn keeps_upgrade_for_websocket() {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("Upgrade"));
@@ -254,6 +266,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-meshgate-user", HeaderValue::from_static("admin"));
         h.insert("X-Meshgate-Client-Id", HeaderValue::from_static("evil"));
+        h.insert("x_meshgate_user", HeaderValue::from_static("admin"));
+        h.insert("x-meshgate_tenant", HeaderValue::from_static("t"));
         strip_identity(&mut h);
         assert!(h.is_empty());
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));

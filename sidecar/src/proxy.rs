@@ -38,7 +38,7 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
     /// The peer address as an `x-forwarded-for` value, formatted once.
-    client_value: HeaderValue,
+    pub(crate) client_value: HeaderValue,
 }
 
 impl ConnInfo {
@@ -65,6 +65,7 @@ pub async fn handle(
         route: snapshot.unrouted_metrics.clone(),
         method: req.method().clone(),
         uri: req.uri().clone(),
+        client: conn.peer.ip(),
         status: 0,
         upstream: None,
         bytes_in: 0,
@@ -101,8 +102,11 @@ async fn forward(
             format!("request head exceeds {} bytes", inbound.max_header_bytes),
         ));
     }
-    let host = host_of(&req);
-    let Some(route) = snapshot.route(req.method(), req.uri().path(), host.as_deref()) else {
+    let admitted = crate::admission::admit(&mut req, inbound, conn)?;
+    log.uri = req.uri().clone();
+    log.client = admitted.client_ip;
+    let Some(route) = snapshot.route(req.method(), req.uri().path(), Some(admitted.host.as_str()))
+    else {
         return Err(Rejection::new(
             "route_not_found",
             format!("no route for {} {}", req.method(), req.uri().path()),
@@ -136,7 +140,7 @@ async fn forward(
     let mut cx = RequestCtx::new(
         log.request_id.as_str().to_owned(),
         route.route.name.clone(),
-        conn.peer.ip(),
+        admitted.client_ip,
         conn.tls,
     );
     let mut body = Body::Incoming(incoming);
@@ -154,7 +158,11 @@ async fn forward(
             .await?;
     }
 
-    headers::add_forwarded(&mut head.headers, &conn.client_value, conn.tls);
+    headers::set_forwarded(
+        &mut head.headers,
+        admitted.forwarded_for,
+        admitted.forwarded_proto,
+    );
     head.headers
         .insert(X_REQUEST_ID.clone(), log.request_id.header_value());
     for (name, value) in cx.upstream_headers.drain(..) {
@@ -164,10 +172,11 @@ async fn forward(
         AppProtocol::Http1 => Version::HTTP_11,
         AppProtocol::Http2 => Version::HTTP_2,
     };
-    let client_authority = head.uri.authority().map(|a| a.to_string());
     // An HTTP/1 client's origin-form target goes to an HTTP/1 app as it is;
     // anything else is rebuilt for the app's protocol.
-    if head.version == Version::HTTP_2 || head.uri.scheme().is_some() || client_authority.is_some()
+    if head.version == Version::HTTP_2
+        || head.uri.scheme().is_some()
+        || head.uri.authority().is_some()
     {
         let path = head
             .uri
@@ -182,12 +191,6 @@ async fn forward(
     if head.version == Version::HTTP_2 {
         // HTTP/2 carries the authority in the URI; a Host header would be a duplicate.
         head.headers.remove(HOST);
-    } else if !head.headers.contains_key(HOST) {
-        // An HTTP/2 client sent :authority only; HTTP/1.1 apps require Host.
-        let host = client_authority.as_deref().unwrap_or("localhost");
-        if let Ok(v) = HeaderValue::try_from(host) {
-            head.headers.insert(HOST, v);
-        }
     }
     // A body of announced length was counted from Content-Length; count a
     // streamed one as it goes (the wrapper costs allocations, so only then).
@@ -282,25 +285,6 @@ async fn forward(
     Ok(Response::from_parts(rhead, rbody))
 }
 
-/// Host without port, from the Host header or the URI authority (HTTP/2),
-/// lowercased (which allocates only when it has capitals).
-fn host_of<B>(req: &Request<B>) -> Option<std::borrow::Cow<'_, str>> {
-    let raw = req
-        .headers()
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().host())?;
-    let host = match raw.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => raw.split(':').next().unwrap_or(raw),
-    };
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(host)
-    })
-}
-
 /// Copies bytes both ways between the upgraded client and app connections.
 async fn tunnel(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrade) {
     match tokio::try_join!(client, app) {
@@ -355,7 +339,10 @@ pub struct AccessLog {
     request_id: RequestId,
     route: Arc<RouteMetrics>,
     method: http::Method,
+    /// The canonical target once admitted (the raw one if refused before).
     uri: http::Uri,
+    /// The client address admission decided (the peer until then).
+    client: std::net::IpAddr,
     status: u16,
     upstream: Option<Duration>,
     /// From Content-Length, or counted below for a streamed body.
@@ -382,6 +369,7 @@ impl AccessLog {
                 route = %self.route.route(),
                 method = %self.method,
                 path = %self.uri.path(),
+                client = %self.client,
                 status = self.status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0),

@@ -5,13 +5,15 @@
 //! field path. The sidecar only ever applies a `Config`, so a bad file or push
 //! never half-applies.
 
+mod path;
 mod spec;
 mod validate;
 
+pub use path::{normalize_path, PathError};
 pub use spec::*;
 pub use validate::{
     validate, App, AppAddress, Config, Inbound, MatchRule, PathMatch, RedisConfig, Responder,
-    Route, RouteAction, Tls,
+    Route, RouteAction, Tls, MAX_XFF_TRUSTED_HOPS,
 };
 
 use meshgate_filters::{FieldError, FieldErrors};

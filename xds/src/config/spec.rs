@@ -56,6 +56,73 @@ pub struct InboundSpec {
     /// Time from the request to the app's response head; beyond it 504.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How the request path is normalised before routing (docs/config.md).
+    pub path_normalization: PathNormalizationSpec,
+    /// What happens to request headers whose names contain `_`.
+    pub headers_with_underscores: UnderscoreHeaders,
+    /// Proxies in front of the sidecar whose `X-Forwarded-For` entries are
+    /// trusted; 0 (the default) trusts none and takes the connection's peer.
+    pub xff_trusted_hops: usize,
+}
+
+/// Path normalisation: percent-encoded unreserved characters are always
+/// decoded and dot segments always resolved; these choose the rest.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathNormalizationSpec {
+    /// Collapse `//` into `/` before dot segments are resolved.
+    pub merge_slashes: bool,
+    /// `%2F`, `%5C` and a raw `\` in the path.
+    pub escaped_slashes: EscapedSlashes,
+    /// `;` (path parameters) in the path.
+    pub semicolons: Semicolons,
+}
+
+impl Default for PathNormalizationSpec {
+    fn default() -> Self {
+        PathNormalizationSpec {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+            semicolons: Semicolons::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// 400 `bad_path`.
+    #[default]
+    Reject,
+    /// Forwarded as `%2F` / `%5C` (a raw `\` as `%5C`); not a segment separator.
+    Keep,
+    /// Decoded to `/` (all three) before dot segments are resolved.
+    Decode,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Semicolons {
+    /// 400 `bad_path`.
+    #[default]
+    Reject,
+    /// Forwarded as sent; a segment that is `.` or `..` before its `;` is
+    /// still refused (Tomcat reads `/..;x/` as `/../`).
+    Keep,
+}
+
+/// Envoy's `headers_with_underscores_action`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Removed before routing; the app never sees them.
+    #[default]
+    Drop,
+    /// Forwarded, except names that read as a reserved one with `_` as `-`
+    /// (`x_meshgate_user`, `x_forwarded_for`), which are removed.
+    Allow,
+    /// 400 `bad_header_name`.
+    Reject,
 }
 
 impl Default for InboundSpec {
@@ -67,6 +134,9 @@ impl Default for InboundSpec {
             max_body_bytes: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            path_normalization: PathNormalizationSpec::default(),
+            headers_with_underscores: UnderscoreHeaders::Drop,
+            xff_trusted_hops: 0,
         }
     }
 }

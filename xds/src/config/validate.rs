@@ -42,7 +42,13 @@ pub struct Inbound {
     pub max_body_bytes: usize,
     pub header_timeout: Duration,
     pub request_timeout: Duration,
+    pub path_normalization: PathNormalizationSpec,
+    pub headers_with_underscores: UnderscoreHeaders,
+    pub xff_trusted_hops: usize,
 }
+
+/// More trusted proxies than this is a typo, not a deployment.
+pub const MAX_XFF_TRUSTED_HOPS: usize = 16;
 
 /// TLS files, already read so a reload that breaks them is rejected.
 #[derive(Debug, Clone)]
@@ -211,7 +217,16 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
         max_body_bytes: i.max_body_bytes,
         header_timeout: positive(i.header_timeout, "inbound.header_timeout", &mut errors),
         request_timeout: positive(i.request_timeout, "inbound.request_timeout", &mut errors),
+        path_normalization: i.path_normalization,
+        headers_with_underscores: i.headers_with_underscores,
+        xff_trusted_hops: i.xff_trusted_hops,
     };
+    if i.xff_trusted_hops > MAX_XFF_TRUSTED_HOPS {
+        errors.push(
+            "inbound.xff_trusted_hops",
+            format!("must be at most {MAX_XFF_TRUSTED_HOPS}"),
+        );
+    }
 
     // app
     let a = &spec.app;
@@ -338,6 +353,26 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
             (None, Some(p)) => PathMatch::Prefix(p.clone()),
             (None, None) => PathMatch::Any,
         };
+        // Requests are matched in normal form; a route path in any other
+        // form could never match.
+        let (field, route_path) = match &path_match {
+            PathMatch::Exact(p) => ("path", Some(p)),
+            PathMatch::Prefix(p) => ("path_prefix", Some(p)),
+            PathMatch::Any => ("", None),
+        };
+        if let Some(p) = route_path {
+            match super::path::normalize_path(p, &i.path_normalization) {
+                Ok(normal) if normal == p.as_str() => {}
+                Ok(normal) => errors.push(
+                    format!("{path}.match.{field}"),
+                    format!("requests are matched in normal form; write {normal:?}"),
+                ),
+                Err(e) => errors.push(
+                    format!("{path}.match.{field}"),
+                    format!("can never match: {e} (inbound.path_normalization)"),
+                ),
+            }
+        }
         let methods = m
             .methods
             .iter()
@@ -646,6 +681,65 @@ error_codes: { no_such_reason: 1 }
                 "admin: { listen: \"localhost:15000\" }\negress: { listen: \"[::1]:15001\" }\n"
             ),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn admission_policy_fields() {
+        let yaml = r#"
+inbound:
+  path_normalization: { merge_slashes: false, escaped_slashes: keep, semicolons: keep }
+  headers_with_underscores: reject
+  xff_trusted_hops: 2
+"#;
+        assert_eq!(errors_of(yaml), Vec::<String>::new());
+        let spec = parse_yaml(yaml).expect("yaml");
+        let config = validate(&spec, &ValidateCx::control_plane()).expect("valid");
+        assert_eq!(config.inbound.xff_trusted_hops, 2);
+        assert_eq!(
+            config.inbound.path_normalization.escaped_slashes,
+            EscapedSlashes::Keep
+        );
+        // Defaults are the secure ones.
+        let d = InboundSpec::default();
+        assert_eq!(d.headers_with_underscores, UnderscoreHeaders::Drop);
+        assert_eq!(d.path_normalization.escaped_slashes, EscapedSlashes::Reject);
+        assert_eq!(d.path_normalization.semicolons, Semicolons::Reject);
+        assert!(d.path_normalization.merge_slashes);
+        assert_eq!(d.xff_trusted_hops, 0);
+
+        let errs = errors_of("inbound: { headers_with_underscores: maybe }\n");
+        assert!(
+            errs.len() == 1 && errs[0].starts_with("inbound.headers_with_underscores: "),
+            "{errs:?}"
+        );
+        let errs = errors_of("inbound: { path_normalization: { escaped_slashes: sometimes } }\n");
+        assert!(
+            errs.len() == 1 && errs[0].starts_with("inbound.path_normalization.escaped_slashes: "),
+            "{errs:?}"
+        );
+        assert_eq!(
+            errors_of("inbound: { xff_trusted_hops: 17 }\n"),
+            vec!["inbound.xff_trusted_hops: must be at most 16"]
+        );
+    }
+
+    #[test]
+    fn route_paths_must_be_in_normal_form() {
+        let yaml = r#"
+routes:
+  - { name: a, match: { path_prefix: "/%70rivate/" } }
+  - { name: b, match: { path: "/a/../b" } }
+  - { name: c, match: { path_prefix: "/x;y" } }
+  - { name: d, match: { path_prefix: "/ok/" } }
+"#;
+        assert_eq!(
+            errors_of(yaml),
+            vec![
+                "routes[0].match.path_prefix: requests are matched in normal form; write \"/private/\"",
+                "routes[1].match.path: requests are matched in normal form; write \"/b\"",
+                "routes[2].match.path_prefix: can never match: the path has a ';' parameter (inbound.path_normalization)",
+            ]
         );
     }
 

@@ -1,0 +1,603 @@
+//! Admission: the one canonical request, built before the route is matched.
+//!
+//! Routing, the filters (signature components `@path`, `@query`,
+//! `@authority`, `@target-uri` included) and the app all see the request this
+//! step leaves behind, so none of them can be handed a different reading of
+//! the same bytes:
+//!
+//! - the path in normal form ([`meshgate_xds::config::normalize_path`]), the
+//!   query as sent;
+//! - one authority (lowercased, validated `host[:port]`, default port
+//!   dropped) in both the URI (when it carries one) and the `Host` header;
+//!   repeated `Host`, a `Host` that disagrees with the URI or `:authority`,
+//!   and an HTTP/1.1 request without `Host` are refused;
+//! - no header names with `_` unless configured (CGI-style apps read
+//!   `x_meshgate_user` as `HTTP_X_MESHGATE_USER`);
+//! - no client-sent forwarding headers; the client address comes from the
+//!   connection, or from the trusted part of `X-Forwarded-For`.
+// A `Rejection` is the answer itself and is built once per refused request,
+// as in the signature filter; boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv6Addr};
+
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use meshgate_filters::{Rejection, IDENTITY_HEADER_PREFIX};
+use meshgate_xds::config::{normalize_path, Inbound, UnderscoreHeaders};
+
+use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use crate::proxy::ConnInfo;
+
+/// What admission decided besides the rewritten request.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The host without port, lowercased, for route matching.
+    pub host: String,
+    /// The client: the peer, or the trusted `X-Forwarded-For` entry.
+    pub client_ip: IpAddr,
+    /// `X-Forwarded-For` for the app.
+    pub forwarded_for: HeaderValue,
+    /// `X-Forwarded-Proto` for the app.
+    pub forwarded_proto: HeaderValue,
+}
+
+/// Client-sent headers that claim something about the client, the original
+/// target or the method, which only a trusted proxy may say. Removed always;
+/// `x-forwarded-for`/`-proto` are then set by the sidecar.
+pub const FORWARDING_HEADERS: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-client-cert",
+    "x-original-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-original-method",
+    "x-rewrite-url",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "front-end-https",
+    "x-url-scheme",
+];
+
+/// Names the sidecar itself manages; with underscores allowed, a name that
+/// reads as one of these with `_` for `-` is still removed.
+const MANAGED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "x-request-id",
+];
+
+fn reject(reason: &'static str, message: impl Into<Cow<'static, str>>) -> Rejection {
+    Rejection::new(reason, message)
+}
+
+/// Builds the canonical request in place. An error is the answer (400).
+pub fn admit<B>(
+    req: &mut Request<B>,
+    inbound: &Inbound,
+    conn: &ConnInfo,
+) -> Result<Admitted, Rejection> {
+    if req.method() == Method::CONNECT {
+        return Err(reject(
+            "bad_path",
+            "authority-form (CONNECT) targets are not served",
+        ));
+    }
+    if let Some(s) = req.uri().scheme_str() {
+        if !(s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https")) {
+            return Err(reject(
+                "bad_authority",
+                "the request target's scheme must be http or https",
+            ));
+        }
+    }
+
+    let path = normalize_path(req.uri().path(), &inbound.path_normalization)
+        .map_err(|e| reject("bad_path", e.to_string()))?;
+    let path_changed = path != req.uri().path();
+    let path = path.into_owned();
+
+    let (authority, host) = one_authority(req, conn.tls)?;
+
+    // The URI: origin form stays origin form; a URI that carries an
+    // authority (absolute form, HTTP/2) carries the canonical one and the
+    // connection's scheme.
+    if req.uri().authority().is_some() || path_changed {
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let path_and_query = PathAndQuery::try_from(path_and_query)
+            .map_err(|_| reject("bad_path", "the normalised target is not a valid URI"))?;
+        let uri = if req.uri().authority().is_some() {
+            let authority = Authority::try_from(authority.as_bytes())
+                .map_err(|_| reject("bad_authority", "invalid authority"))?;
+            Uri::builder()
+                .scheme(if conn.tls {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                })
+                .authority(authority)
+                .path_and_query(path_and_query)
+                .build()
+        } else {
+            Uri::builder().path_and_query(path_and_query).build()
+        };
+        *req.uri_mut() = uri.map_err(|_| reject("bad_path", "invalid request target"))?;
+    }
+
+    let headers = req.headers_mut();
+    if headers.get(HOST).map(HeaderValue::as_bytes) != Some(authority.as_bytes()) {
+        let value = HeaderValue::try_from(authority.as_str())
+            .map_err(|_| reject("bad_authority", "invalid authority"))?;
+        headers.insert(HOST, value);
+    }
+
+    underscore_headers(headers, inbound.headers_with_underscores)?;
+
+    let (client_ip, forwarded_for) = client_address(
+        headers,
+        conn.peer.ip(),
+        &conn.client_value,
+        inbound.xff_trusted_hops,
+    );
+    let forwarded_proto = match headers.get(&X_FORWARDED_PROTO) {
+        // Only a trusted proxy in front says which scheme the client used.
+        Some(v)
+            if inbound.xff_trusted_hops > 0
+                && (v.as_bytes() == b"http" || v.as_bytes() == b"https") =>
+        {
+            v.clone()
+        }
+        _ => HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    };
+    // One pass over the names (usually none match) instead of a lookup per
+    // listed name.
+    let forwarding: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| FORWARDING_HEADERS.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    for name in forwarding {
+        headers.remove(name);
+    }
+    Ok(Admitted {
+        host,
+        client_ip,
+        forwarded_for,
+        forwarded_proto,
+    })
+}
+
+/// The canonical authority (for the URI and `Host`) and the host without
+/// port (for routing), from `Host` and the URI's authority, which must agree.
+fn one_authority<B>(req: &Request<B>, tls: bool) -> Result<(String, String), Rejection> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(reject("bad_authority", "repeated Host header"));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let from_header = host_header
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| canonical_authority(s, default_port))
+                .ok_or_else(|| reject("bad_authority", "invalid Host header"))
+        })
+        .transpose()?;
+    let from_uri = req
+        .uri()
+        .authority()
+        .map(|a| {
+            canonical_authority(a.as_str(), default_port)
+                .ok_or_else(|| reject("bad_authority", "invalid authority in the request target"))
+        })
+        .transpose()?;
+    match (from_header, from_uri) {
+        (Some(h), Some(u)) if h != u => Err(reject(
+            "bad_authority",
+            "the Host header and the request target name different authorities",
+        )),
+        (None, _) if req.version() == Version::HTTP_11 => {
+            Err(reject("bad_authority", "HTTP/1.1 request without Host"))
+        }
+        (Some(a), _) | (None, Some(a)) => Ok(a),
+        (None, None) => Err(reject("bad_authority", "the request names no authority")),
+    }
+}
+
+/// `host[:port]` lowercased, a trailing dot and the default port removed;
+/// `None` when it is not a plain DNS name, IPv4 or bracketed IPv6 address
+/// with an optional numeric port (user info, `%`-escapes and sub-delimiters
+/// are refused). Returns (authority, host for routing).
+pub fn canonical_authority(raw: &str, default_port: u16) -> Option<(String, String)> {
+    if raw.is_empty() || raw.contains('@') {
+        return None;
+    }
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        let addr: Ipv6Addr = v6.parse().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (format!("[{addr}]"), port)
+    } else {
+        let (host, port) = match raw.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (raw, None),
+        };
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            && !host.split('.').any(str::is_empty);
+        if !valid {
+            return None;
+        }
+        (host, port)
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok().filter(|p| *p != 0)?)
+        }
+        Some(_) => return None,
+    };
+    let route_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let authority = match port {
+        Some(p) if p != default_port => format!("{host}:{p}"),
+        _ => host,
+    };
+    Some((authority, route_host))
+}
+
+/// Whether `name`, read with `_` as `-`, is a header the sidecar manages or
+/// reserves (`x-meshgate-*`, forwarding headers, framing and hop-by-hop).
+fn reads_as_managed(name: &str) -> bool {
+    let dashed = name.replace('_', "-");
+    dashed.starts_with(IDENTITY_HEADER_PREFIX)
+        || FORWARDING_HEADERS.contains(&dashed.as_str())
+        || MANAGED_HEADERS.contains(&dashed.as_str())
+}
+
+fn underscore_headers(headers: &mut HeaderMap, action: UnderscoreHeaders) -> Result<(), Rejection> {
+    // Header names are lowercase ASCII; most requests have none with `_`.
+    if !headers.keys().any(|n| n.as_str().contains('_')) {
+        return Ok(());
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| match action {
+            UnderscoreHeaders::Allow => reads_as_managed(n.as_str()),
+            UnderscoreHeaders::Drop | UnderscoreHeaders::Reject => true,
+        })
+        .cloned()
+        .collect();
+    if action == UnderscoreHeaders::Reject {
+        if let Some(name) = names.first() {
+            return Err(reject(
+                "bad_header_name",
+                format!("header name {:?} contains '_'", name.as_str()),
+            ));
+        }
+    }
+    for name in names {
+        headers.remove(name);
+    }
+    Ok(())
+}
+
+/// The client address and the `X-Forwarded-For` the app gets. With no
+/// trusted hops: the peer, alone. With `n`: the `n`-th entry from the right
+/// of the received chain (the one the outermost trusted proxy wrote), and the
+/// chain from there on with the peer appended; anything unusable (too short,
+/// not an address) falls back to the peer.
+fn client_address(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    peer_value: &HeaderValue,
+    trusted_hops: usize,
+) -> (IpAddr, HeaderValue) {
+    let fallback = || (peer, peer_value.clone());
+    if trusted_hops == 0 {
+        return fallback();
+    }
+    let mut entries: Vec<&str> = Vec::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        let Ok(value) = value.to_str() else {
+            return fallback();
+        };
+        entries.extend(value.split(',').map(str::trim).filter(|e| !e.is_empty()));
+    }
+    if entries.len() < trusted_hops {
+        return fallback();
+    }
+    let trusted = &entries[entries.len() - trusted_hops..];
+    let mut addresses = Vec::with_capacity(trusted.len() + 1);
+    for entry in trusted {
+        let bare = entry.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<IpAddr>() {
+            Ok(ip) => addresses.push(ip),
+            Err(_) => return fallback(),
+        }
+    }
+    let client = addresses[0];
+    addresses.push(peer);
+    let chain = addresses
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match HeaderValue::try_from(chain) {
+        Ok(v) => (client, v),
+        Err(_) => fallback(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn inbound(yaml: &str) -> Inbound {
+        let spec = meshgate_xds::config::parse_yaml(yaml).expect("yaml");
+        meshgate_xds::config::validate(&spec, &meshgate_filters::ValidateCx::control_plane())
+            .expect("valid")
+            .inbound
+    }
+
+    fn conn() -> ConnInfo {
+        ConnInfo::new(SocketAddr::from(([10, 0, 0, 9], 5555)), false)
+    }
+
+    fn req(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request")
+    }
+
+    fn admit_default(r: &mut Request<()>) -> Result<Admitted, Rejection> {
+        admit(r, &inbound("{}"), &conn())
+    }
+
+    #[test]
+    fn authorities_are_canonical() {
+        let cases: &[(&str, Option<(&str, &str)>)] = &[
+            ("a.example", Some(("a.example", "a.example"))),
+            ("A.Example.", Some(("a.example", "a.example"))),
+            ("a.example:80", Some(("a.example", "a.example"))),
+            ("a.example:", Some(("a.example", "a.example"))),
+            ("a.example:8080", Some(("a.example:8080", "a.example"))),
+            ("a.example:08080", Some(("a.example:8080", "a.example"))),
+            ("127.0.0.1:15006", Some(("127.0.0.1:15006", "127.0.0.1"))),
+            ("[::1]:80", Some(("[::1]", "::1"))),
+            ("[0:0::1]:9", Some(("[::1]:9", "::1"))),
+            ("", None),
+            ("user@a.example", None),
+            ("a.example:99999", None),
+            ("a.example:0", None),
+            ("a.example:x", None),
+            ("a..example", None),
+            (".a.example", None),
+            ("a%2eexample", None),
+            ("a.example;x", None),
+            ("a example", None),
+            ("[::1", None),
+            ("[nope]", None),
+            ("a:1:2", None),
+        ];
+        for (raw, want) in cases {
+            let got = canonical_authority(raw, 80);
+            let got = got.as_ref().map(|(a, h)| (a.as_str(), h.as_str()));
+            assert_eq!(got, *want, "{raw:?}");
+        }
+        assert_eq!(
+            canonical_authority("a.example:443", 443).map(|a| a.0),
+            Some("a.example".into())
+        );
+    }
+
+    #[test]
+    fn host_rules() {
+        type Case<'a> = (Version, &'a str, &'a [(&'a str, &'a str)]);
+        let refused: &[Case<'_>] = &[
+            (
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a.example"), ("host", "b.example")],
+            ),
+            (Version::HTTP_11, "/x", &[]),
+            (Version::HTTP_11, "/x", &[("host", "")]),
+            (
+                Version::HTTP_11,
+                "http://a.example/x",
+                &[("host", "b.example")],
+            ),
+            (
+                Version::HTTP_2,
+                "http://a.example/x",
+                &[("host", "b.example")],
+            ),
+            (Version::HTTP_2, "/x", &[]),
+            (
+                Version::HTTP_11,
+                "ftp://a.example/x",
+                &[("host", "a.example")],
+            ),
+        ];
+        for (version, uri, headers) in refused {
+            let mut r = req(*version, uri, headers);
+            let rej = admit_default(&mut r).expect_err(uri);
+            assert_eq!(rej.reason, "bad_authority", "{uri} {headers:?}");
+            assert_eq!(rej.status, http::StatusCode::BAD_REQUEST);
+        }
+
+        let mut r = req(
+            Version::HTTP_2,
+            "https://A.example:80/%70rivate/x?q=%41",
+            &[("host", "a.EXAMPLE")],
+        );
+        let admitted = admit_default(&mut r).expect("admitted");
+        assert_eq!(admitted.host, "a.example");
+        // The connection is plain HTTP: its scheme, not the client's.
+        assert_eq!(r.uri().to_string(), "http://a.example/private/x?q=%41");
+        assert_eq!(r.headers()[HOST], "a.example");
+
+        let mut r = req(Version::HTTP_11, "/a/../b?x", &[("host", "B.example:8080")]);
+        let admitted = admit_default(&mut r).expect("admitted");
+        assert_eq!(admitted.host, "b.example");
+        assert_eq!(r.uri().to_string(), "/b?x");
+        assert_eq!(r.headers()[HOST], "b.example:8080");
+
+        // HTTP/1.0 may name its authority in the target alone.
+        let mut r = req(Version::HTTP_10, "http://c.example/", &[]);
+        assert_eq!(admit_default(&mut r).expect("admitted").host, "c.example");
+        assert_eq!(r.headers()[HOST], "c.example");
+    }
+
+    #[test]
+    fn targets_that_are_not_paths_are_refused() {
+        let mut r = req(Version::HTTP_11, "*", &[("host", "a")]);
+        *r.method_mut() = Method::OPTIONS;
+        assert_eq!(
+            admit_default(&mut r).expect_err("refused").reason,
+            "bad_path"
+        );
+        let mut r = req(Version::HTTP_11, "a.example:443", &[("host", "a")]);
+        *r.method_mut() = Method::CONNECT;
+        assert_eq!(
+            admit_default(&mut r).expect_err("refused").reason,
+            "bad_path"
+        );
+        let mut r = req(Version::HTTP_11, "/a%2Fb", &[("host", "a")]);
+        assert_eq!(
+            admit_default(&mut r).expect_err("refused").reason,
+            "bad_path"
+        );
+    }
+
+    #[test]
+    fn underscore_header_actions() {
+        let headers = [
+            ("host", "a"),
+            ("x_meshgate_user", "admin"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x_app_flag", "1"),
+            ("x-app", "kept"),
+        ];
+        let mut r = req(Version::HTTP_11, "/", &headers);
+        admit_default(&mut r).expect("admitted");
+        let names: Vec<&str> = r.headers().keys().map(|n| n.as_str()).collect();
+        assert!(names.iter().all(|n| !n.contains('_')), "{names:?}");
+        assert_eq!(r.headers()["x-app"], "kept");
+
+        let mut r = req(Version::HTTP_11, "/", &headers);
+        let allow = inbound("inbound: { headers_with_underscores: allow }");
+        admit(&mut r, &allow, &conn()).expect("admitted");
+        assert_eq!(r.headers()["x_app_flag"], "1");
+        assert!(r.headers().get("x_meshgate_user").is_none());
+        assert!(r.headers().get("x_forwarded_for").is_none());
+
+        let mut r = req(Version::HTTP_11, "/", &headers);
+        let refuse = inbound("inbound: { headers_with_underscores: reject }");
+        let rej = admit(&mut r, &refuse, &conn()).expect_err("refused");
+        assert_eq!(rej.reason, "bad_header_name");
+    }
+
+    #[test]
+    fn forwarding_headers_are_the_sidecars() {
+        let headers = [
+            ("host", "a"),
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+            ("x-forwarded-for", "3.3.3.3"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("forwarded", "for=1.1.1.1"),
+            ("x-real-ip", "1.1.1.1"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+        ];
+        let mut r = req(Version::HTTP_11, "/", &headers);
+        let a = admit_default(&mut r).expect("admitted");
+        assert_eq!(a.client_ip, IpAddr::from([10, 0, 0, 9]));
+        assert_eq!(a.forwarded_for, "10.0.0.9");
+        assert_eq!(a.forwarded_proto, "http");
+        for name in FORWARDING_HEADERS {
+            assert!(r.headers().get(*name).is_none(), "{name}");
+        }
+
+        let one = inbound("inbound: { xff_trusted_hops: 1 }");
+        let mut r = req(Version::HTTP_11, "/", &headers);
+        let a = admit(&mut r, &one, &conn()).expect("admitted");
+        assert_eq!(a.client_ip, IpAddr::from([3, 3, 3, 3]));
+        assert_eq!(a.forwarded_for, "3.3.3.3, 10.0.0.9");
+        assert_eq!(a.forwarded_proto, "https");
+
+        let two = inbound("inbound: { xff_trusted_hops: 2 }");
+        let mut r = req(Version::HTTP_11, "/", &headers);
+        let a = admit(&mut r, &two, &conn()).expect("admitted");
+        assert_eq!(a.client_ip, IpAddr::from([2, 2, 2, 2]));
+        assert_eq!(a.forwarded_for, "2.2.2.2, 3.3.3.3, 10.0.0.9");
+
+        // Too short a chain, or garbage in its trusted part: the peer.
+        let four = inbound("inbound: { xff_trusted_hops: 4 }");
+        let mut r = req(Version::HTTP_11, "/", &headers);
+        let a = admit(&mut r, &four, &conn()).expect("admitted");
+        assert_eq!(a.forwarded_for, "10.0.0.9");
+        let mut r = req(
+            Version::HTTP_11,
+            "/",
+            &[("host", "a"), ("x-forwarded-for", "1.1.1.1, unknown")],
+        );
+        let a = admit(&mut r, &one, &conn()).expect("admitted");
+        assert_eq!(a.client_ip, IpAddr::from([10, 0, 0, 9]));
+    }
+
+    #[test]
+    fn managed_names_with_underscores() {
+        assert!(reads_as_managed("x_meshgate_user"));
+        assert!(reads_as_managed("x-meshgate_user"));
+        assert!(reads_as_managed("x_forwarded_for"));
+        assert!(reads_as_managed("content_length"));
+        assert!(!reads_as_managed("x_app_flag"));
+    }
+}
