@@ -34,6 +34,7 @@ pub const REASONS: &[Reason] = &[
     r("header_too_large", 431, 43101),
     r("body_too_large", 413, 41301),
     r("bad_request", 400, 40001),
+    r("request_timeout", 408, 40801),
     r("upstream_unreachable", 502, 50201),
     r("upstream_error", 502, 50202),
     r("app_unhealthy", 503, 50301),

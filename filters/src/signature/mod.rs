@@ -411,6 +411,7 @@ impl SignatureFilter {
         cx: &mut RequestCtx,
     ) -> Result<(Arc<str>, Arc<str>, String), Rejection> {
         let scheme = if cx.tls { "https" } else { "http" };
+        let body_present = req.has_body();
         let verified = self.config.policy.verify(
             &RequestParts {
                 method: &req.head.method,
@@ -418,6 +419,7 @@ impl SignatureFilter {
                 headers: &req.head.headers,
                 scheme,
             },
+            body_present,
             unix_now(),
         )?;
         if verified.covers_digest || req.head.headers.contains_key(sign::CONTENT_DIGEST_HEADER) {

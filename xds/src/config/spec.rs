@@ -54,8 +54,17 @@ pub struct InboundSpec {
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
     /// Time from the request to the app's response head; beyond it 504.
+    /// Also bounds buffering a request body (408 beyond it).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest gap between two pieces of a request body streamed to the app;
+    /// beyond it the upload is cut (408 when a status can still be sent).
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed
+    /// (HTTP/2: GOAWAY).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for InboundSpec {
@@ -67,6 +76,8 @@ impl Default for InboundSpec {
             max_body_bytes: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

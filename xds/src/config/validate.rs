@@ -40,6 +40,8 @@ pub struct Inbound {
     pub max_body_bytes: usize,
     pub header_timeout: Duration,
     pub request_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// TLS files, already read so a reload that breaks them is rejected.
@@ -199,6 +201,12 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
         max_body_bytes: i.max_body_bytes,
         header_timeout: positive(i.header_timeout, "inbound.header_timeout", &mut errors),
         request_timeout: positive(i.request_timeout, "inbound.request_timeout", &mut errors),
+        body_idle_timeout: positive(
+            i.body_idle_timeout,
+            "inbound.body_idle_timeout",
+            &mut errors,
+        ),
+        idle_timeout: positive(i.idle_timeout, "inbound.idle_timeout", &mut errors),
     };
 
     // app
@@ -514,6 +522,22 @@ error_codes: { no_such_reason: 1 }
                 "routes[1].name: duplicate route name \"a\"",
                 "routes[1].respond.status: 99 is not an HTTP status",
                 "error_codes.no_such_reason: unknown error reason",
+            ]
+        );
+    }
+
+    #[test]
+    fn read_time_bounds_have_defaults_and_must_be_positive() {
+        let spec = parse_yaml("inbound: { listen: \"127.0.0.1:1\" }\n").expect("yaml");
+        let config = validate(&spec, &ValidateCx::control_plane()).expect("valid");
+        assert_eq!(config.inbound.body_idle_timeout, Duration::from_secs(15));
+        assert_eq!(config.inbound.idle_timeout, Duration::from_secs(60));
+        let yaml = "inbound: { listen: \"127.0.0.1:1\", body_idle_timeout: 0s, idle_timeout: 0s }\n";
+        assert_eq!(
+            errors_of(yaml),
+            vec![
+                "inbound.body_idle_timeout: must be greater than zero",
+                "inbound.idle_timeout: must be greater than zero",
             ]
         );
     }
