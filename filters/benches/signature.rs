@@ -102,7 +102,11 @@ fn bench_verify(c: &mut Criterion) {
         };
         policy.verify(&parts, false, now).expect("verifies");
         group.bench_function(alg.name(), |b| {
-            b.iter(|| policy.verify(black_box(&parts), false, now).expect("verifies"))
+            b.iter(|| {
+                policy
+                    .verify(black_box(&parts), false, now)
+                    .expect("verifies")
+            })
         });
     }
     group.finish();

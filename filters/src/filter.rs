@@ -106,10 +106,9 @@ fn body_rejection(err: BufferError) -> Rejection {
         BufferError::TooLarge => {
             Rejection::new("body_too_large", "body exceeds the configured limit")
         }
-        BufferError::Read(e) if e.is::<BodyStalled>() => Rejection::new(
-            "request_timeout",
-            format!("the request body stalled: {e}"),
-        ),
+        BufferError::Read(e) if e.is::<BodyStalled>() => {
+            Rejection::new("request_timeout", format!("the request body stalled: {e}"))
+        }
         BufferError::Read(e) => {
             Rejection::new("bad_request", format!("reading the body failed: {e}"))
         }

@@ -301,7 +301,10 @@ mod tests {
             HeaderValue::from_static("Upgrade, HTTP2-Settings"),
         );
         h.insert("upgrade", HeaderValue::from_static("h2c"));
-        h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAAQCAAAAAAIAAAAA"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQCAAAAAAIAAAAA"),
+        );
         // Even when the caller asked to keep the upgrade pair.
         strip_hop_by_hop(&mut h, true);
         assert!(h.is_empty(), "{h:?}");
@@ -312,7 +315,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("Upgrade"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
-        assert!(is_websocket_upgrade(&http::Method::GET, http::Version::HTTP_11, &h));
+        assert!(is_websocket_upgrade(
+            &http::Method::GET,
+            http::Version::HTTP_11,
+            &h
+        ));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(
             h.get("upgrade").map(|v| v.as_bytes()),

@@ -279,8 +279,8 @@ async fn forward(
     if upstream_rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A switch nobody asked for, or to another protocol than WebSocket,
         // would make the rest of the connection a raw tunnel.
-        let Some(client_upgrade) = client_upgrade
-            .filter(|_| headers::response_is_websocket(upstream_rsp.headers()))
+        let Some(client_upgrade) =
+            client_upgrade.filter(|_| headers::response_is_websocket(upstream_rsp.headers()))
         else {
             return Err(Rejection::new(
                 "upstream_error",

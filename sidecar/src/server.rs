@@ -160,7 +160,11 @@ enum IdleEnd {
 /// Resolves when the connection should be closed for want of requests.
 /// HTTP/1.1 additionally has hyper's header read timeout, which also runs
 /// while a keep-alive connection waits for its next request.
-async fn idle_watch(activity: &Activity, header_timeout: Duration, idle_timeout: Duration) -> IdleEnd {
+async fn idle_watch(
+    activity: &Activity,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+) -> IdleEnd {
     tokio::time::sleep(header_timeout).await;
     if !activity.any_request.load(Ordering::Relaxed) {
         return IdleEnd::NoRequest;
@@ -304,7 +308,10 @@ mod tests {
     async fn a_request_in_flight_keeps_the_connection_open() {
         let a = activity();
         let in_flight = a.begin(http::Version::HTTP_2);
-        assert_eq!(a.idle_left(Duration::from_millis(10)), Some(Duration::from_millis(10)));
+        assert_eq!(
+            a.idle_left(Duration::from_millis(10)),
+            Some(Duration::from_millis(10))
+        );
         let watch = idle_watch(&a, Duration::from_millis(10), Duration::from_millis(30));
         tokio::pin!(watch);
         assert!(

@@ -222,7 +222,8 @@ async fn raw_app_connection(
         let lower = head.to_ascii_lowercase();
         let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
         let upgrade = header_of(&lower, "upgrade");
-        let websocket_101 = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        let websocket_101 =
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Meshgate-User: admin\r\n\
              X-MESHGATE-CLIENT-ID: app-1\r\nKeep-Alive: timeout=5\r\n\r\n";
         if path == "/force101" {
@@ -651,7 +652,10 @@ async fn connections_without_requests_are_closed_after_the_header_timeout() {
     ] {
         let closed = closed.unwrap_or_else(|| panic!("{what}: still open after {limit:?}"));
         let took = closed - since;
-        assert!(took >= Duration::from_millis(900), "{what}: closed after {took:?}");
+        assert!(
+            took >= Duration::from_millis(900),
+            "{what}: closed after {took:?}"
+        );
     }
 }
 
@@ -669,7 +673,9 @@ async fn idle_h2_connection_is_closed() {
     });
     let (status, _) = h2_send(
         &mut client,
-        http::Request::get(sidecar.url("/x")).body(()).expect("request"),
+        http::Request::get(sidecar.url("/x"))
+            .body(())
+            .expect("request"),
         None,
     )
     .await;
@@ -756,7 +762,10 @@ filters:
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"request_timeout\""), "{text}");
-    assert!(took >= Duration::from_millis(1800), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(1800),
+        "answered after {took:?}"
+    );
 }
 
 /// A streamed body that stalls longer than `body_idle_timeout` is cut: the

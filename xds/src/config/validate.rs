@@ -532,7 +532,8 @@ error_codes: { no_such_reason: 1 }
         let config = validate(&spec, &ValidateCx::control_plane()).expect("valid");
         assert_eq!(config.inbound.body_idle_timeout, Duration::from_secs(15));
         assert_eq!(config.inbound.idle_timeout, Duration::from_secs(60));
-        let yaml = "inbound: { listen: \"127.0.0.1:1\", body_idle_timeout: 0s, idle_timeout: 0s }\n";
+        let yaml =
+            "inbound: { listen: \"127.0.0.1:1\", body_idle_timeout: 0s, idle_timeout: 0s }\n";
         assert_eq!(
             errors_of(yaml),
             vec![
