@@ -38,6 +38,7 @@ pub const REASONS: &[Reason] = &[
     r("bad_path", 400, 40010),
     r("bad_authority", 400, 40011),
     r("bad_header_name", 400, 40012),
+    r("request_timeout", 408, 40801),
     r("upstream_unreachable", 502, 50201),
     r("upstream_error", 502, 50202),
     r("app_unhealthy", 503, 50301),

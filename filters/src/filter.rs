@@ -1,10 +1,11 @@
 //! The filter contract.
 
 use std::future::Future;
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::body::{Body, BufferError};
+use crate::body::{Body, BodyStalled, BufferError};
 use crate::context::RequestCtx;
 use crate::error::Rejection;
 
@@ -23,6 +24,7 @@ pub struct RequestView<'a> {
     pub head: &'a mut http::request::Parts,
     body: &'a mut Body,
     max_body: usize,
+    body_timeout: Duration,
 }
 
 impl<'a> RequestView<'a> {
@@ -31,17 +33,41 @@ impl<'a> RequestView<'a> {
             head,
             body,
             max_body,
+            body_timeout: Duration::MAX,
         }
     }
 
+    /// Bounds the time [`RequestView::body`] may take to buffer the body (the
+    /// route timeout); beyond it the answer is 408 `request_timeout`, so a
+    /// client trickling its body cannot hold a filter forever.
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
     /// Buffers the request body (at most the route's `max_body_bytes`; beyond
-    /// that the answer is 413 `body_too_large`). Without this call bodies
-    /// stream to the app untouched.
+    /// that the answer is 413 `body_too_large`; slower than the body timeout:
+    /// 408 `request_timeout`). Without this call bodies stream to the app
+    /// untouched.
     pub async fn body(&mut self) -> Result<Bytes, Rejection> {
-        self.body
-            .buffer(self.max_body)
-            .await
-            .map_err(body_rejection)
+        // `timeout` treats a deadline too far to represent as no limit.
+        match tokio::time::timeout(self.body_timeout, self.body.buffer(self.max_body)).await {
+            Ok(buffered) => buffered.map_err(body_rejection),
+            Err(_) => Err(Rejection::new(
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {:?}",
+                    self.body_timeout
+                ),
+            )),
+        }
+    }
+
+    /// Whether the request carries a body, decided from the body stream
+    /// (chunked and HTTP/2 bodies count without `Content-Length`); see
+    /// [`Body::may_have_data`].
+    pub fn has_body(&self) -> bool {
+        self.body.may_have_data()
     }
 }
 
@@ -79,6 +105,9 @@ fn body_rejection(err: BufferError) -> Rejection {
     match err {
         BufferError::TooLarge => {
             Rejection::new("body_too_large", "body exceeds the configured limit")
+        }
+        BufferError::Read(e) if e.is::<BodyStalled>() => {
+            Rejection::new("request_timeout", format!("the request body stalled: {e}"))
         }
         BufferError::Read(e) => {
             Rejection::new("bad_request", format!("reading the body failed: {e}"))

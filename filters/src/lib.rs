@@ -23,7 +23,7 @@ pub mod signature;
 pub mod state;
 pub mod store;
 
-pub use body::{Body, BodyError};
+pub use body::{Body, BodyError, BodyProgress, BodyStalled};
 pub use chain::{AnyFilter, BuildCx, Chain, NamedFilter};
 pub use config::{FieldError, FieldErrors, FilterConfig, FilterSpec, ValidateCx};
 pub use context::RequestCtx;

@@ -46,7 +46,9 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
-/// For a protocol upgrade, `Connection: upgrade` and `Upgrade` are kept.
+/// For a WebSocket upgrade (`keep_upgrade`, decided by
+/// [`is_websocket_upgrade`]), `Connection: upgrade` and `Upgrade: websocket`
+/// are kept; any other upgrade token is dropped like every hop-by-hop header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names finds which hop-by-hop headers are present;
     // most messages carry none, and then nothing else is done.
@@ -63,11 +65,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let upgrade = if keep_upgrade {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
-    };
+    // Only the one protocol the sidecar tunnels goes on, spelled one way.
+    let upgrade = keep_upgrade && upgrade_is_websocket(headers);
     // The names `Connection` lists. Its values are reference-counted clones
     // (the rest allocates only for a repeated header), and removing by
     // `&str` looks a name up without allocating one.
@@ -96,9 +95,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
-    if let Some(upgrade) = upgrade {
+    if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, upgrade);
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     }
 }
 
@@ -184,17 +183,47 @@ pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) ->
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-/// Whether the request asks for a protocol upgrade (WebSocket).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+/// Whether the comma-separated tokens of every `name` line include `token`.
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// `Upgrade` offers `websocket` (a protocol version after a slash is allowed).
+fn upgrade_is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let name = t.split('/').next().unwrap_or_default();
+            name.trim().eq_ignore_ascii_case("websocket")
+        })
+}
+
+/// Whether a request asks for a WebSocket upgrade (RFC 6455: an HTTP/1.1
+/// `GET` with `Connection: upgrade` and `Upgrade: websocket`). This is the
+/// only upgrade the sidecar tunnels: any other (`h2c`, `TLS/1.0`, ...) would
+/// let later bytes on the connection bypass routing and filters, so its
+/// headers are dropped and the request is forwarded as a plain one.
+pub fn is_websocket_upgrade(
+    method: &http::Method,
+    version: http::Version,
+    headers: &HeaderMap,
+) -> bool {
+    method == http::Method::GET
+        && version == http::Version::HTTP_11
+        && has_token(headers, &CONNECTION, "upgrade")
+        && upgrade_is_websocket(headers)
+}
+
+/// Whether the app's `101 Switching Protocols` switches to WebSocket.
+pub fn response_is_websocket(headers: &HeaderMap) -> bool {
+    has_token(headers, &CONNECTION, "upgrade") && upgrade_is_websocket(headers)
 }
 
 #[cfg(test)]
@@ -245,11 +274,63 @@ mod tests {
     }
 
     #[test]
+    fn only_websocket_is_an_upgrade() {
+        let get = http::Method::GET;
+        let h11 = http::Version::HTTP_11;
+        for (connection, upgrade, expected) in [
+            ("Upgrade", "websocket", true),
+            ("keep-alive, upgrade", "WebSocket", true),
+            ("Upgrade", "h2c, websocket/13", true),
+            ("Upgrade, HTTP2-Settings", "h2c", false),
+            ("Upgrade", "TLS/1.0", false),
+            ("keep-alive", "websocket", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("connection", HeaderValue::from_static(connection));
+            h.insert("upgrade", HeaderValue::from_static(upgrade));
+            assert_eq!(
+                is_websocket_upgrade(&get, h11, &h),
+                expected,
+                "{connection} / {upgrade}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(!is_websocket_upgrade(&http::Method::POST, h11, &h));
+        assert!(!is_websocket_upgrade(&get, http::Version::HTTP_10, &h));
+        assert!(response_is_websocket(&h));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        assert!(!response_is_websocket(&h));
+    }
+
+    #[test]
+    fn other_upgrades_are_dropped_as_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQCAAAAAAIAAAAA"),
+        );
+        // Even when the caller asked to keep the upgrade pair.
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
     fn keeps_upgrade_for_websocket() {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("Upgrade"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&h));
+        assert!(is_websocket_upgrade(
+            &http::Method::GET,
+            http::Version::HTTP_11,
+            &h
+        ));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(
             h.get("upgrade").map(|v| v.as_bytes()),

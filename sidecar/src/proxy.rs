@@ -3,18 +3,19 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use meshgate_filters::{Body, BodyError, Rejection, RequestCtx, RequestView, ResponseView};
+use meshgate_filters::{
+    Body, BodyError, BodyProgress, Rejection, RequestCtx, RequestView, ResponseView,
+};
 use meshgate_xds::config::AppProtocol;
 
 use crate::config_store::ConfigStore;
@@ -124,8 +125,20 @@ async fn forward(
         ));
     }
 
-    let upgrade = headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // CONNECT would turn the connection into a tunnel past every filter
+    // (HTTP/2 extended CONNECT, RFC 8441, is refused by the HTTP/2 layer).
+    if req.method() == Method::CONNECT {
+        return Err(Rejection::new(
+            "method_not_allowed",
+            "CONNECT is not supported",
+        ));
+    }
+    // Only WebSocket is tunnelled, and only to an HTTP/1.1 app (an HTTP/2
+    // connection cannot carry the upgrade); any other upgrade request goes
+    // on as a plain request without its upgrade headers.
+    let websocket = snapshot.config.app.protocol == AppProtocol::Http1
+        && headers::is_websocket_upgrade(req.method(), req.version(), req.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     if let Some(len) = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -135,7 +148,7 @@ async fn forward(
     }
     let (mut head, incoming) = req.into_parts();
     headers::strip_identity(&mut head.headers);
-    headers::strip_hop_by_hop(&mut head.headers, upgrade);
+    headers::strip_hop_by_hop(&mut head.headers, websocket);
 
     let mut cx = RequestCtx::new(
         log.request_id.as_str().to_owned(),
@@ -143,10 +156,14 @@ async fn forward(
         admitted.client_ip,
         conn.tls,
     );
-    let mut body = Body::Incoming(incoming);
+    // Every read of the body, buffered by a filter or streamed to the app,
+    // fails once the client goes quiet for longer than the idle gap.
+    let (mut body, body_progress) =
+        Body::Incoming(incoming).with_idle_timeout(inbound.body_idle_timeout);
     let verdict = chain
         .on_request(
-            &mut RequestView::new(&mut head, &mut body, route.route.max_body_bytes),
+            &mut RequestView::new(&mut head, &mut body, route.route.max_body_bytes)
+                .with_body_timeout(route.route.timeout),
             &mut cx,
         )
         .await;
@@ -154,6 +171,7 @@ async fn forward(
     verdict?;
     if route.route.buffer_request {
         RequestView::new(&mut head, &mut body, route.route.max_body_bytes)
+            .with_body_timeout(route.route.timeout)
             .body()
             .await?;
     }
@@ -192,14 +210,16 @@ async fn forward(
         // HTTP/2 carries the authority in the URI; a Host header would be a duplicate.
         head.headers.remove(HOST);
     }
-    // A body of announced length was counted from Content-Length; count a
-    // streamed one as it goes (the wrapper costs allocations, so only then).
-    let upstream_body = if log.bytes_in == 0 && !http_body::Body::is_end_stream(&body) {
-        let count = Arc::new(AtomicU64::new(0));
-        log.streamed_in = Some(count.clone());
-        Body::boxed(CountingBody { inner: body, count })
-    } else {
-        body
+    // A body of announced length was counted from Content-Length; a streamed
+    // one is counted by its idle guard as it goes.
+    if log.bytes_in == 0 {
+        log.streamed_in = body_progress.clone();
+    }
+    let client_stalled = || body_progress.as_ref().is_some_and(|p| p.is_stalled());
+    let client_slow = || {
+        body_progress
+            .as_ref()
+            .is_some_and(|p| p.is_stalled() || p.is_waiting_for_sender())
     };
 
     let sent = Instant::now();
@@ -207,17 +227,35 @@ async fn forward(
     // to an Instant means "no limit" instead of a panic.
     let result = tokio::time::timeout(
         route.route.timeout,
-        snapshot
-            .upstream
-            .send(Request::from_parts(head, upstream_body)),
+        snapshot.upstream.send(Request::from_parts(head, body)),
     )
     .await;
     log.upstream = Some(sent.elapsed());
     let mut upstream_rsp = match result {
+        // The client, not the app, is the slow one: its body stalled, or the
+        // app is still waiting for it.
+        Err(_) if client_slow() => {
+            return Err(Rejection::new(
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {:?}",
+                    route.route.timeout
+                ),
+            ))
+        }
         Err(_) => {
             return Err(Rejection::new(
                 "upstream_timeout",
                 format!("the app did not answer within {:?}", route.route.timeout),
+            ))
+        }
+        Ok(Err(_)) if client_stalled() => {
+            return Err(Rejection::new(
+                "request_timeout",
+                format!(
+                    "the request body stalled for {:?}",
+                    inbound.body_idle_timeout
+                ),
             ))
         }
         Ok(Err(e)) => {
@@ -242,19 +280,31 @@ async fn forward(
     };
 
     if upstream_rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let app_upgrade = hyper::upgrade::on(&mut upstream_rsp);
-            // Tracked so that a drain gives the tunnel its grace period; it
-            // is cut when the process exits at the drain deadline.
-            let guard = shared.drain.track_connection();
-            tokio::spawn(async move {
-                tunnel(client_upgrade, app_upgrade).await;
-                drop(guard);
-            });
-            let (head, _) = upstream_rsp.into_parts();
-            log.guards = cx.take_guards();
-            return Ok(Response::from_parts(head, Body::Empty));
-        }
+        // A switch nobody asked for, or to another protocol than WebSocket,
+        // would make the rest of the connection a raw tunnel.
+        let Some(client_upgrade) =
+            client_upgrade.filter(|_| headers::response_is_websocket(upstream_rsp.headers()))
+        else {
+            return Err(Rejection::new(
+                "upstream_error",
+                "the app switched protocols without a WebSocket upgrade request",
+            ));
+        };
+        let app_upgrade = hyper::upgrade::on(&mut upstream_rsp);
+        // Tracked so that a drain gives the tunnel its grace period; it is
+        // cut when the process exits at the drain deadline. The filters'
+        // guards (concurrency permits) are held for the life of the tunnel.
+        let connection = shared.drain.track_connection();
+        let guards = cx.take_guards();
+        tokio::spawn(async move {
+            tunnel(client_upgrade, app_upgrade).await;
+            drop(guards);
+            drop(connection);
+        });
+        let (mut head, _) = upstream_rsp.into_parts();
+        headers::strip_hop_by_hop(&mut head.headers, true);
+        headers::strip_identity(&mut head.headers);
+        return Ok(Response::from_parts(head, Body::Empty));
     }
 
     let (mut rhead, incoming) = upstream_rsp.into_parts();
@@ -299,39 +349,6 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrad
     }
 }
 
-/// Counts request body bytes that reach the app, for the access log.
-struct CountingBody {
-    inner: Body,
-    count: Arc<AtomicU64>,
-}
-
-impl http_body::Body for CountingBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Everything the access log line and request metrics need; written when the
 /// response body is finished (or the client went away).
 pub struct AccessLog {
@@ -345,9 +362,9 @@ pub struct AccessLog {
     client: std::net::IpAddr,
     status: u16,
     upstream: Option<Duration>,
-    /// From Content-Length, or counted below for a streamed body.
+    /// From Content-Length, or counted by the body's guard for a streamed body.
     bytes_in: u64,
-    streamed_in: Option<Arc<AtomicU64>>,
+    streamed_in: Option<Arc<BodyProgress>>,
     verdicts: Vec<(Arc<str>, &'static str)>,
     /// Held until the response is done (e.g. concurrency-limit permits).
     guards: Vec<Box<dyn std::any::Any + Send>>,
@@ -376,7 +393,7 @@ impl AccessLog {
                 bytes_in = self
                     .streamed_in
                     .as_ref()
-                    .map_or(self.bytes_in, |n| n.load(Ordering::Relaxed)),
+                    .map_or(self.bytes_in, |p| p.bytes()),
                 bytes_out,
                 verdicts = %verdicts.join(","),
             );

@@ -90,11 +90,13 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, drain: Drain
 /// at once would race with such a request and reset it.
 pub const DRAIN_IDLE_CLOSE: Duration = Duration::from_secs(1);
 
-/// What the drain needs to know about one connection.
+/// What the drain and the idle limits need to know about one connection.
 struct Activity {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
     http2: AtomicBool,
+    /// A request head (an HTTP/2 HEADERS frame) has arrived.
+    any_request: AtomicBool,
 }
 
 /// Counts a request as in flight until its response body is done.
@@ -113,8 +115,23 @@ impl Activity {
         if version == http::Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
         }
+        self.any_request.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// How much longer the connection may stay without a request in flight;
+    /// `None`: it has been idle for `limit` already.
+    fn idle_left(&self, limit: Duration) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Some(limit);
+        }
+        let idle = self
+            .idle_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        limit.checked_sub(idle).filter(|left| !left.is_zero())
     }
 
     /// Ready for a graceful shutdown now: HTTP/2 always (GOAWAY lets streams
@@ -131,6 +148,37 @@ impl Activity {
     }
 }
 
+/// Why the idle watch ends a connection.
+enum IdleEnd {
+    /// No request head within `header_timeout` of the connection's start:
+    /// a silent client, or an HTTP/2 preface without HEADERS.
+    NoRequest,
+    /// No request in flight for `idle_timeout`.
+    Idle,
+}
+
+/// Resolves when the connection should be closed for want of requests.
+/// HTTP/1.1 additionally has hyper's header read timeout, which also runs
+/// while a keep-alive connection waits for its next request.
+async fn idle_watch(
+    activity: &Activity,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+) -> IdleEnd {
+    tokio::time::sleep(header_timeout).await;
+    if !activity.any_request.load(Ordering::Relaxed) {
+        return IdleEnd::NoRequest;
+    }
+    while let Some(left) = activity.idle_left(idle_timeout) {
+        tokio::time::sleep(left).await;
+    }
+    IdleEnd::Idle
+}
+
+/// How long a connection closed for idleness gets to finish its GOAWAY
+/// exchange (HTTP/2) before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves HTTP on one connection; on drain, finishes in-flight requests and closes.
 pub async fn serve_connection<I>(io: I, info: ConnInfo, shared: Arc<Shared>, drain: Drain)
 where
@@ -142,6 +190,7 @@ where
         in_flight: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
         http2: AtomicBool::new(false),
+        any_request: AtomicBool::new(false),
     });
     let service_activity = activity.clone();
     let service_drain = drain.clone();
@@ -192,6 +241,29 @@ where
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         }
+        end = idle_watch(&activity, inbound.header_timeout, inbound.idle_timeout) => {
+            match end {
+                // Nothing to finish: dropping the connection closes it.
+                IdleEnd::NoRequest => tracing::debug!("no request within the header timeout; closing"),
+                IdleEnd::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    // Streams that raced the GOAWAY may finish; once none is
+                    // in flight, a peer that does not close is dropped.
+                    loop {
+                        match tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await {
+                            Ok(result) => {
+                                if let Err(e) = result {
+                                    tracing::debug!(error = %e, "idle connection closed with an error");
+                                }
+                                break;
+                            }
+                            Err(_) if activity.in_flight.load(Ordering::Acquire) == 0 => break,
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
+        }
         _ = drain.started() => {
             while !activity.may_close() {
                 tokio::select! {
@@ -209,5 +281,48 @@ where
                 tracing::debug!(error = %e, "connection ended with an error while draining");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            http2: AtomicBool::new(false),
+            any_request: AtomicBool::new(false),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_requests_ends_at_the_header_timeout() {
+        let a = activity();
+        let end = idle_watch(&a, Duration::from_millis(50), Duration::from_secs(60)).await;
+        assert!(matches!(end, IdleEnd::NoRequest));
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_keeps_the_connection_open() {
+        let a = activity();
+        let in_flight = a.begin(http::Version::HTTP_2);
+        assert_eq!(
+            a.idle_left(Duration::from_millis(10)),
+            Some(Duration::from_millis(10))
+        );
+        let watch = idle_watch(&a, Duration::from_millis(10), Duration::from_millis(30));
+        tokio::pin!(watch);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(150), watch.as_mut())
+                .await
+                .is_err(),
+            "closed while a request was in flight"
+        );
+        drop(in_flight);
+        let started = Instant::now();
+        assert!(matches!(watch.await, IdleEnd::Idle));
+        assert!(started.elapsed() >= Duration::from_millis(25));
     }
 }

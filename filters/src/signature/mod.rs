@@ -470,6 +470,7 @@ impl SignatureFilter {
         cx: &mut RequestCtx,
     ) -> Result<(Arc<str>, Arc<str>, String), Rejection> {
         let scheme = if cx.tls { "https" } else { "http" };
+        let body_present = req.has_body();
         let verified = self.config.policy.verify(
             &RequestParts {
                 method: &req.head.method,
@@ -477,6 +478,7 @@ impl SignatureFilter {
                 headers: &req.head.headers,
                 scheme,
             },
+            body_present,
             unix_now(),
         )?;
         // Checked before the body is read; the nonce is stored only once

@@ -406,10 +406,17 @@ fn now() -> u64 {
 
 async fn run(
     f: &SignatureFilter,
-    mut head: http::request::Parts,
+    head: http::request::Parts,
     body: &'static [u8],
 ) -> (Result<(), Rejection>, RequestCtx, http::request::Parts) {
-    let mut body = Body::full(Bytes::from_static(body));
+    run_with(f, head, Body::full(Bytes::from_static(body))).await
+}
+
+async fn run_with(
+    f: &SignatureFilter,
+    mut head: http::request::Parts,
+    mut body: Body,
+) -> (Result<(), Rejection>, RequestCtx, http::request::Parts) {
     let mut cx = RequestCtx::new("r".into(), Arc::from("route"), [127, 0, 0, 1].into(), false);
     let v = f
         .on_request(&mut RequestView::new(&mut head, &mut body, 1024), &mut cx)
@@ -456,6 +463,31 @@ async fn valid_signature_passes_and_identifies_client() {
     );
     let (r, _, _) = run(&f, signed_request(&d, b"x", now()), b"x").await;
     r.expect("ed25519 passes");
+}
+
+/// A body without `Content-Length` (chunked HTTP/1.1, HTTP/2 DATA frames) is a
+/// body: a signature without `content-digest` cannot carry one.
+#[tokio::test]
+async fn body_presence_comes_from_the_body_not_its_headers() {
+    const NO_DIGEST: &[&str] = &["@method", "@authority", "@path", "@query"];
+    let state = State::new();
+    let f = build(
+        &spec(serde_json::json!({ "required_components": NO_DIGEST })),
+        &state,
+    );
+    let s = signer(hmac_key("app-1", APP_SECRET), NO_DIGEST);
+    let mut head = signed_request(&s, b"", now());
+    head.headers.remove("content-length");
+    let frames = futures_util::stream::iter([Ok::<_, crate::BodyError>(http_body::Frame::data(
+        Bytes::from_static(br#"{"amt":99999}"#),
+    ))]);
+    let streamed = Body::boxed(http_body_util::StreamBody::new(frames));
+    let (r, _, _) = run_with(&f, head.clone(), streamed).await;
+    let r = r.expect_err("a streamed body needs a covered digest");
+    assert_eq!(r.reason, "component_missing", "{}", r.message);
+    // The same signature without a body verifies (its nonce was not spent).
+    let (r, _, _) = run_with(&f, head, Body::Empty).await;
+    r.expect("no body, no digest needed");
 }
 
 /// Signature fields split over several header lines are one field: a

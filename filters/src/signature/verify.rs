@@ -92,18 +92,16 @@ fn param_str<'l>(list: &'l InnerList, name: &str) -> Result<Option<&'l str>, Rej
     }
 }
 
-/// Whether the request declares a body.
-pub fn has_body(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(http::header::TRANSFER_ENCODING)
-        || headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() != "0")
-}
-
 impl Policy {
-    /// Verifies the request's signature at unix time `now`.
-    pub fn verify(&self, req: &RequestParts<'_>, now: u64) -> Result<Verified, Rejection> {
+    /// Verifies the request's signature at unix time `now`. `body_present`
+    /// comes from the body stream, not from headers (`Transfer-Encoding` is
+    /// hop-by-hop and gone by now, HTTP/2 needs no `Content-Length`).
+    pub fn verify(
+        &self,
+        req: &RequestParts<'_>,
+        body_present: bool,
+        now: u64,
+    ) -> Result<Verified, Rejection> {
         let (Some(input), Some(sigs)) = (
             combined(req, &SIGNATURE_INPUT_HEADER),
             combined(req, &SIGNATURE_HEADER),
@@ -208,7 +206,7 @@ impl Policy {
             }
         }
         let covers_digest = covers(CONTENT_DIGEST);
-        if self.require_digest_with_body && !covers_digest && has_body(req.headers) {
+        if self.require_digest_with_body && !covers_digest && body_present {
             return Err(reject(
                 "component_missing",
                 "a request with a body must cover content-digest",

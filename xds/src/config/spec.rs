@@ -54,8 +54,17 @@ pub struct InboundSpec {
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
     /// Time from the request to the app's response head; beyond it 504.
+    /// Also bounds buffering a request body (408 beyond it).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest gap between two pieces of a request body streamed to the app;
+    /// beyond it the upload is cut (408 when a status can still be sent).
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed
+    /// (HTTP/2: GOAWAY).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// How the request path is normalised before routing (docs/config.md).
     pub path_normalization: PathNormalizationSpec,
     /// What happens to request headers whose names contain `_`.
@@ -137,6 +146,8 @@ impl Default for InboundSpec {
             path_normalization: PathNormalizationSpec::default(),
             headers_with_underscores: UnderscoreHeaders::Drop,
             xff_trusted_hops: 0,
+            body_idle_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

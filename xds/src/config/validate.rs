@@ -45,6 +45,8 @@ pub struct Inbound {
     pub path_normalization: PathNormalizationSpec,
     pub headers_with_underscores: UnderscoreHeaders,
     pub xff_trusted_hops: usize,
+    pub body_idle_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// More trusted proxies than this is a typo, not a deployment.
@@ -220,6 +222,12 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
         path_normalization: i.path_normalization,
         headers_with_underscores: i.headers_with_underscores,
         xff_trusted_hops: i.xff_trusted_hops,
+        body_idle_timeout: positive(
+            i.body_idle_timeout,
+            "inbound.body_idle_timeout",
+            &mut errors,
+        ),
+        idle_timeout: positive(i.idle_timeout, "inbound.idle_timeout", &mut errors),
     };
     if i.xff_trusted_hops > MAX_XFF_TRUSTED_HOPS {
         errors.push(
@@ -653,6 +661,23 @@ error_codes: { no_such_reason: 1 }
                 "routes[1].name: duplicate route name \"a\"",
                 "routes[1].respond.status: 99 is not an HTTP status",
                 "error_codes.no_such_reason: unknown error reason",
+            ]
+        );
+    }
+
+    #[test]
+    fn read_time_bounds_have_defaults_and_must_be_positive() {
+        let spec = parse_yaml("inbound: { listen: \"127.0.0.1:1\" }\n").expect("yaml");
+        let config = validate(&spec, &ValidateCx::control_plane()).expect("valid");
+        assert_eq!(config.inbound.body_idle_timeout, Duration::from_secs(15));
+        assert_eq!(config.inbound.idle_timeout, Duration::from_secs(60));
+        let yaml =
+            "inbound: { listen: \"127.0.0.1:1\", body_idle_timeout: 0s, idle_timeout: 0s }\n";
+        assert_eq!(
+            errors_of(yaml),
+            vec![
+                "inbound.body_idle_timeout: must be greater than zero",
+                "inbound.idle_timeout: must be greater than zero",
             ]
         );
     }
