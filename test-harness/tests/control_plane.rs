@@ -939,4 +939,3 @@ fn pushed_non_loopback_egress_or_admin_is_refused() {
     assert_eq!(node.sidecar.version(), v1);
     assert_eq!(node.which(), "v1");
 }
-
