@@ -105,11 +105,10 @@ pub fn admit<B>(
     inbound: &Inbound,
     conn: &ConnInfo,
 ) -> Result<Admitted, Rejection> {
+    // CONNECT would turn the connection into a tunnel past every filter
+    // (HTTP/2 extended CONNECT, RFC 8441, is refused by the HTTP/2 layer).
     if req.method() == Method::CONNECT {
-        return Err(reject(
-            "bad_path",
-            "authority-form (CONNECT) targets are not served",
-        ));
+        return Err(reject("method_not_allowed", "CONNECT is not supported"));
     }
     if let Some(s) = req.uri().scheme_str() {
         if !(s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https")) {
@@ -506,7 +505,7 @@ mod tests {
         *r.method_mut() = Method::CONNECT;
         assert_eq!(
             admit_default(&mut r).expect_err("refused").reason,
-            "bad_path"
+            "method_not_allowed"
         );
         let mut r = req(Version::HTTP_11, "/a%2Fb", &[("host", "a")]);
         assert_eq!(

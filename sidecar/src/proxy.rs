@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -125,14 +125,6 @@ async fn forward(
         ));
     }
 
-    // CONNECT would turn the connection into a tunnel past every filter
-    // (HTTP/2 extended CONNECT, RFC 8441, is refused by the HTTP/2 layer).
-    if req.method() == Method::CONNECT {
-        return Err(Rejection::new(
-            "method_not_allowed",
-            "CONNECT is not supported",
-        ));
-    }
     // Only WebSocket is tunnelled, and only to an HTTP/1.1 app (an HTTP/2
     // connection cannot carry the upgrade); any other upgrade request goes
     // on as a plain request without its upgrade headers.

@@ -428,7 +428,13 @@ filters:
     assert_eq!(rsp.json()["path"], "/private/x");
 
     // A signature over the raw form does not verify: clients sign the normal form.
-    let raw_signed = sign("GET", &format!("http://{authority}/pub/../private/x"), all);
+    // (`requests` resolves `..` in a URL but only decodes `%2e`, so this signs
+    // the raw `/pub/../private/x`.)
+    let raw_signed = sign(
+        "GET",
+        &format!("http://{authority}/pub/%2e%2e/private/x"),
+        all,
+    );
     let rsp = raw(
         port,
         &format!(

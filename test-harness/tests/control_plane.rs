@@ -740,7 +740,6 @@ fn control_plane_needs_an_admin_token_to_start() {
     for auth in [
         None,
         Some("Bearer file-admin-toke"),
-        Some("Bearer file-admin-token\t"),
         Some("Bearer "),
         Some("Basic file-admin-token"),
     ] {

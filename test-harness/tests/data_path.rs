@@ -692,7 +692,7 @@ fn reloads_under_load_fail_no_request() {
                     let (mut ok, mut failed) = (0u64, 0u64);
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let req = Request::get(url.as_str())
-                            .header("host", "localhost")
+                            .header("host", format!("127.0.0.1:{port}"))
                             .body(http_body_util::Empty::<Bytes>::new())
                             .expect("req");
                         match sender.send_request(req).await {

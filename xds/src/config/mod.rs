@@ -114,7 +114,8 @@ filters:
         let shown = errors.to_string();
         assert!(!shown.contains("S3cret"), "{shown}");
         assert!(
-            shown.starts_with("redis: invalid type: string [redacted], expected"),
+            shown.starts_with("redis: ")
+                && shown.contains("invalid type: string [redacted], expected"),
             "{shown}"
         );
         let errors = parse_json(r#"{"app": {"protocol": "S3cret"}}"#).expect_err("shape");

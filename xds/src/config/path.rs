@@ -249,7 +249,7 @@ mod tests {
             ("/pub/%2e%2e/private/x", "/private/x"),
             ("/pub/%2E%2E/private/x", "/private/x"),
             ("/pub/.%2e/private/x", "/private/x"),
-            ("/pub/./private/x", "/private/x"),
+            ("/pub/./private/x", "/pub/private/x"),
             ("/a/b/..", "/a/"),
             ("/a/b/.", "/a/b/"),
             ("/..", "/"),
