@@ -108,16 +108,21 @@ pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
 /// socket file's 0600 mode, so the file mode alone is not enough.
 fn check_peer(stream: &UnixStream, side: &'static str) -> Result<(), String> {
     let own = rustix::process::geteuid().as_raw();
-    let peer = rustix::net::sockopt::socket_peercred(stream)
+    // tokio's `peer_cred` (SO_PEERCRED) reports a peer in another pid
+    // namespace (the other sidecar container of a pod) with no pid, where
+    // rustix's fails on its pid of 0; only the uid matters here.
+    let peer = stream
+        .peer_cred()
         .map_err(|e| format!("cannot read the peer's credentials (SO_PEERCRED): {e}"))?;
-    let peer_uid = peer.uid.as_raw();
+    let peer_uid = peer.uid();
     if peer_uid == own {
         return Ok(());
     }
     metrics::counter!("meshgate_upgrade_peers_refused_total", "side" => side).increment(1);
     Err(format!(
         "peer pid {} runs as uid {peer_uid}, this process as uid {own}",
-        peer.pid.as_raw_nonzero()
+        peer.pid()
+            .map_or_else(|| "(other namespace)".to_string(), |p| p.to_string())
     ))
 }
 
