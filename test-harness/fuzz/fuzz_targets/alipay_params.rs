@@ -68,7 +68,9 @@ fuzz_target!(|data: &[u8]| {
     let query = String::from_utf8_lossy(query);
     let setup = &*SETUP;
     for form in [Some(body), None] {
-        let params = AlipayParams::collect(Some(&query), form);
+        let Ok(params) = AlipayParams::collect(Some(&query), form) else {
+            continue;
+        };
         for config in &setup.configs {
             let Ok(prepared) = params.prepare(config) else {
                 continue;
