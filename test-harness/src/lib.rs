@@ -9,11 +9,11 @@
 //!
 //! | concern | module | helpers |
 //! | --- | --- | --- |
-//! | processes | this module | [`Sidecar`], [`EchoApp`], [`Proc`], [`bin`], [`require_tool`], [`wait_until`] |
+//! | processes | this module | [`Sidecar`], [`EchoApp`], [`Proc`], [`bin`], [`require_tool`], [`wait_until`], [`scripts_dir`] |
 //! | ports | [`ports`] | [`free_port`], [`port_open`] |
 //! | HTTP client | [`http_client`] | [`get`], [`request`], [`send_request`], [`HttpResult`] (`json()`, `error()`, `header()`, `text()`) |
 //! | rejections | [`rejection`] | [`assert_error`] |
-//! | hand-made HTTP/1.1 | [`raw_http`] | [`raw_exchange`], [`RawConn`], [`read_head`] |
+//! | hand-made HTTP/1.1 | [`raw_http`] | [`raw_exchange`], [`RawConn`], [`header_lines`], [`read_head`] |
 //! | HTTP/2 frames | [`h2_client`] | [`h2_connect`], [`h2_send`], [`h2_get`] |
 //! | Redis | [`redis`] | [`Redis`] |
 //! | Python signer | [`python_signer`] | [`py_sign`], [`hmac_args`] |
@@ -39,7 +39,7 @@ pub use http_client::{get, request, send_request, HttpResult};
 pub use load::{Load, LoadStats};
 pub use ports::{free_port, port_open};
 pub use python_signer::{hmac_args, py_sign};
-pub use raw_http::{raw_exchange, read_head, RawConn};
+pub use raw_http::{header_lines, raw_exchange, read_head, RawConn};
 pub use redis::Redis;
 pub use rejection::assert_error;
 

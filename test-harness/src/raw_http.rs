@@ -7,6 +7,7 @@
 //!   response as an [`HttpResult`].
 //! - [`RawConn`]: an async connection for several exchanges, partial writes
 //!   and waiting for the sidecar to close it.
+//! - [`header_lines`]: headers (a signer's, say) as lines to put in a head.
 //! - [`read_head`]: the server side, for a raw app that reads request heads.
 //!
 //! Response heads are parsed with `httparse`; the body is read by its
@@ -159,6 +160,14 @@ impl RawConn {
     pub fn into_stream(self) -> tokio::net::TcpStream {
         self.stream
     }
+}
+
+/// `name: value\r\n` for each header, to put into a hand-made head.
+pub fn header_lines<K: AsRef<str>, V: AsRef<str>>(headers: &[(K, V)]) -> String {
+    headers
+        .iter()
+        .map(|(k, v)| format!("{}: {}\r\n", k.as_ref(), v.as_ref()))
+        .collect()
 }
 
 /// Server side: reads from `stream` until `buf` holds a complete request

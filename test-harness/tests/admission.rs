@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshgate_test_harness::{
-    assert_error, free_port, h2_get, hmac_args, port_open, py_sign, raw_exchange, scripts_dir,
-    wait_until, EchoApp, HttpResult, Proc, Sidecar,
+    assert_error, free_port, h2_get, header_lines, hmac_args, port_open, py_sign, raw_exchange,
+    scripts_dir, wait_until, EchoApp, HttpResult, Proc, Sidecar,
 };
 
 const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
@@ -238,17 +238,6 @@ fn one_authority_for_routing_filters_and_app() {
     });
 }
 
-fn sign(method: &str, url: &str, components: &str) -> Vec<(String, String)> {
-    py_sign(method, url, None, &hmac_args("app-1", SECRET, components))
-}
-
-fn header_lines(headers: &[(String, String)]) -> String {
-    headers
-        .iter()
-        .map(|(k, v)| format!("\r\n{k}: {v}"))
-        .collect()
-}
-
 #[test]
 fn signatures_cover_the_canonical_path_and_authority() {
     let app = EchoApp::start();
@@ -278,7 +267,8 @@ filters:
     let sidecar = Sidecar::start(&yaml);
     let port = sidecar.inbound_port;
     let authority = format!("127.0.0.1:{port}");
-    let all = "@method,@authority,@path,@query";
+    let hmac = hmac_args("app-1", SECRET, "@method,@authority,@path,@query");
+    let sign = |url: &str| py_sign("GET", url, None, &hmac);
 
     // Unsigned, the dotted form of a private path meets the signature check.
     let rsp = raw(
@@ -289,11 +279,11 @@ filters:
 
     // Signed for the normal form, sent in another: verified against the
     // normal form, which is also what the app gets.
-    let signed = sign("GET", &format!("http://{authority}/private/x"), all);
+    let signed = sign(&format!("http://{authority}/private/x"));
     let rsp = raw(
         port,
         &format!(
-            "GET /pub/%2e%2e/private/x HTTP/1.1\r\nhost: {authority}{}",
+            "GET /pub/%2e%2e/private/x HTTP/1.1\r\n{}host: {authority}",
             header_lines(&signed)
         ),
     );
@@ -303,15 +293,11 @@ filters:
     // A signature over the raw form does not verify: clients sign the normal form.
     // (`requests` resolves `..` in a URL but only decodes `%2e`, so this signs
     // the raw `/pub/../private/x`.)
-    let raw_signed = sign(
-        "GET",
-        &format!("http://{authority}/pub/%2e%2e/private/x"),
-        all,
-    );
+    let raw_signed = sign(&format!("http://{authority}/pub/%2e%2e/private/x"));
     let rsp = raw(
         port,
         &format!(
-            "GET /pub/../private/x HTTP/1.1\r\nhost: {authority}{}",
+            "GET /pub/../private/x HTTP/1.1\r\n{}host: {authority}",
             header_lines(&raw_signed)
         ),
     );
@@ -320,11 +306,11 @@ filters:
     // Signed for a.example, sent to the b.example route in absolute form or
     // over HTTP/2 with a differing `host`: refused, never verified against
     // the URI's authority while routed by Host.
-    let for_a = sign("GET", "http://a.example/x", all);
+    let for_a = sign("http://a.example/x");
     let rsp = raw(
         port,
         &format!(
-            "GET http://a.example/x HTTP/1.1\r\nhost: b.example{}",
+            "GET http://a.example/x HTTP/1.1\r\n{}host: b.example",
             header_lines(&for_a)
         ),
     );
@@ -345,14 +331,14 @@ filters:
     // And a signature for a.example does not pass as b.example.
     let rsp = raw(
         port,
-        &format!("GET /x HTTP/1.1\r\nhost: b.example{}", header_lines(&for_a)),
+        &format!("GET /x HTTP/1.1\r\n{}host: b.example", header_lines(&for_a)),
     );
     assert_error(&rsp, 401, "signature_invalid");
     // Signed for b.example, it does (the host's case does not matter).
-    let for_b = sign("GET", "http://b.example/x", all);
+    let for_b = sign("http://b.example/x");
     let rsp = raw(
         port,
-        &format!("GET /x HTTP/1.1\r\nhost: B.Example{}", header_lines(&for_b)),
+        &format!("GET /x HTTP/1.1\r\n{}host: B.Example", header_lines(&for_b)),
     );
     assert_eq!(rsp.status, 200, "{}", String::from_utf8_lossy(&rsp.body));
     assert_eq!(rsp.json()["headers"]["host"], "b.example");

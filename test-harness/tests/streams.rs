@@ -9,25 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meshgate_test_harness::{
-    assert_error, h2_connect, h2_send, hmac_args, py_sign, read_head, EchoApp, RawConn, Sidecar,
+    assert_error, h2_connect, h2_send, header_lines, hmac_args, py_sign, read_head, EchoApp,
+    HttpResult, RawConn, Sidecar,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
-
-/// Signs with the Python `http-message-signatures` package; returns the headers to add.
-fn sign(method: &str, url: &str, body: Option<&str>, components: &str) -> Vec<(String, String)> {
-    py_sign(method, url, body, &hmac_args("app-1", SECRET, components))
-}
-
-/// The header block of `headers`, each line ending in `\r\n`.
-fn header_block(headers: &[(String, String)]) -> String {
-    headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect()
-}
 
 /// The value of header `name` in a request head, by a lowercase name.
 fn header_of(head_lower: &str, name: &str) -> Option<String> {
@@ -35,6 +23,15 @@ fn header_of(head_lower: &str, name: &str) -> Option<String> {
         let (k, v) = l.split_once(':')?;
         (k.trim() == name).then(|| v.trim().to_string())
     })
+}
+
+/// GET `path` on `conn`, with the sidecar's address as Host.
+async fn get_on(conn: &mut RawConn, port: u16, path: &str) -> HttpResult {
+    conn.exchange(&format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    ))
+    .await
+    .expect("answer")
 }
 
 fn find(buf: &[u8], needle: &[u8]) -> Option<usize> {
@@ -204,8 +201,13 @@ filters:
     ));
     let port = sidecar.inbound_port;
     let url = sidecar.url("/pay");
-    let signed = sign("POST", &url, None, "@method,@authority,@path,@query");
-    let sig_headers = header_block(&signed);
+    let signed = py_sign(
+        "POST",
+        &url,
+        None,
+        &hmac_args("app-1", SECRET, "@method,@authority,@path,@query"),
+    );
+    let sig_headers = header_lines(&signed);
 
     // HTTP/1.1, chunked: Transfer-Encoding is hop-by-hop and never reaches the filter.
     let mut s = RawConn::connect(port).await;
@@ -285,12 +287,7 @@ async fn h2c_upgrade_is_not_tunnelled() {
     assert!(seen["http2-settings"].is_null(), "the app saw {seen}");
 
     // Same connection: still HTTP through the sidecar, so the filter runs.
-    let rsp = s
-        .exchange(&format!(
-            "GET /private/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-        ))
-        .await
-        .expect("answer");
+    let rsp = get_on(&mut s, port, "/private/x").await;
     assert_error(&rsp, 400, "header_required");
     assert!(
         !app.heads().iter().any(|h| h.contains("/private")),
@@ -307,12 +304,7 @@ async fn unrequested_switch_and_connect_are_refused() {
     let sidecar = Sidecar::start(&upgrade_config(&app.addr()));
     let port = sidecar.inbound_port;
     let mut s = RawConn::connect(port).await;
-    let rsp = s
-        .exchange(&format!(
-            "GET /force101 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-        ))
-        .await
-        .expect("answer");
+    let rsp = get_on(&mut s, port, "/force101").await;
     assert_error(&rsp, 502, "upstream_error");
 
     let (mut h2, _) = h2_connect(port).await;
@@ -447,12 +439,7 @@ async fn connections_without_requests_are_closed_after_the_header_timeout() {
     let mut silent = RawConn::connect(port).await;
     let silent_at = Instant::now();
     let mut keep_alive = RawConn::connect(port).await;
-    let rsp = keep_alive
-        .exchange(&format!(
-            "GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-        ))
-        .await
-        .expect("answer");
+    let rsp = get_on(&mut keep_alive, port, "/x").await;
     assert_eq!(rsp.status, 200);
     let keep_alive_at = Instant::now();
 
@@ -526,13 +513,17 @@ filters:
     ));
     let port = sidecar.inbound_port;
     let body = r#"{"amt":1,"pad":"xxxxxxxxxx"}"#;
-    let signed = sign(
+    let signed = py_sign(
         "POST",
         &sidecar.url("/pay"),
         Some(body),
-        "@method,@authority,@path,@query,content-digest",
+        &hmac_args(
+            "app-1",
+            SECRET,
+            "@method,@authority,@path,@query,content-digest",
+        ),
     );
-    let sig_headers = header_block(&signed);
+    let sig_headers = header_lines(&signed);
     let s = RawConn::connect(port).await.into_stream();
     let (mut rd, mut wr) = s.into_split();
     wr.write_all(
