@@ -16,7 +16,7 @@
 //! | hand-made HTTP/1.1 | [`raw_http`] | [`raw_exchange`], [`RawConn`], [`header_lines`], [`read_head`] |
 //! | HTTP/2 frames | [`h2_client`] | [`h2_connect`], [`h2_send`], [`h2_get`] |
 //! | Redis | [`redis`] | [`Redis`] |
-//! | Python signer | [`python_signer`] | [`py_sign`], [`hmac_args`] |
+//! | Python signer | [`python_signer`] | [`py_sign`], [`hmac_args`], [`py_verify_response`] |
 //! | load | [`load`] | [`Load`], [`LoadStats`], [`load::Conn`] |
 #![forbid(unsafe_code)]
 
@@ -38,7 +38,7 @@ pub use h2_client::{h2_connect, h2_get, h2_send};
 pub use http_client::{get, request, send_request, HttpResult};
 pub use load::{Load, LoadStats};
 pub use ports::{free_port, port_open};
-pub use python_signer::{hmac_args, py_sign};
+pub use python_signer::{hmac_args, py_sign, py_verify_response, ResponseKey};
 pub use raw_http::{header_lines, raw_exchange, read_head, RawConn};
 pub use redis::Redis;
 pub use rejection::assert_error;

@@ -4,7 +4,9 @@
 //!
 //! [`py_sign`] runs the script and returns the headers to add
 //! (`signature`, `signature-input`, `content-digest` when covered);
-//! [`hmac_args`] are the arguments for an HMAC-SHA256 key. Other keys,
+//! [`hmac_args`] are the arguments for an HMAC-SHA256 key;
+//! [`py_verify_response`] checks a signed response, with the request it
+//! answers, through `scripts/verify_response.py`. Other keys,
 //! `--nonce`, `--created`, `--header name:value` and `--label` are passed as
 //! further arguments (see the script's docstring):
 //!
@@ -17,9 +19,10 @@
 //! let rsp = send_request("POST", url, &headers, "x");
 //! ```
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 
-use crate::scripts_dir;
+use crate::{scripts_dir, HttpResult};
 
 /// Signs `method url` (with `body` when given) by running
 /// `sign_request.py` with `args`; returns the headers it adds, as (name,
@@ -64,4 +67,64 @@ pub fn hmac_args<'a>(key_id: &'a str, secret_b64: &'a str, components: &'a str) 
         "--components",
         components,
     ]
+}
+
+/// The key a response is signed with, as [`py_verify_response`] needs it.
+pub struct ResponseKey<'a> {
+    pub id: &'a str,
+    /// `ed25519`, `ecdsa-p256-sha256`, `rsa-pss-sha512` or `rsa-v1_5-sha256`.
+    pub alg: &'a str,
+    pub public_key_pem: &'a str,
+}
+
+/// Verifies the signature on `response`, the answer to `method url` sent
+/// with `request_headers` (components bound with `;req` are checked against
+/// them). `Err` holds what the verifier said when it refused.
+pub fn py_verify_response(
+    method: &str,
+    url: &str,
+    request_headers: &[(String, String)],
+    response: &HttpResult,
+    key: &ResponseKey,
+) -> Result<(), String> {
+    let response_headers: serde_json::Map<String, serde_json::Value> = response
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().into()))
+        .collect();
+    let spec = serde_json::json!({
+        "request": {
+            "method": method,
+            "url": url,
+            "headers": request_headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect::<serde_json::Map<_, _>>(),
+        },
+        "response": {
+            "status": response.status,
+            "headers": response_headers,
+            "body": response.text(),
+        },
+        "key_id": key.id,
+        "alg": key.alg,
+        "public_key_pem": key.public_key_pem,
+    });
+    let mut child = Command::new("python3")
+        .arg(scripts_dir().join("verify_response.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 verifier");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(spec.to_string().as_bytes())
+            .expect("write spec");
+    }
+    let out = child.wait_with_output().expect("verifier");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stdout).to_string())
+    }
 }

@@ -4,11 +4,11 @@
 //! the egress listener, key rotation by reload and a Redis-backed nonce store
 //! shared by two sidecars.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshgate_test_harness::{
-    assert_error, free_port, hmac_args, py_sign, scripts_dir, send_request, EchoApp, Redis, Sidecar,
+    assert_error, free_port, hmac_args, py_sign, py_verify_response, send_request, EchoApp, Redis,
+    ResponseKey, Sidecar,
 };
 
 const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
@@ -278,41 +278,12 @@ fn responses_are_signed_and_bound_to_the_request() {
     assert!(input.contains(r#""signature";key="sig1";req"#), "{input}");
 
     // verified by the other implementation, with the request it answers
-    let response_headers: serde_json::Map<String, serde_json::Value> = rsp
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().into()))
-        .collect();
-    let spec = serde_json::json!({
-        "request": {
-            "method": "POST",
-            "url": url,
-            "headers": headers
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-                .collect::<serde_json::Map<_, _>>(),
-        },
-        "response": {"status": rsp.status, "headers": response_headers, "body": rsp.text()},
-        "key_id": "gw-1",
-        "alg": "ed25519",
-        "public_key_pem": ED25519_PUBLIC,
-    });
-    let mut child = Command::new("python3")
-        .arg(scripts_dir().join("verify_response.py"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 verifier");
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        stdin
-            .write_all(spec.to_string().as_bytes())
-            .expect("write spec");
+    let key = ResponseKey {
+        id: "gw-1",
+        alg: "ed25519",
+        public_key_pem: ED25519_PUBLIC,
+    };
+    if let Err(e) = py_verify_response("POST", &url, &headers, &rsp, &key) {
+        panic!("response signature rejected: {e}");
     }
-    let out = child.wait_with_output().expect("verifier");
-    assert!(
-        out.status.success(),
-        "response signature rejected: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 }

@@ -5,11 +5,12 @@
 //! generated per run in every format the config accepts.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use meshgate_test_harness::{
-    assert_error, hmac_args, py_sign, scripts_dir, send_request, EchoApp, Sidecar,
+    assert_error, hmac_args, py_sign, py_verify_response, send_request, EchoApp, ResponseKey,
+    Sidecar,
 };
 
 const ALL: &str = "@method,@authority,@path,@query,content-digest";
@@ -186,43 +187,15 @@ fn responses_signed_with_rsa_and_ecdsa_verify_in_python() {
         let headers = py_sign("POST", &url, Some("x"), &hmac_args("app-1", secret, ALL));
         let rsp = send_request("POST", &url, &headers, "x");
         assert_eq!(rsp.status, 200, "{alg}: {}", rsp.text());
-        let response_headers: serde_json::Map<String, serde_json::Value> = rsp
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().into()))
-            .collect();
-        let spec = serde_json::json!({
-            "request": {
-                "method": "POST",
-                "url": url,
-                "headers": headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-                    .collect::<serde_json::Map<_, _>>(),
-            },
-            "response": {"status": rsp.status, "headers": response_headers, "body": rsp.text()},
-            "key_id": "gw-1",
-            "alg": alg,
-            "public_key_pem": std::fs::read_to_string(public).expect("public key"),
-        });
-        let mut child = Command::new("python3")
-            .arg(scripts_dir().join("verify_response.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 verifier");
-        if let Some(mut stdin) = child.stdin.take() {
-            use std::io::Write;
-            stdin
-                .write_all(spec.to_string().as_bytes())
-                .expect("write spec");
+        let public_key_pem = std::fs::read_to_string(public).expect("public key");
+        let key = ResponseKey {
+            id: "gw-1",
+            alg,
+            public_key_pem: &public_key_pem,
+        };
+        if let Err(e) = py_verify_response("POST", &url, &headers, &rsp, &key) {
+            panic!("{alg} response signature rejected: {e}");
         }
-        let out = child.wait_with_output().expect("verifier");
-        assert!(
-            out.status.success(),
-            "{alg} response signature rejected: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
     }
 }
 
