@@ -361,7 +361,7 @@ async fn websocket_tunnel_holds_its_permit_and_its_101_is_cleaned() {
         .await
         .expect("answer");
     assert_eq!(rsp.status, 101, "{rsp:?}");
-    assert_eq!(rsp.header("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(rsp.header("upgrade"), Some("websocket"));
     assert!(rsp.header("sec-websocket-accept").is_some(), "{rsp:?}");
     assert!(rsp.header("x-meshgate-user").is_none(), "{rsp:?}");
     assert!(rsp.header("x-meshgate-client-id").is_none(), "{rsp:?}");
