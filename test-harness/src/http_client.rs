@@ -1,5 +1,12 @@
 //! A small blocking-friendly HTTP client for tests (HTTP/1.1, h2c, TLS),
 //! built on hyper so tests speak the real protocols.
+//!
+//! - [`get`], [`request`]: one request on a fresh HTTP/1.1 connection.
+//! - [`send_request`]: the same from a method, URL, headers and body (the
+//!   shape of a signed request), failing the test when nothing answers.
+//! - [`send_h1`], [`send_h2c`], [`send_tls`]: async, per protocol.
+//! - [`HttpResult`]: a complete response; [`HttpResult::error`] is the JSON
+//!   error code of a rejection (see [`crate::rejection`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +33,17 @@ impl HttpResult {
                 String::from_utf8_lossy(&self.body)
             )
         })
+    }
+
+    /// The `error` field of a JSON body: the stable code of a rejection
+    /// (`"signature_invalid"`). Empty when the body is not JSON or has no
+    /// string `error`, so a comparison with the expected code fails and
+    /// shows it. [`crate::assert_error`] checks the whole rejection.
+    pub fn error(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -55,6 +73,30 @@ pub fn request(req: Request<Bytes>) -> anyhow::Result<HttpResult> {
     std::thread::spawn(move || runtime().block_on(send_h1(req)))
         .join()
         .map_err(|_| anyhow::anyhow!("request thread panicked"))?
+}
+
+/// Sends `method url` with `headers` and `body` on a fresh HTTP/1.1
+/// connection; fails the test when the request cannot be built or gets no
+/// response. Headers are pairs of names and values (`&str` or `String`), as
+/// [`crate::py_sign`] returns them.
+pub fn send_request<K, V>(
+    method: &str,
+    url: &str,
+    headers: &[(K, V)],
+    body: impl AsRef<[u8]>,
+) -> HttpResult
+where
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    let mut req = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        req = req.header(name.as_ref(), value.as_ref());
+    }
+    let req = req
+        .body(Bytes::copy_from_slice(body.as_ref()))
+        .unwrap_or_else(|e| panic!("{method} {url}: bad request: {e}"));
+    request(req).unwrap_or_else(|e| panic!("{method} {url}: no response: {e:#}"))
 }
 
 async fn connect(req: &Request<Bytes>) -> anyhow::Result<tokio::net::TcpStream> {

@@ -3,17 +3,45 @@
 //!
 //! Binaries are taken from the cargo target directory of the running test;
 //! build them first (`cargo build --bins`; the test command does).
+//!
+//! One helper per job, each in the module named for its concern; use these
+//! rather than writing a local copy in a test file:
+//!
+//! | concern | module | helpers |
+//! | --- | --- | --- |
+//! | processes | this module | [`Sidecar`], [`EchoApp`], [`Proc`], [`bin`], [`require_tool`], [`wait_until`], [`scripts_dir`] |
+//! | ports | [`ports`] | [`free_port`], [`port_open`] |
+//! | HTTP client | [`http_client`] | [`get`], [`request`], [`send_request`], [`HttpResult`] (`json()`, `error()`, `header()`, `text()`) |
+//! | rejections | [`rejection`] | [`assert_error`] |
+//! | hand-made HTTP/1.1 | [`raw_http`] | [`raw_exchange`], [`RawConn`], [`header_lines`], [`read_head`] |
+//! | HTTP/2 frames | [`h2_client`] | [`h2_connect`], [`h2_send`], [`h2_get`] |
+//! | Redis | [`redis`] | [`Redis`] |
+//! | Python signer | [`python_signer`] | [`py_sign`], [`hmac_args`], [`py_verify_response`] |
+//! | load | [`load`] | [`Load`], [`LoadStats`], [`load::Conn`] |
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod h2_client;
 pub mod http_client;
+pub mod load;
+pub mod ports;
+pub mod python_signer;
+pub mod raw_http;
+pub mod redis;
+pub mod rejection;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use http_client::{get, request, HttpResult};
+pub use h2_client::{h2_connect, h2_get, h2_send};
+pub use http_client::{get, request, send_request, HttpResult};
+pub use load::{Load, LoadStats};
+pub use ports::{free_port, port_open};
+pub use python_signer::{hmac_args, py_sign, py_verify_response, ResponseKey};
+pub use raw_http::{header_lines, raw_exchange, read_head, RawConn};
+pub use redis::Redis;
+pub use rejection::assert_error;
 
 /// The header state-changing admin requests need (`sidecar/src/admin.rs`).
 pub const ADMIN_HEADER: &str = "x-meshgate-admin";
@@ -69,13 +97,10 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// `test-harness/scripts`: the Python helpers tests run (signers, sample
+/// apps, token tools).
+pub fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
 }
 
 /// Waits until `check` is true or `timeout` passed.
@@ -144,10 +169,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
 /// The echo app (`meshgate-echo-app`): shows what reached it.
@@ -394,81 +415,4 @@ fn render(config: &str, vars: &[(String, String)]) -> String {
     vars.iter().fold(config.to_string(), |text, (k, v)| {
         text.replace(k.as_str(), v)
     })
-}
-
-/// A real `redis-server` on a free port, without persistence.
-pub struct Redis {
-    pub port: u16,
-    proc: Option<Proc>,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    /// Starts redis-server; panics with a clear message when it is not installed.
-    pub fn start() -> Redis {
-        require_tool("redis-server", &["--version"], "redis-server");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut redis = Redis {
-            port: free_port(),
-            proc: None,
-            dir,
-        };
-        redis.restart();
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Kills the server (simulates a crash).
-    pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-
-    /// Starts the server again on the same port.
-    pub fn restart(&mut self) {
-        self.stop();
-        let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .current_dir(self.dir.path());
-        self.proc = Some(Proc::spawn(
-            "redis-server",
-            &mut cmd,
-            self.dir.path().join("redis.log"),
-        ));
-        let port = self.port;
-        assert!(
-            wait_until(Duration::from_secs(10), || self.cli(&["ping"]).trim()
-                == "PONG"),
-            "redis-server did not start on {port}"
-        );
-    }
-
-    /// Runs `redis-cli` against this server and returns its output.
-    pub fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

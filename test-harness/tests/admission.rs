@@ -4,19 +4,15 @@
 //! echo app or a plain WSGI app (Python's `wsgiref`, which decodes the path
 //! and reads `x_meshgate_user` as `HTTP_X_MESHGATE_USER`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use bytes::Bytes;
-use meshgate_test_harness::{free_port, wait_until, EchoApp, Proc, Sidecar};
+use meshgate_test_harness::{
+    assert_error, free_port, h2_get, header_lines, hmac_args, port_open, py_sign, raw_exchange,
+    scripts_dir, wait_until, EchoApp, HttpResult, Proc, Sidecar,
+};
 
 const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
-
-fn scripts_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
-}
 
 /// The WSGI app on a free port.
 struct WsgiApp {
@@ -34,11 +30,7 @@ impl WsgiApp {
             .arg(port.to_string());
         let proc = Proc::spawn("wsgi-app", &mut cmd, dir.path().join("wsgi.log"));
         assert!(
-            wait_until(Duration::from_secs(10), || TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
+            wait_until(Duration::from_secs(10), || port_open(port)),
             "wsgi app did not start: {}",
             proc.output()
         );
@@ -54,110 +46,10 @@ impl WsgiApp {
     }
 }
 
-/// A response read off the socket: status, head text (lowercased names),
-/// body.
-#[derive(Debug)]
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {}\n{}",
-                self.head,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn error(&self) -> String {
-        self.json()["error"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    fn has_header(&self, name: &str) -> bool {
-        self.head
-            .lines()
-            .any(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
-    }
-}
-
 /// Writes `head` (request line and headers, `\r\n` separated, without the
-/// blank line) as sent, with `Connection: close`, and reads the answer to
-/// the end.
-fn raw(port: u16, head: &str) -> Raw {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let request = format!("{head}\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).expect("write");
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(&answer)));
-    let head = String::from_utf8_lossy(&answer[..split]).to_string();
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "expected a sized response: {head}"
-    );
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head}"));
-    Raw {
-        status,
-        head,
-        body: answer[split + 4..].to_vec(),
-    }
-}
-
-/// One HTTP/2 request with an explicit `:authority` (from `uri`) and any
-/// headers, `host` included; returns status and body.
-async fn h2_request(port: u16, uri: &str, headers: &[(&str, &str)]) -> (u16, Bytes) {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut req = http::Request::get(uri);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut client = client.ready().await.expect("ready");
-    let (rsp, _) = client
-        .send_request(req.body(()).expect("request"), true)
-        .expect("send");
-    let rsp = rsp.await.expect("response");
-    let status = rsp.status().as_u16();
-    let mut body = rsp.into_body();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.expect("body");
-        let _ = body.flow_control().release_capacity(chunk.len());
-        bytes.extend_from_slice(&chunk);
-    }
-    (status, Bytes::from(bytes))
-}
-
-fn error_of(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_default()
+/// blank line) as sent, with `Connection: close`, and reads the answer.
+fn raw(port: u16, head: &str) -> HttpResult {
+    raw_exchange(port, &format!("{head}\r\nconnection: close\r\n\r\n"))
 }
 
 /// `/private/` and host `admin.example` behind a guard, everything else open.
@@ -206,6 +98,7 @@ fn path_variants_reach_the_guarded_route_or_are_refused() {
             "{target} did not meet the guard: {}",
             String::from_utf8_lossy(&rsp.body)
         );
+        assert_error(&rsp, 400, "header_required");
     }
 
     // Refused by the default policy, before any route.
@@ -226,10 +119,10 @@ fn path_variants_reach_the_guarded_route_or_are_refused() {
             "{target}: {}",
             String::from_utf8_lossy(&rsp.body)
         );
-        assert!(rsp.json()["code"].as_u64().is_some());
+        assert_error(&rsp, 400, "bad_path");
     }
     let rsp = raw(port, "OPTIONS * HTTP/1.1\r\nhost: svc");
-    assert_eq!((rsp.status, rsp.error().as_str()), (400, "bad_path"));
+    assert_error(&rsp, 400, "bad_path");
 
     // The open route forwards the normalised form; the query as sent.
     let rsp = raw(
@@ -253,6 +146,7 @@ fn path_variants_reach_the_guarded_route_or_are_refused() {
             (400, "header_required"),
             "host {host}"
         );
+        assert_error(&rsp, 400, "header_required");
     }
 }
 
@@ -267,13 +161,13 @@ fn escaped_slash_and_semicolon_policies_are_configurable() {
     let port = sidecar.inbound_port;
     // Decoded, the encoded slashes are separators: the guard applies.
     let rsp = raw(port, "GET /pub%2F..%2Fprivate%5Cx HTTP/1.1\r\nhost: svc");
-    assert_eq!((rsp.status, rsp.error().as_str()), (400, "header_required"));
+    assert_error(&rsp, 400, "header_required");
     // Kept, a parameter stays where it is; a dot segment with one is refused.
     let rsp = raw(port, "GET /files;v=1/a HTTP/1.1\r\nhost: svc");
     assert_eq!(rsp.status, 200);
     assert_eq!(rsp.json()["path"], "/files;v=1/a");
     let rsp = raw(port, "GET /pub/..;x/private/x HTTP/1.1\r\nhost: svc");
-    assert_eq!((rsp.status, rsp.error().as_str()), (400, "bad_path"));
+    assert_error(&rsp, 400, "bad_path");
 }
 
 #[test]
@@ -287,24 +181,24 @@ fn one_authority_for_routing_filters_and_app() {
         port,
         "GET http://svc.example/x HTTP/1.1\r\nhost: admin.example",
     );
-    assert_eq!((rsp.status, rsp.error().as_str()), (400, "bad_authority"));
+    assert_error(&rsp, 400, "bad_authority");
     let rsp = raw(
         port,
         "GET http://admin.example/x HTTP/1.1\r\nhost: svc.example",
     );
-    assert_eq!((rsp.status, rsp.error().as_str()), (400, "bad_authority"));
+    assert_error(&rsp, 400, "bad_authority");
     // Repeated Host (RFC 9112 §3.2: 400).
     let rsp = raw(
         port,
         "GET /x HTTP/1.1\r\nhost: svc.example\r\nhost: admin.example",
     );
-    assert_eq!((rsp.status, rsp.error().as_str()), (400, "bad_authority"));
+    assert_error(&rsp, 400, "bad_authority");
     // HTTP/1.1 without Host.
     let rsp = raw(port, "GET /x HTTP/1.1");
-    assert_eq!(rsp.status, 400, "{}", rsp.head);
+    assert_eq!(rsp.status, 400, "{rsp:?}");
     // Not a host name.
     let rsp = raw(port, "GET /x HTTP/1.1\r\nhost: user@admin.example");
-    assert_eq!((rsp.status, rsp.error().as_str()), (400, "bad_authority"));
+    assert_error(&rsp, 400, "bad_authority");
 
     // Agreeing absolute form: the app gets the canonical authority in Host
     // and an origin-form path.
@@ -329,51 +223,19 @@ fn one_authority_for_routing_filters_and_app() {
         .expect("runtime");
     rt.block_on(async {
         // HTTP/2: `:authority` and `host` must agree.
-        let (status, body) =
-            h2_request(port, "http://svc.example/x", &[("host", "admin.example")]).await;
-        assert_eq!((status, error_of(&body).as_str()), (400, "bad_authority"));
-        let (status, body) =
-            h2_request(port, "http://admin.example/x", &[("host", "svc.example")]).await;
-        assert_eq!((status, error_of(&body).as_str()), (400, "bad_authority"));
+        let rsp = h2_get(port, "http://svc.example/x", &[("host", "admin.example")]).await;
+        assert_error(&rsp, 400, "bad_authority");
+        let rsp = h2_get(port, "http://admin.example/x", &[("host", "svc.example")]).await;
+        assert_error(&rsp, 400, "bad_authority");
         // `:authority` alone routes like Host.
-        let (status, body) = h2_request(port, "http://ADMIN.example/x", &[]).await;
-        assert_eq!((status, error_of(&body).as_str()), (400, "header_required"));
-        let (status, body) =
-            h2_request(port, "http://svc.example/%70ub", &[("host", "svc.example")]).await;
-        assert_eq!(status, 200);
-        let echo: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let rsp = h2_get(port, "http://ADMIN.example/x", &[]).await;
+        assert_error(&rsp, 400, "header_required");
+        let rsp = h2_get(port, "http://svc.example/%70ub", &[("host", "svc.example")]).await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        let echo = rsp.json();
         assert_eq!(echo["path"], "/pub");
         assert_eq!(echo["headers"]["host"], "svc.example");
     });
-}
-
-fn sign(method: &str, url: &str, components: &str) -> Vec<(String, String)> {
-    let out = Command::new("python3")
-        .arg(scripts_dir().join("sign_request.py"))
-        .args(["--method", method, "--url", url])
-        .args(["--key-id", "app-1", "--alg", "hmac-sha256"])
-        .args(["--secret-b64", SECRET, "--components", components])
-        .output()
-        .expect("python3 signer");
-    assert!(
-        out.status.success(),
-        "signer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("signer json");
-    v["headers"]
-        .as_object()
-        .expect("headers")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
-}
-
-fn header_lines(headers: &[(String, String)]) -> String {
-    headers
-        .iter()
-        .map(|(k, v)| format!("\r\n{k}: {v}"))
-        .collect()
 }
 
 #[test]
@@ -405,7 +267,8 @@ filters:
     let sidecar = Sidecar::start(&yaml);
     let port = sidecar.inbound_port;
     let authority = format!("127.0.0.1:{port}");
-    let all = "@method,@authority,@path,@query";
+    let hmac = hmac_args("app-1", SECRET, "@method,@authority,@path,@query");
+    let sign = |url: &str| py_sign("GET", url, None, &hmac);
 
     // Unsigned, the dotted form of a private path meets the signature check.
     let rsp = raw(
@@ -416,11 +279,11 @@ filters:
 
     // Signed for the normal form, sent in another: verified against the
     // normal form, which is also what the app gets.
-    let signed = sign("GET", &format!("http://{authority}/private/x"), all);
+    let signed = sign(&format!("http://{authority}/private/x"));
     let rsp = raw(
         port,
         &format!(
-            "GET /pub/%2e%2e/private/x HTTP/1.1\r\nhost: {authority}{}",
+            "GET /pub/%2e%2e/private/x HTTP/1.1\r\n{}host: {authority}",
             header_lines(&signed)
         ),
     );
@@ -430,35 +293,28 @@ filters:
     // A signature over the raw form does not verify: clients sign the normal form.
     // (`requests` resolves `..` in a URL but only decodes `%2e`, so this signs
     // the raw `/pub/../private/x`.)
-    let raw_signed = sign(
-        "GET",
-        &format!("http://{authority}/pub/%2e%2e/private/x"),
-        all,
-    );
+    let raw_signed = sign(&format!("http://{authority}/pub/%2e%2e/private/x"));
     let rsp = raw(
         port,
         &format!(
-            "GET /pub/../private/x HTTP/1.1\r\nhost: {authority}{}",
+            "GET /pub/../private/x HTTP/1.1\r\n{}host: {authority}",
             header_lines(&raw_signed)
         ),
     );
-    assert_eq!(
-        (rsp.status, rsp.error().as_str()),
-        (401, "signature_invalid")
-    );
+    assert_error(&rsp, 401, "signature_invalid");
 
     // Signed for a.example, sent to the b.example route in absolute form or
     // over HTTP/2 with a differing `host`: refused, never verified against
     // the URI's authority while routed by Host.
-    let for_a = sign("GET", "http://a.example/x", all);
+    let for_a = sign("http://a.example/x");
     let rsp = raw(
         port,
         &format!(
-            "GET http://a.example/x HTTP/1.1\r\nhost: b.example{}",
+            "GET http://a.example/x HTTP/1.1\r\n{}host: b.example",
             header_lines(&for_a)
         ),
     );
-    assert_eq!((rsp.status, rsp.error().as_str()), (400, "bad_authority"));
+    assert_error(&rsp, 400, "bad_authority");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -469,23 +325,20 @@ filters:
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         headers.push(("host", "b.example"));
-        let (status, body) = h2_request(port, "http://a.example/x", &headers).await;
-        assert_eq!((status, error_of(&body).as_str()), (400, "bad_authority"));
+        let rsp = h2_get(port, "http://a.example/x", &headers).await;
+        assert_error(&rsp, 400, "bad_authority");
     });
     // And a signature for a.example does not pass as b.example.
     let rsp = raw(
         port,
-        &format!("GET /x HTTP/1.1\r\nhost: b.example{}", header_lines(&for_a)),
+        &format!("GET /x HTTP/1.1\r\n{}host: b.example", header_lines(&for_a)),
     );
-    assert_eq!(
-        (rsp.status, rsp.error().as_str()),
-        (401, "signature_invalid")
-    );
+    assert_error(&rsp, 401, "signature_invalid");
     // Signed for b.example, it does (the host's case does not matter).
-    let for_b = sign("GET", "http://b.example/x", all);
+    let for_b = sign("http://b.example/x");
     let rsp = raw(
         port,
-        &format!("GET /x HTTP/1.1\r\nhost: B.Example{}", header_lines(&for_b)),
+        &format!("GET /x HTTP/1.1\r\n{}host: B.Example", header_lines(&for_b)),
     );
     assert_eq!(rsp.status, 200, "{}", String::from_utf8_lossy(&rsp.body));
     assert_eq!(rsp.json()["headers"]["host"], "b.example");
@@ -542,7 +395,7 @@ fn header_names_with_underscores_never_reach_a_cgi_style_app() {
         "reload to reject did not apply"
     );
     let rsp = raw(port, "GET /x HTTP/1.1\r\nhost: svc\r\nx_app_flag: 1");
-    assert_eq!(rsp.error(), "bad_header_name");
+    assert_error(&rsp, 400, "bad_header_name");
 }
 
 #[test]
@@ -574,22 +427,19 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
     let mut cmd = Command::new("python3");
     cmd.arg(&script).arg(app_port.to_string());
     let _app = Proc::spawn("leaky-app", &mut cmd, dir.path().join("app.log"));
-    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(
-        ("127.0.0.1", app_port)
-    )
-    .is_ok()));
+    assert!(wait_until(Duration::from_secs(10), || port_open(app_port)));
     let sidecar = Sidecar::start(&guarded_yaml(&format!("127.0.0.1:{app_port}"), ""));
     let rsp = raw(sidecar.inbound_port, "GET /x HTTP/1.1\r\nhost: svc");
-    assert_eq!(rsp.status, 200, "{}", rsp.head);
+    assert_eq!(rsp.status, 200, "{rsp:?}");
     for name in [
         "x-meshgate-session-set",
         "x_meshgate_user",
         "x-meshgate_tenant",
     ] {
         assert!(
-            !rsp.has_header(name),
-            "{name} reached the client:\n{}",
-            rsp.head
+            !rsp.headers.contains_key(name),
+            "{name} reached the client:\n{:?}",
+            rsp.headers
         );
     }
 }
@@ -661,7 +511,7 @@ fn trusted_hops_decide_the_client_address() {
         port,
         "GET /x HTTP/1.1\r\nhost: svc\r\nx-forwarded-for: 2.2.2.2",
     );
-    assert_eq!((rsp.status, rsp.error().as_str()), (429, "rate_limited"));
+    assert_error(&rsp, 429, "rate_limited");
     drop(sidecar);
 
     // One trusted hop (a gateway in front): the entry it appended is the client.
@@ -685,7 +535,7 @@ fn trusted_hops_decide_the_client_address() {
         port,
         "GET /x HTTP/1.1\r\nhost: svc\r\nx-forwarded-for: 7.7.7.7, 1.1.1.1",
     );
-    assert_eq!((rsp.status, rsp.error().as_str()), (429, "rate_limited"));
+    assert_error(&rsp, 429, "rate_limited");
     // The access log names the same client.
     assert!(
         wait_until(Duration::from_secs(5), || sidecar

@@ -4,13 +4,12 @@
 //! attacks the signed content alone does not stop: another path or method,
 //! an unsigned body, parameters merged or added.
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use meshgate_test_harness::{request, EchoApp, Sidecar};
+use meshgate_test_harness::{
+    assert_error, raw_exchange, send_request, EchoApp, HttpResult, Sidecar,
+};
 
 const APP_ID: &str = "2014072300007148";
 
@@ -90,51 +89,24 @@ filters:
     )
 }
 
-fn send(
-    method: &str,
-    url: &str,
-    content_type: Option<&str>,
-    body: &str,
-) -> (u16, serde_json::Value) {
-    let mut req = Request::builder().method(method).uri(url);
-    if let Some(ct) = content_type {
-        req = req.header("content-type", ct);
-    }
-    let rsp = request(req.body(Bytes::from(body.to_string())).expect("request")).expect("send");
-    let json = serde_json::from_slice(&rsp.body).unwrap_or(serde_json::Value::Null);
-    (rsp.status, json)
-}
-
-fn error_of(v: &serde_json::Value) -> &str {
-    v["error"].as_str().unwrap_or("")
+fn send(method: &str, url: &str, content_type: Option<&str>, body: &str) -> HttpResult {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("content-type", ct))
+        .into_iter()
+        .collect();
+    send_request(method, url, &headers, body)
 }
 
 /// A chunked HTTP/1.1 request written by hand: no Content-Length, no
 /// Content-Type, so nothing in the head says there is a body.
-fn send_chunked(port: u16, target: &str, body: &str) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let head = format!(
-        "POST {target} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| b.find('{').map(|i| &b[i..]))
-        .and_then(|b| serde_json::Deserializer::from_str(b).into_iter().next())
-        .and_then(Result::ok)
-        .unwrap_or(serde_json::Value::Null);
-    (status, json)
+fn send_chunked(port: u16, target: &str, body: &str) -> HttpResult {
+    raw_exchange(
+        port,
+        &format!(
+            "POST {target} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        ),
+    )
 }
 
 #[test]
@@ -145,71 +117,68 @@ fn sdk_signed_requests_pass_only_on_their_route_with_their_signed_form() {
 
     // signed by Alipay's SDK: accepted, the app learns the merchant
     let s = sdk_sign("20150320010101001", &[]);
-    let (status, echo) = send("POST", &gateway(&s.query), Some(&s.content_type), &s.body);
-    assert_eq!(status, 200, "{echo}");
+    let rsp = send("POST", &gateway(&s.query), Some(&s.content_type), &s.body);
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let echo = rsp.json();
     assert_eq!(echo["headers"]["x-meshgate-client-id"], "merchant");
     assert_eq!(echo["body_len"], s.body.len());
     // the same signature again
-    let (status, err) = send("POST", &gateway(&s.query), Some(&s.content_type), &s.body);
-    assert_eq!((status, error_of(&err)), (401, "signature_replayed"));
+    let rsp = send("POST", &gateway(&s.query), Some(&s.content_type), &s.body);
+    assert_error(&rsp, 401, "signature_replayed");
 
     // a tampered parameter
     let s = sdk_sign("20150320010101001", &[]);
     let tampered = s.body.replace("20150320010101001", "20150320010101002");
-    let (status, err) = send("POST", &gateway(&s.query), Some(&s.content_type), &tampered);
-    assert_eq!((status, error_of(&err)), (401, "signature_invalid"));
+    let rsp = send("POST", &gateway(&s.query), Some(&s.content_type), &tampered);
+    assert_error(&rsp, 401, "signature_invalid");
 
     // The signed content names no path and no method; the route does. The
     // same signature (still unused) elsewhere, or as a GET, finds no route.
     let elsewhere = sidecar.url(&format!("/refund.do?{}", s.query));
-    let (status, err) = send("POST", &elsewhere, Some(&s.content_type), &s.body);
-    assert_eq!((status, error_of(&err)), (404, "route_not_found"));
+    let rsp = send("POST", &elsewhere, Some(&s.content_type), &s.body);
+    assert_error(&rsp, 404, "route_not_found");
     let all_in_query = gateway(&format!("{}&{}", s.query, s.body));
-    let (status, err) = send("GET", &all_in_query, None, "");
-    assert_eq!((status, error_of(&err)), (404, "route_not_found"));
+    let rsp = send("GET", &all_in_query, None, "");
+    assert_error(&rsp, 404, "route_not_found");
 
     // a body that no signature covers, with the signed parameters in the
     // query: JSON, multipart, or chunked with no Content-Type at all
     let s = sdk_sign("20150320010101001", &[]);
     let query = format!("{}&{}", s.query, s.body);
-    let (status, err) = send(
+    let rsp = send(
         "POST",
         &gateway(&query),
         Some("application/json"),
         r#"{"amount":99999}"#,
     );
-    assert_eq!((status, error_of(&err)), (415, "unsigned_body"), "{err}");
-    let (status, err) = send(
+    assert_error(&rsp, 415, "unsigned_body");
+    let rsp = send(
         "POST",
         &gateway(&query),
         Some("multipart/form-data; boundary=x"),
         "--x\r\ncontent-disposition: form-data; name=\"amount\"\r\n\r\n99999\r\n--x--\r\n",
     );
-    assert_eq!((status, error_of(&err)), (415, "unsigned_body"), "{err}");
-    let (status, err) = send_chunked(
+    assert_error(&rsp, 415, "unsigned_body");
+    let rsp = send_chunked(
         sidecar.inbound_port,
         &format!("/gateway.do?{query}"),
         r#"{"amount":99999}"#,
     );
-    assert_eq!((status, error_of(&err)), (415, "unsigned_body"), "{err}");
+    assert_error(&rsp, 415, "unsigned_body");
     // the same request without a body is the signed one
-    let (status, echo) = send("POST", &gateway(&query), None, "");
-    assert_eq!(status, 200, "{echo}");
+    let rsp = send("POST", &gateway(&query), None, "");
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
 
     // an empty parameter added: it is left out of the signed content, so the
     // app would read a parameter nobody signed
     let s = sdk_sign("20150320010101001", &[]);
-    let (status, err) = send(
+    let rsp = send(
         "POST",
         &gateway(&format!("{}&refund=", s.query)),
         Some(&s.content_type),
         &s.body,
     );
-    assert_eq!(
-        (status, error_of(&err)),
-        (400, "parameters_ambiguous"),
-        "{err}"
-    );
+    assert_error(&rsp, 400, "parameters_ambiguous");
 
     // Two signed parameters merged into one: `role=user&scope=all` reads the
     // same as `role` = "user&scope=all". The SDK signed two parameters; the
@@ -229,20 +198,16 @@ fn sdk_signed_requests_pass_only_on_their_route_with_their_signed_form() {
         })
         .collect::<Vec<_>>()
         .join("&");
-    let (status, err) = send("POST", &gateway(&s.query), Some(&s.content_type), &merged);
-    assert_eq!(
-        (status, error_of(&err)),
-        (400, "parameters_ambiguous"),
-        "{err}"
-    );
+    let rsp = send("POST", &gateway(&s.query), Some(&s.content_type), &merged);
+    assert_error(&rsp, 400, "parameters_ambiguous");
     // and the form it was signed in passes
-    let (status, echo) = send("POST", &gateway(&s.query), Some(&s.content_type), &s.body);
-    assert_eq!(status, 200, "{echo}");
+    let rsp = send("POST", &gateway(&s.query), Some(&s.content_type), &s.body);
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
 
     // `&` and `=` that cannot start another parameter are signed as they are
     let s = sdk_sign("20150320010101001", &["subject=Tom & Jerry = friends"]);
-    let (status, echo) = send("POST", &gateway(&s.query), Some(&s.content_type), &s.body);
-    assert_eq!(status, 200, "{echo}");
+    let rsp = send("POST", &gateway(&s.query), Some(&s.content_type), &s.body);
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
 }
 
 #[test]
@@ -252,8 +217,9 @@ fn a_non_form_body_passes_unsigned_only_when_configured() {
     let s = sdk_sign("20150320010101001", &[]);
     let url = sidecar.url(&format!("/gateway.do?{}&{}", s.query, s.body));
     let body = r#"{"unsigned":true}"#;
-    let (status, echo) = send("POST", &url, Some("application/json"), body);
-    assert_eq!(status, 200, "{echo}");
+    let rsp = send("POST", &url, Some("application/json"), body);
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let echo = rsp.json();
     assert_eq!(echo["body_len"], body.len());
 }
 

@@ -2,20 +2,14 @@
 //! endpoint the same way: the contract the end-to-end tests rely on.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use meshgate_test_harness::apps::{client, AppLang, AppOptions, WalletApp};
+use meshgate_test_harness::free_port;
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
 
 fn start(lang: AppLang, options: AppOptions) -> WalletApp {
     lang.start(&options)

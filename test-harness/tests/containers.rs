@@ -10,20 +10,14 @@
 //! project on free 127.0.0.1 ports and takes it down (`down -v`) when it
 //! ends, also on failure.
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshgate_test_harness::{bin, free_port, get, wait_until, workspace_root, HttpResult};
-use tokio::task::JoinHandle;
+use meshgate_test_harness::{bin, free_port, get, wait_until, workspace_root, HttpResult, Load};
 
 // ---- tools ----------------------------------------------------------------
 
@@ -557,8 +551,8 @@ fn pod_sidecar_upgrades_under_load_lose_nothing() {
     pod.push("before-upgrade");
     pod.wait_label("before-upgrade", Duration::from_secs(30));
     let app_before = app_started_at(&pod);
-    let load = Load::start(pod.inbound);
-    load.wait_progress(200);
+    let load = start_load(pod.inbound);
+    load.wait_progress(200, Duration::from_secs(30));
     let mut serving = "sidecar-a";
     for round in 0..3 {
         let started = Instant::now();
@@ -586,17 +580,11 @@ fn pod_sidecar_upgrades_under_load_lose_nothing() {
             true,
             "ready after upgrade {round}"
         );
-        load.wait_progress(200);
+        load.wait_progress(200, Duration::from_secs(30));
     }
-    let ok_count = load.ok();
     let stats = load.finish();
     let failures = stats.failures();
-    eprintln!(
-        "ok {ok_count}, reconnects {}, goaways {}, closed before send {}",
-        stats.reconnects.load(Ordering::Relaxed),
-        stats.goaways.load(Ordering::Relaxed),
-        stats.closed_before_send.load(Ordering::Relaxed)
-    );
+    eprintln!("{}", stats.summary());
     assert!(failures.is_empty(), "failed requests: {failures:#?}");
     // The pushed config and the filter state went across; the app never restarted.
     pod.wait_label("before-upgrade", Duration::from_secs(5));
@@ -718,258 +706,13 @@ fn pod_faults_control_plane_down_or_cut_sidecar_restart_app_killed() {
 
 // ---- load through the pod ------------------------------------------------------
 
-type Body = BoxBody<Bytes, Infallible>;
-
-#[derive(Default)]
-struct Stats {
-    ok: AtomicU64,
-    reconnects: AtomicU64,
-    goaways: AtomicU64,
-    closed_before_send: AtomicU64,
-    failures: Mutex<Vec<String>>,
-}
-
-impl Stats {
-    fn fail(&self, what: String) {
-        let mut f = self.failures.lock().expect("lock");
-        if f.len() < 50 {
-            f.push(what);
-        }
-    }
-
-    fn failures(&self) -> Vec<String> {
-        self.failures.lock().expect("lock").clone()
-    }
-}
-
 /// HTTP/1.1 and HTTP/2 keep-alive clients through the pod's inbound port.
-struct Load {
-    stop: Arc<AtomicBool>,
-    stats: Arc<Stats>,
-    tasks: Vec<JoinHandle<()>>,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Load {
-    fn start(port: u16) -> Load {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(Stats::default());
-        let mut tasks = Vec::new();
-        for (id, h2) in [(0, false), (1, false), (2, false), (3, true), (4, true)] {
-            tasks.push(runtime.spawn(keep_alive_client(port, h2, id, stop.clone(), stats.clone())));
-        }
-        Load {
-            stop,
-            stats,
-            tasks,
-            runtime,
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.stats.ok.load(Ordering::Relaxed)
-    }
-
-    fn wait_progress(&self, n: u64) {
-        let target = self.ok() + n;
-        assert!(
-            wait_until(Duration::from_secs(30), || self.ok() >= target),
-            "load made no progress; failures: {:?}",
-            self.stats.failures()
-        );
-    }
-
-    fn finish(self) -> Arc<Stats> {
-        self.stop.store(true, Ordering::Relaxed);
-        let tasks = self.tasks;
-        self.runtime.block_on(async {
-            for t in tasks {
-                tokio::time::timeout(Duration::from_secs(30), t)
-                    .await
-                    .expect("client finished in time")
-                    .expect("client task");
-            }
+fn start_load(port: u16) -> Load {
+    let mut load = Load::new(2);
+    for (id, h2) in [(0, false), (1, false), (2, false), (3, true), (4, true)] {
+        load.keep_alive_client(port, h2, id, |id, i| {
+            format!("/api/balance?client={id}&i={i}")
         });
-        self.stats
     }
-}
-
-enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Body>),
-    H2(hyper::client::conn::http2::SendRequest<Body>),
-}
-
-struct Conn {
-    sender: Sender,
-    driver: JoinHandle<Result<(), hyper::Error>>,
-}
-
-impl Conn {
-    async fn open(port: u16, h2: bool) -> Result<Conn, String> {
-        let stream = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect(("127.0.0.1", port)),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let io = TokioIo::new(stream);
-        if h2 {
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("h2 handshake: {e}"))?;
-            Ok(Conn {
-                sender: Sender::H2(sender),
-                driver: tokio::spawn(conn),
-            })
-        } else {
-            let (sender, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| format!("h1 handshake: {e}"))?;
-            Ok(Conn {
-                sender: Sender::H1(sender),
-                driver: tokio::spawn(conn),
-            })
-        }
-    }
-
-    fn is_closed(&self) -> bool {
-        match &self.sender {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-
-    async fn close(self) -> Result<(), String> {
-        drop(self.sender);
-        match tokio::time::timeout(Duration::from_secs(20), self.driver).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(format!("connection error: {e:?}")),
-            Ok(Err(e)) => Err(format!("driver task: {e}")),
-            Err(_) => Err("connection did not close".into()),
-        }
-    }
-
-    /// An error: the connection closed before the request left the client.
-    async fn ready(&mut self) -> Result<(), hyper::Error> {
-        match &mut self.sender {
-            Sender::H1(s) => s.ready().await,
-            Sender::H2(s) => s.ready().await,
-        }
-    }
-
-    async fn send(
-        &mut self,
-        req: Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
-        self.ready().await?;
-        match &mut self.sender {
-            Sender::H1(s) => s.send_request(req).await,
-            Sender::H2(s) => s.send_request(req).await,
-        }
-    }
-}
-
-/// A GOAWAY or REFUSED_STREAM on HTTP/2, or a request never sent.
-fn not_processed(e: &hyper::Error) -> bool {
-    if e.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
-}
-
-async fn keep_alive_client(port: u16, h2: bool, id: u32, stop: Arc<AtomicBool>, stats: Arc<Stats>) {
-    let proto = if h2 { "h2" } else { "h1" };
-    let mut conn: Option<Conn> = None;
-    let mut i = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        if conn.as_ref().is_some_and(Conn::is_closed) {
-            if let Err(e) = conn.take().expect("conn").close().await {
-                stats.fail(format!("{proto} client {id}: {e}"));
-            }
-        }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match Conn::open(port, h2).await {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    stats.fail(format!("{proto} client {id}: {e}"));
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        if c.ready().await.is_err() {
-            // Closed before this request was sent: not a lost request.
-            stats.closed_before_send.fetch_add(1, Ordering::Relaxed);
-            let _ = conn.take().expect("conn").close().await;
-            continue;
-        }
-        i += 1;
-        let path = format!("/api/balance?client={id}&i={i}");
-        let mut req = Request::get(if h2 {
-            format!("http://127.0.0.1:{port}{path}")
-        } else {
-            path
-        });
-        req = if h2 {
-            req.version(http::Version::HTTP_2)
-        } else {
-            req.header(http::header::HOST, "127.0.0.1")
-        };
-        let req = req.body(Full::new(Bytes::new()).boxed()).expect("request");
-        match c.send(req).await {
-            Ok(rsp) => {
-                let status = rsp.status();
-                let close = rsp
-                    .headers()
-                    .get(http::header::CONNECTION)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-                match rsp.into_body().collect().await {
-                    Ok(_) if status == 200 => {
-                        stats.ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(body) => stats.fail(format!(
-                        "{proto} client {id}: status {status}: {:?}",
-                        body.to_bytes()
-                    )),
-                    Err(e) => stats.fail(format!("{proto} client {id}: body: {e:?}")),
-                }
-                if close {
-                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = conn.take().expect("conn").close().await {
-                        stats.fail(format!("{proto} client {id} after close: {e}"));
-                    }
-                }
-            }
-            Err(e) if h2 && not_processed(&e) => {
-                stats.goaways.fetch_add(1, Ordering::Relaxed);
-                if let Some(c) = conn.take() {
-                    let _ = c.close().await;
-                }
-            }
-            Err(e) => {
-                stats.fail(format!("{proto} client {id} request {i}: {e:?}"));
-                conn = None;
-            }
-        }
-    }
-    if let Some(c) = conn {
-        if let Err(e) = c.close().await {
-            stats.fail(format!("{proto} client {id} at the end: {e}"));
-        }
-    }
+    load
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use meshgate_test_harness::{
-    bin, get, request, wait_until, EchoApp, HttpResult, Proc, Sidecar, ADMIN_HEADER,
+    assert_error, bin, free_port, get, request, send_request, wait_until, EchoApp, HttpResult,
+    Proc, Sidecar, ADMIN_HEADER,
 };
 
 /// A uid other than the tests' own (they run as root).
@@ -44,28 +45,13 @@ fn admin(
     headers: &[(&str, &str)],
     body: &'static str,
 ) -> HttpResult {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(sidecar.admin_url(path));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    request(
-        req.body(Bytes::from_static(body.as_bytes()))
-            .expect("request"),
-    )
-    .expect("admin call")
+    send_request(method, &sidecar.admin_url(path), headers, body)
 }
 
+/// A refusal of the admin or health listener: 403 with `reason`.
+#[track_caller]
 fn assert_refused(rsp: &HttpResult, reason: &str) {
-    assert_eq!(rsp.status, 403, "{}", rsp.text());
-    let body = rsp.json();
-    assert_eq!(body["error"], reason, "{body}");
-    assert!(body["code"].as_u64().is_some_and(|c| c > 0), "{body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert_error(rsp, 403, reason);
 }
 
 fn still_serving(sidecar: &Sidecar) {
@@ -182,7 +168,7 @@ fn cross_origin_posts_change_nothing() {
 #[test]
 fn health_listener_takes_probe_hosts_but_not_foreign_origins() {
     let app = EchoApp::start();
-    let health_port = meshgate_test_harness::free_port();
+    let health_port = free_port();
     let cfg = config(&app.addr(), "").replace(
         "admin: { listen: \"${ADMIN}\" }",
         &format!("admin: {{ listen: \"${{ADMIN}}\", health_listen: \"127.0.0.1:{health_port}\" }}"),
@@ -352,7 +338,7 @@ fn egress_on_a_non_loopback_address_is_refused() {
         refused.proc.output()
     );
 
-    let port = meshgate_test_harness::free_port();
+    let port = free_port();
     let good = config(&app.addr(), "") + &egress(&format!("127.0.0.1:{port}"));
     let sidecar = Sidecar::start(&good);
     let v1 = sidecar.version();

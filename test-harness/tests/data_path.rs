@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use meshgate_test_harness::http_client::{send_h1, send_h2c, send_tls};
-use meshgate_test_harness::{get, request, wait_until, EchoApp, Sidecar};
+use meshgate_test_harness::{assert_error, get, request, wait_until, EchoApp, Sidecar};
 
 fn config(app: &str, extra_routes: &str) -> String {
     format!(
@@ -48,23 +48,6 @@ fn start() -> (EchoApp, Sidecar) {
 
 fn post(url: &str, body: impl Into<Bytes>) -> Request<Bytes> {
     Request::post(url).body(body.into()).expect("request")
-}
-
-fn assert_error(rsp: &meshgate_test_harness::HttpResult, status: u16, reason: &str) {
-    assert_eq!(rsp.status, status, "body: {}", rsp.text());
-    let body = rsp.json();
-    assert_eq!(body["error"], reason, "{body}");
-    assert!(body["code"].as_u64().is_some(), "{body}");
-    assert!(
-        !body["message"].as_str().unwrap_or_default().is_empty(),
-        "{body}"
-    );
-    assert_eq!(
-        body["request_id"].as_str(),
-        rsp.header("x-request-id"),
-        "{body}"
-    );
-    assert_eq!(rsp.header("content-type"), Some("application/json"));
 }
 
 #[test]

@@ -2,63 +2,24 @@
 //! signed by the Python `http-message-signatures` package against the real
 //! `meshgate` binary, with the memory store and with a real `redis-server`.
 
-use std::process::Command;
-
-use bytes::Bytes;
-use http::Request;
-use meshgate_test_harness::{request, EchoApp, HttpResult, Redis, Sidecar};
+use meshgate_test_harness::{
+    assert_error, hmac_args, py_sign, send_request, EchoApp, HttpResult, Redis, Sidecar,
+};
 
 const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
 const OTHER_SECRET: &str = "bmV4dC1zZWNyZXQtZm9yLXRlc3RzLTMyLWJ5dGVzISE=";
 const COMPONENTS: &str = "@method,@authority,@path,@query,content-digest";
 
-fn scripts_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
-}
-
 /// Headers of a request signed by the Python package with `nonce`.
 fn signed(url: &str, key_id: &str, secret: &str, nonce: &str) -> Vec<(String, String)> {
-    let out = Command::new("python3")
-        .arg(scripts_dir().join("sign_request.py"))
-        .args(["--method", "POST", "--url", url, "--body", "x"])
-        .args(["--key-id", key_id, "--alg", "hmac-sha256"])
-        .args(["--secret-b64", secret, "--components", COMPONENTS])
-        .args(["--nonce", nonce])
-        .output()
-        .expect("python3 signer");
-    assert!(
-        out.status.success(),
-        "signer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("signer json");
-    v["headers"]
-        .as_object()
-        .expect("headers")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
-}
-
-fn post(url: &str, headers: &[(String, String)]) -> HttpResult {
-    let mut req = Request::post(url);
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    request(req.body(Bytes::from_static(b"x")).expect("request")).expect("send")
+    let mut args = hmac_args(key_id, secret, COMPONENTS).to_vec();
+    args.extend(["--nonce", nonce]);
+    py_sign("POST", url, Some("x"), &args)
 }
 
 fn send(sidecar: &Sidecar, key_id: &str, secret: &str, nonce: &str) -> HttpResult {
     let url = sidecar.url("/pay");
-    post(&url, &signed(&url, key_id, secret, nonce))
-}
-
-fn outcome(rsp: &HttpResult) -> (u16, String) {
-    let error = serde_json::from_slice::<serde_json::Value>(&rsp.body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    (rsp.status, error)
+    send_request("POST", &url, &signed(&url, key_id, secret, nonce), "x")
 }
 
 fn config(app: &str, extra_top: &str, extra_filter: &str) -> String {
@@ -102,17 +63,13 @@ fn gauge(sidecar: &Sidecar, name: &str) -> Option<f64> {
 fn assert_bounds(sidecar: &Sidecar) {
     let long = "n".repeat(129);
     let rsp = send(sidecar, "app-1", SECRET, &long);
-    assert_eq!(
-        outcome(&rsp),
-        (400, "nonce_invalid".into()),
-        "{}",
-        rsp.text()
-    );
+    assert_error(&rsp, 400, "nonce_invalid");
     assert_eq!(rsp.json()["code"], 40030);
     let very_long = "n".repeat(8000);
-    assert_eq!(
-        outcome(&send(sidecar, "app-1", SECRET, &very_long)),
-        (400, "nonce_invalid".into())
+    assert_error(
+        &send(sidecar, "app-1", SECRET, &very_long),
+        400,
+        "nonce_invalid",
     );
     let at_limit = "m".repeat(128);
     assert_eq!(send(sidecar, "app-1", SECRET, &at_limit).status, 200);
@@ -122,7 +79,7 @@ fn assert_bounds(sidecar: &Sidecar) {
         assert_eq!(rsp.status, 200, "{nonce}: {}", rsp.text());
     }
     let rsp = send(sidecar, "app-1", SECRET, "n-4");
-    assert_eq!(outcome(&rsp), (429, "nonce_limit_reached".into()));
+    assert_error(&rsp, 429, "nonce_limit_reached");
     let retry: u64 = rsp
         .header("retry-after")
         .and_then(|v| v.parse().ok())
@@ -130,11 +87,13 @@ fn assert_bounds(sidecar: &Sidecar) {
     assert!((1..=330).contains(&retry), "retry after {retry}");
     // Live nonces were not evicted to make room: they are still replays.
     for nonce in [at_limit.as_str(), "n-2", "n-3"] {
+        let rsp = send(sidecar, "app-1", SECRET, nonce);
         assert_eq!(
-            outcome(&send(sidecar, "app-1", SECRET, nonce)),
-            (401, "signature_replayed".into()),
+            (rsp.status, rsp.error().as_str()),
+            (401, "signature_replayed"),
             "{nonce}"
         );
+        assert_error(&rsp, 401, "signature_replayed");
     }
     // The bound is per key: another client is not affected.
     assert_eq!(send(sidecar, "app-2", OTHER_SECRET, "n-4").status, 200);
@@ -168,9 +127,10 @@ fn redis_nonces_are_digested_bounded_and_the_old_key_form_is_still_checked() {
     // for this one.
     let legacy = "meshgate:sig-nonce:app-1\u{1f}seen-by-an-old-pod";
     assert_eq!(redis.cli(&["SET", legacy, "1", "EX", "300"]).trim(), "OK");
-    assert_eq!(
-        outcome(&send(&sidecar, "app-1", SECRET, "seen-by-an-old-pod")),
-        (401, "signature_replayed".into())
+    assert_error(
+        &send(&sidecar, "app-1", SECRET, "seen-by-an-old-pod"),
+        401,
+        "signature_replayed",
     );
 
     assert_bounds(&sidecar);

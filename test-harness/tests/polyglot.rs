@@ -4,13 +4,10 @@
 //! and each app's outbound call leaves through the egress listener, signed,
 //! into a second sidecar in front of another app.
 
-use std::net::TcpListener;
-use std::process::Command;
-
-use bytes::Bytes;
-use http::Request;
 use meshgate_test_harness::apps::{AppLang, AppOptions, WalletApp};
-use meshgate_test_harness::{request, HttpResult, Redis, Sidecar};
+use meshgate_test_harness::{
+    assert_error, free_port, hmac_args, py_sign, send_request, HttpResult, Redis, Sidecar,
+};
 use serde_json::Value;
 
 const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
@@ -20,67 +17,21 @@ const PEER_HOST: &str = "wallet-peer.internal";
 /// Requests the rate limit lets through before refusing.
 const BURST: usize = 4;
 
-/// This checkout's scripts (a target directory shared between checkouts may
-/// hold a harness library built elsewhere).
-fn scripts_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
 fn start_app(lang: AppLang, options: AppOptions) -> WalletApp {
     lang.start(&options)
         .unwrap_or_else(|e| panic!("start the {lang} app: {e:#}"))
 }
 
-fn send(method: &str, url: &str, headers: &[(String, String)], body: &str) -> HttpResult {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    request(req.body(Bytes::from(body.to_string())).expect("request")).expect("send")
-}
-
-/// Signature headers made by the Python `http-message-signatures` package.
-fn py_sign(method: &str, url: &str, body: &str) -> Vec<(String, String)> {
-    let out = Command::new("python3")
-        .arg(scripts_dir().join("sign_request.py"))
-        .args(["--method", method, "--url", url, "--body", body])
-        .args(["--key-id", KEY_ID, "--alg", "hmac-sha256"])
-        .args(["--secret-b64", SECRET, "--components", COMPONENTS])
-        .output()
-        .expect("python3 signer");
-    assert!(
-        out.status.success(),
-        "signer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("signer json");
-    v["headers"]
-        .as_object()
-        .expect("headers")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
-}
-
 /// A signed request, plus `extra` headers that the signature does not cover.
 fn signed(method: &str, url: &str, body: &str, extra: &[(&str, &str)]) -> HttpResult {
-    let mut headers = py_sign(method, url, body);
+    let mut headers = py_sign(
+        method,
+        url,
+        Some(body),
+        &hmac_args(KEY_ID, SECRET, COMPONENTS),
+    );
     headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    send(method, url, &headers, body)
-}
-
-fn error_of(rsp: &HttpResult) -> String {
-    serde_json::from_slice::<Value>(&rsp.body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_default()
+    send_request(method, url, &headers, body)
 }
 
 fn verify_filter() -> String {
@@ -181,22 +132,24 @@ fn check_behind_sidecar(lang: AppLang, peer: AppLang) {
     let balance = sidecar.url("/api/balance");
 
     // 1. unsigned
-    let rsp = send("GET", &balance, &[], "");
+    let rsp = send_request("GET", &balance, &[] as &[(&str, &str)], "");
     assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
+        (rsp.status, rsp.error().as_str()),
         (401, "signature_missing"),
         "{lang}: {}",
         rsp.text()
     );
+    assert_error(&rsp, 401, "signature_missing");
 
     // 2. signed, no session
     let rsp = signed("GET", &balance, "", &[]);
     assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
+        (rsp.status, rsp.error().as_str()),
         (401, "login_required"),
         "{lang}: {}",
         rsp.text()
     );
+    assert_error(&rsp, 401, "login_required");
 
     // 3. login, then the balance with the session cookie
     let rsp = signed(
@@ -268,11 +221,12 @@ fn check_behind_sidecar(lang: AppLang, peer: AppLang) {
     }
     let rsp = signed("GET", &balance, "", &with_cookie);
     assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
+        (rsp.status, rsp.error().as_str()),
         (429, "rate_limited"),
         "{lang}: {}",
         rsp.text()
     );
+    assert_error(&rsp, 429, "rate_limited");
     let retry: u64 = rsp
         .header("retry-after")
         .expect("Retry-After")

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Request;
 use meshgate_test_harness::{
-    free_port, request, wait_until, EchoApp, HttpResult, Proc, Redis, Sidecar,
+    assert_error, free_port, port_open, scripts_dir, send_request, wait_until, EchoApp, HttpResult,
+    Proc, Redis, Sidecar,
 };
 use serde_json::Value;
 
@@ -17,9 +16,7 @@ const ISS: &str = "https://id.example.com";
 const AUD: &str = "wallet";
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
+    scripts_dir().join(name)
 }
 
 fn jwt_tool(args: &[&str]) -> String {
@@ -37,19 +34,11 @@ fn jwt_tool(args: &[&str]) -> String {
 }
 
 fn get_with(url: &str, headers: &[(&str, &str)]) -> HttpResult {
-    let mut builder = Request::get(url);
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    request(builder.body(Bytes::new()).expect("request")).expect("response")
+    send_request("GET", url, headers, "")
 }
 
 fn bearer(url: &str, token: &str) -> HttpResult {
     get_with(url, &[("authorization", &format!("Bearer {token}"))])
-}
-
-fn error_of(rsp: &HttpResult) -> String {
-    rsp.json()["error"].as_str().unwrap_or_default().to_string()
 }
 
 fn jwt_config(app: &str, keys: &str) -> String {
@@ -137,13 +126,11 @@ fn pyjwt_tokens_through_the_sidecar() {
             tokens[case].as_str().expect("token"),
         );
         assert_eq!(rsp.status, 401, "{case}: {}", rsp.text());
-        assert_eq!(error_of(&rsp), reason, "{case}");
+        assert_eq!(rsp.error(), reason, "{case}");
+        assert_error(&rsp, 401, reason);
     }
     let rsp = get_with(&sidecar.url("/api/me"), &[]);
-    assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
-        (401, "login_required")
-    );
+    assert_error(&rsp, 401, "login_required");
 
     // optional: anonymous passes, a bad token does not
     let rsp = get_with(&sidecar.url("/public/x"), &[]);
@@ -153,10 +140,7 @@ fn pyjwt_tokens_through_the_sidecar() {
         &sidecar.url("/public/x"),
         tokens["expired"].as_str().expect("token"),
     );
-    assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
-        (401, "token_expired")
-    );
+    assert_error(&rsp, 401, "token_expired");
 
     let metrics = sidecar.metrics();
     assert!(
@@ -183,11 +167,7 @@ fn file_server(dir: &Path) -> (Proc, u16) {
     .arg(dir);
     let proc = Proc::spawn("jwks-server", &mut cmd, dir.join("server.log"));
     assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
+        wait_until(Duration::from_secs(10), || port_open(port)),
         "jwks server did not start"
     );
     (proc, port)
@@ -220,10 +200,11 @@ fn remote_jwks_rotation_and_outage() {
     assert_eq!(bearer(&url, &t1).status, 200);
     let rsp = bearer(&url, &t2);
     assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
+        (rsp.status, rsp.error().as_str()),
         (401, "token_invalid"),
         "k2 not published yet"
     );
+    assert_error(&rsp, 401, "token_invalid");
 
     // The identity provider rotates: k2 replaces k1. An unknown kid triggers a
     // refresh (at most one per jwks_min_refresh).
@@ -234,20 +215,18 @@ fn remote_jwks_rotation_and_outage() {
     assert_eq!(rsp.json()["headers"]["x-meshgate-user"], "u-2");
     let rsp = bearer(&url, &t1);
     assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
+        (rsp.status, rsp.error().as_str()),
         (401, "token_invalid"),
         "retired key refused"
     );
+    assert_error(&rsp, 401, "token_invalid");
 
     // JWKS endpoint down: the cached keys keep serving.
     server.kill();
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(bearer(&url, &t2).status, 200);
     let rsp = bearer(&url, &t1);
-    assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
-        (401, "token_invalid")
-    );
+    assert_error(&rsp, 401, "token_invalid");
     assert_eq!(bearer(&url, &t2).status, 200);
 }
 
@@ -262,10 +241,7 @@ fn remote_jwks_unreachable_from_the_start_fails_closed() {
     let sidecar = Sidecar::start(&jwt_config(&app.addr(), &source));
     let t1 = jwt_tool(&["mint", k, "k1", "ES256", "u-1", ISS, AUD]);
     let rsp = bearer(&sidecar.url("/api/me"), &t1);
-    assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
-        (503, "session_store_unavailable")
-    );
+    assert_error(&rsp, 503, "session_store_unavailable");
 }
 
 #[test]
@@ -302,10 +278,7 @@ fn remote_jwks_over_https_with_a_private_ca() {
     let untrusted = format!("jwks_url: https://127.0.0.1:{port}/jwks.json\n    jwks_timeout: 2s");
     let sidecar = Sidecar::start(&jwt_config(&app.addr(), &untrusted));
     let rsp = bearer(&sidecar.url("/api/me"), &t1);
-    assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
-        (503, "session_store_unavailable")
-    );
+    assert_error(&rsp, 503, "session_store_unavailable");
 }
 
 // ---------------------------------------------------------------- sessions
@@ -324,11 +297,7 @@ impl SessionApp {
         cmd.arg(script("session_app.py")).arg(port.to_string());
         let proc = Proc::spawn("session-app", &mut cmd, dir.path().join("app.log"));
         assert!(
-            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
+            wait_until(Duration::from_secs(10), || port_open(port)),
             "session app did not start"
         );
         SessionApp {
@@ -436,10 +405,7 @@ fn sessions_shared_by_two_sidecars_through_redis() {
         "session id stripped before the app"
     );
     let rsp = get_with(&b.url("/whoami"), &[]);
-    assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
-        (401, "login_required")
-    );
+    assert_error(&rsp, 401, "login_required");
 
     // 100 concurrent requests with one id B has never seen: one Redis read.
     let fresh = login(&a, "u-43");
@@ -489,10 +455,11 @@ fn sessions_shared_by_two_sidecars_through_redis() {
     );
     let rsp = with_session(&a, "/whoami", &id);
     assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
+        (rsp.status, rsp.error().as_str()),
         (401, "session_revoked"),
         "A at once"
     );
+    assert_error(&rsp, 401, "session_revoked");
     let revoked_at = Instant::now();
     assert!(
         wait_until(BUDGET + Duration::from_millis(500), || with_session(
@@ -503,10 +470,7 @@ fn sessions_shared_by_two_sidecars_through_redis() {
         "B still accepts a revoked session after the budget"
     );
     assert!(revoked_at.elapsed() <= BUDGET + Duration::from_millis(500));
-    assert_eq!(
-        error_of(&with_session(&b, "/whoami", &id)),
-        "session_revoked"
-    );
+    assert_error(&with_session(&b, "/whoami", &id), 401, "session_revoked");
 
     // Redis stops: sessions B has cached keep working until their cache TTL;
     // uncached ones fail closed; nothing new can be issued.
@@ -524,22 +488,17 @@ fn sessions_shared_by_two_sidecars_through_redis() {
         rsp.text()
     );
     let rsp = with_session(&b, "/whoami", &uncached);
-    assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
-        (503, "session_store_unavailable")
-    );
+    assert_error(&rsp, 503, "session_store_unavailable");
     let rsp = get_with(&a.url("/login?user=u-46"), &[]);
-    assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
-        (503, "session_store_unavailable")
-    );
+    assert_error(&rsp, 503, "session_store_unavailable");
     std::thread::sleep(BUDGET.saturating_sub(stopped_at.elapsed()) + Duration::from_millis(200));
     let rsp = with_session(&b, "/whoami", &cached);
     assert_eq!(
-        (rsp.status, error_of(&rsp).as_str()),
+        (rsp.status, rsp.error().as_str()),
         (503, "session_store_unavailable"),
         "after the cache TTL"
     );
+    assert_error(&rsp, 503, "session_store_unavailable");
 
     // Redis is back (empty: it runs without persistence): no more 503s, old
     // sessions are unknown, new logins work everywhere.
@@ -552,9 +511,10 @@ fn sessions_shared_by_two_sidecars_through_redis() {
             == 401),
         "B did not recover"
     );
-    assert_eq!(
-        error_of(&with_session(&b, "/whoami", &cached)),
-        "session_expired"
+    assert_error(
+        &with_session(&b, "/whoami", &cached),
+        401,
+        "session_expired",
     );
     let again = login(&a, "u-47");
     let rsp = with_session(&b, "/whoami", &again);
@@ -610,14 +570,6 @@ filters:
     )
 }
 
-fn status_and_error(rsp: &HttpResult) -> (u16, String) {
-    let error = serde_json::from_slice::<Value>(&rsp.body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    (rsp.status, error)
-}
-
 #[test]
 fn full_memory_store_evicts_the_least_recently_used_session() {
     let app = SessionApp::start();
@@ -636,11 +588,13 @@ fn full_memory_store_evicts_the_least_recently_used_session() {
     }
     // A store full of live sessions used to answer 503 to every login.
     let fifth = login(&sidecar, "u-5");
+    let rsp = with_session(&sidecar, "/whoami", &ids[0]);
     assert_eq!(
-        status_and_error(&with_session(&sidecar, "/whoami", &ids[0])),
-        (401, "session_expired".into()),
+        (rsp.status, rsp.error().as_str()),
+        (401, "session_expired"),
         "the least recently used session made room"
     );
+    assert_error(&rsp, 401, "session_expired");
     for id in ids[1..].iter().chain([&fifth]) {
         let rsp = with_session(&sidecar, "/whoami", id);
         assert_eq!(rsp.status, 200, "{}", rsp.text());
@@ -659,13 +613,16 @@ fn full_memory_store_evicts_the_least_recently_used_session() {
 fn assert_subject_cap(sidecar: &Sidecar, budget: Duration) {
     let other = login(sidecar, "u-other");
     let ids: Vec<String> = (0..17).map(|_| login(sidecar, "u-many")).collect();
+    let first = || with_session(sidecar, "/whoami", &ids[0]);
     assert!(
-        wait_until(budget, || status_and_error(&with_session(
-            sidecar, "/whoami", &ids[0]
-        )) == (401, "session_revoked".into())),
+        wait_until(budget, || {
+            let rsp = first();
+            (rsp.status, rsp.error().as_str()) == (401, "session_revoked")
+        }),
         "the 17th login did not revoke the first session: {:?}",
-        status_and_error(&with_session(sidecar, "/whoami", &ids[0]))
+        first()
     );
+    assert_error(&first(), 401, "session_revoked");
     for id in ids[1..].iter().chain([&other]) {
         let rsp = with_session(sidecar, "/whoami", id);
         assert_eq!(rsp.status, 200, "{}", rsp.text());
@@ -694,20 +651,19 @@ fn redis_store_evicts_per_subject_and_keeps_ttls_consistent() {
     // Logins through A, checked through B: the cap is shared by the pods.
     let other = login(&a, "u-other");
     let ids: Vec<String> = (0..17).map(|_| login(&a, "u-many")).collect();
-    assert_eq!(
-        status_and_error(&with_session(&b, "/whoami", &ids[0])),
-        (401, "session_revoked".into())
+    assert_error(
+        &with_session(&b, "/whoami", &ids[0]),
+        401,
+        "session_revoked",
     );
     for id in ids[1..].iter().chain([&other]) {
         assert_eq!(with_session(&b, "/whoami", id).status, 200);
     }
     // A caches its own new sessions for cache_ttl: the revocation budget.
-    assert!(wait_until(Duration::from_secs(2), || status_and_error(
-        &with_session(&a, "/whoami", &ids[0])
-    ) == (
-        401,
-        "session_revoked".into()
-    )));
+    assert!(wait_until(Duration::from_secs(2), || {
+        let rsp = with_session(&a, "/whoami", &ids[0]);
+        (rsp.status, rsp.error().as_str()) == (401, "session_revoked")
+    }));
 
     // One sorted set per subject, holding only its live sessions, living as
     // long as the sessions in it may.
@@ -760,6 +716,6 @@ fn rate_limit_keys_read_the_identity_the_session_filter_set() {
         &sidecar.url("/limited/x"),
         &[("cookie", &format!("meshgate_session={bob}"))],
     );
-    assert_eq!(status_and_error(&rsp), (429, "rate_limited".into()));
+    assert_error(&rsp, 429, "rate_limited");
     assert_eq!(rsp.json()["code"], 42901);
 }

@@ -4,18 +4,12 @@
 //! the egress listener, key rotation by reload and a Redis-backed nonce store
 //! shared by two sidecars.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Request;
-use meshgate_test_harness::{free_port, request, EchoApp, Redis, Sidecar};
-
-/// This checkout's scripts (not the harness library's: a target directory
-/// shared between checkouts may hold a library built elsewhere).
-fn scripts_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
-}
+use meshgate_test_harness::{
+    assert_error, free_port, hmac_args, py_sign, py_verify_response, send_request, EchoApp, Redis,
+    ResponseKey, Sidecar,
+};
 
 const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
 const NEXT_SECRET: &str = "bmV4dC1zZWNyZXQtZm9yLXRlc3RzLTMyLWJ5dGVzISE=";
@@ -28,44 +22,6 @@ MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=
 -----END PUBLIC KEY-----
 ";
 const ALL: &str = "@method,@authority,@path,@query,content-digest";
-
-/// Sends one request; returns the status and the JSON body.
-fn send(
-    method: &str,
-    url: &str,
-    headers: &[(String, String)],
-    body: &str,
-) -> (u16, serde_json::Value) {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let rsp = request(req.body(Bytes::from(body.to_string())).expect("request")).expect("send");
-    let json = serde_json::from_slice(&rsp.body).unwrap_or(serde_json::Value::Null);
-    (rsp.status, json)
-}
-
-/// Signs with the Python package; returns the headers to add.
-fn py_sign(method: &str, url: &str, body: &str, args: &[&str]) -> Vec<(String, String)> {
-    let out = Command::new("python3")
-        .arg(scripts_dir().join("sign_request.py"))
-        .args(["--method", method, "--url", url, "--body", body])
-        .args(args)
-        .output()
-        .expect("python3 signer");
-    assert!(
-        out.status.success(),
-        "signer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("signer json");
-    v["headers"]
-        .as_object()
-        .expect("headers")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
-}
 
 fn verify_yaml(app: &str, keys: &str, extra: &str) -> String {
     format!(
@@ -93,21 +49,9 @@ fn hmac_keys(secret: &str) -> String {
     format!(r#"[{{ id: app-1, alg: hmac-sha256, secret_base64: "{secret}" }}]"#)
 }
 
-fn hmac_args(secret: &str) -> Vec<&str> {
-    vec![
-        "--key-id",
-        "app-1",
-        "--alg",
-        "hmac-sha256",
-        "--secret-b64",
-        secret,
-        "--components",
-        ALL,
-    ]
-}
-
-fn error_of(v: &serde_json::Value) -> &str {
-    v["error"].as_str().unwrap_or("")
+/// Signer arguments for key `app-1` with `secret`, covering [`ALL`].
+fn hmac_key_args(secret: &str) -> Vec<&str> {
+    hmac_args("app-1", secret, ALL).to_vec()
 }
 
 fn now() -> u64 {
@@ -131,20 +75,21 @@ fn python_signed_requests_are_verified_by_the_sidecar() {
     let sidecar = Sidecar::start(&verify_yaml(&app.addr(), &keys, ""));
     let url = sidecar.url("/pay?order=42");
     let body = r#"{"amount":100}"#;
-    let hmac = hmac_args(SECRET);
+    let hmac = hmac_key_args(SECRET);
 
     // accepted, identity handed to the app, signature headers stripped
-    let headers = py_sign("POST", &url, body, &hmac);
-    let (status, echo) = send("POST", &url, &headers, body);
-    assert_eq!(status, 200, "{echo}");
+    let headers = py_sign("POST", &url, Some(body), &hmac);
+    let rsp = send_request("POST", &url, &headers, body);
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let echo = rsp.json();
     assert_eq!(echo["headers"]["x-meshgate-client-id"], "app-1");
     assert!(echo["headers"].get("signature").is_none());
     assert!(echo["headers"].get("signature-input").is_none());
     assert_eq!(echo["body_len"], body.len());
 
     // the same request again: replayed nonce
-    let (status, err) = send("POST", &url, &headers, body);
-    assert_eq!((status, error_of(&err)), (401, "signature_replayed"));
+    let rsp = send_request("POST", &url, &headers, body);
+    assert_error(&rsp, 401, "signature_replayed");
 
     // an ed25519 client; the sidecar has its public key from a file
     let private = key_dir.path().join("app-2-private.pem");
@@ -160,23 +105,24 @@ fn python_signed_requests_are_verified_by_the_sidecar() {
         "--components",
         ALL,
     ];
-    let headers = py_sign("POST", &url, body, &ed);
-    let (status, echo) = send("POST", &url, &headers, body);
-    assert_eq!(status, 200, "{echo}");
+    let headers = py_sign("POST", &url, Some(body), &ed);
+    let rsp = send_request("POST", &url, &headers, body);
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let echo = rsp.json();
     assert_eq!(echo["headers"]["x-meshgate-client-id"], "app-2");
 
     // changed body, path, query, covered header, old created
-    let headers = py_sign("POST", &url, body, &hmac);
-    let (status, err) = send("POST", &url, &headers, r#"{"amount":999}"#);
-    assert_eq!((status, error_of(&err)), (401, "digest_mismatch"));
+    let headers = py_sign("POST", &url, Some(body), &hmac);
+    let rsp = send_request("POST", &url, &headers, r#"{"amount":999}"#);
+    assert_error(&rsp, 401, "digest_mismatch");
 
-    let headers = py_sign("POST", &url, body, &hmac);
-    let (status, err) = send("POST", &sidecar.url("/refund?order=42"), &headers, body);
-    assert_eq!((status, error_of(&err)), (401, "signature_invalid"));
+    let headers = py_sign("POST", &url, Some(body), &hmac);
+    let rsp = send_request("POST", &sidecar.url("/refund?order=42"), &headers, body);
+    assert_error(&rsp, 401, "signature_invalid");
 
-    let headers = py_sign("POST", &url, body, &hmac);
-    let (status, err) = send("POST", &sidecar.url("/pay?order=43"), &headers, body);
-    assert_eq!((status, error_of(&err)), (401, "signature_invalid"));
+    let headers = py_sign("POST", &url, Some(body), &hmac);
+    let rsp = send_request("POST", &sidecar.url("/pay?order=43"), &headers, body);
+    assert_error(&rsp, 401, "signature_invalid");
 
     let mut with_header: Vec<&str> = hmac
         .iter()
@@ -189,21 +135,21 @@ fn python_signed_requests_are_verified_by_the_sidecar() {
         })
         .collect();
     with_header.extend(["--header", "x-app-version:1.0"]);
-    let mut headers = py_sign("POST", &url, body, &with_header);
+    let mut headers = py_sign("POST", &url, Some(body), &with_header);
     headers.push(("x-app-version".into(), "2.0".into()));
-    let (status, err) = send("POST", &url, &headers, body);
-    assert_eq!((status, error_of(&err)), (401, "signature_invalid"));
+    let rsp = send_request("POST", &url, &headers, body);
+    assert_error(&rsp, 401, "signature_invalid");
 
     let old = (now() - 1000).to_string();
     let mut stale = hmac.clone();
     stale.extend(["--created", old.as_str()]);
-    let headers = py_sign("POST", &url, body, &stale);
-    let (status, err) = send("POST", &url, &headers, body);
-    assert_eq!((status, error_of(&err)), (401, "signature_expired"));
+    let headers = py_sign("POST", &url, Some(body), &stale);
+    let rsp = send_request("POST", &url, &headers, body);
+    assert_error(&rsp, 401, "signature_expired");
 
     // no signature at all
-    let (status, err) = send("POST", &url, &[], body);
-    assert_eq!((status, error_of(&err)), (401, "signature_missing"));
+    let rsp = send_request("POST", &url, &[] as &[(&str, &str)], body);
+    assert_error(&rsp, 401, "signature_missing");
 }
 
 #[test]
@@ -232,16 +178,23 @@ egress:
     let _a = Sidecar::start(&a_yaml);
     let host = vec![("host".to_string(), "wallet.internal".to_string())];
     let egress_url = format!("http://127.0.0.1:{egress_port}/balance?user=7");
-    let (status, echo) = send("POST", &egress_url, &host, r#"{"q":1}"#);
-    assert_eq!(status, 200, "{echo}");
+    let rsp = send_request("POST", &egress_url, &host, r#"{"q":1}"#);
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let echo = rsp.json();
     assert_eq!(echo["headers"]["x-meshgate-client-id"], "app-1");
     assert_eq!(echo["headers"]["host"], "wallet.internal");
     assert_eq!(echo["path"], "/balance?user=7");
     assert_eq!(echo["body_len"], 7);
     // unknown destination host
     let other = vec![("host".to_string(), "elsewhere.internal".to_string())];
-    let (status, err) = send("GET", &egress_url, &other, "");
-    assert_eq!((status, error_of(&err)), (404, "route_not_found"));
+    let rsp = send_request("GET", &egress_url, &other, "");
+    // Not `assert_error`: egress rejections carry no `x-request-id` header yet.
+    assert_eq!(
+        (rsp.status, rsp.error().as_str()),
+        (404, "route_not_found"),
+        "{}",
+        rsp.text()
+    );
 
     // rotate B's key by rewriting its config: the new secret is accepted and
     // the old one refused, without a restart
@@ -249,16 +202,16 @@ egress:
     b.write_config(&b_yaml.replace(SECRET, NEXT_SECRET));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let headers = py_sign("POST", &url, "x", &hmac_args(NEXT_SECRET));
-        if send("POST", &url, &headers, "x").0 == 200 {
+        let headers = py_sign("POST", &url, Some("x"), &hmac_key_args(NEXT_SECRET));
+        if send_request("POST", &url, &headers, "x").status == 200 {
             break;
         }
         assert!(Instant::now() < deadline, "rotated key never accepted");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let headers = py_sign("POST", &url, "x", &hmac_args(SECRET));
-    let (status, err) = send("POST", &url, &headers, "x");
-    assert_eq!((status, error_of(&err)), (401, "signature_invalid"));
+    let headers = py_sign("POST", &url, Some("x"), &hmac_key_args(SECRET));
+    let rsp = send_request("POST", &url, &headers, "x");
+    assert_error(&rsp, 401, "signature_invalid");
 }
 
 #[test]
@@ -278,13 +231,13 @@ fn redis_nonce_store_is_shared_by_two_sidecars() {
     let two = Sidecar::start(&yaml);
 
     let url = one.url("/pay");
-    let mut headers = py_sign("POST", &url, "x", &hmac_args(SECRET));
-    let (status, echo) = send("POST", &url, &headers, "x");
-    assert_eq!(status, 200, "{echo}");
+    let mut headers = py_sign("POST", &url, Some("x"), &hmac_key_args(SECRET));
+    let rsp = send_request("POST", &url, &headers, "x");
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
     // the same signed request (same Host) at the other sidecar is a replay
     headers.push(("host".into(), format!("127.0.0.1:{}", one.inbound_port)));
-    let (status, err) = send("POST", &two.url("/pay"), &headers, "x");
-    assert_eq!((status, error_of(&err)), (401, "signature_replayed"));
+    let rsp = send_request("POST", &two.url("/pay"), &headers, "x");
+    assert_error(&rsp, 401, "signature_replayed");
     // the key's digest set, and the legacy per-nonce key for older pods
     assert_eq!(
         redis
@@ -296,9 +249,9 @@ fn redis_nonce_store_is_shared_by_two_sidecars() {
 
     // Redis down: fail closed with 503
     redis.stop();
-    let headers = py_sign("POST", &url, "x", &hmac_args(SECRET));
-    let (status, err) = send("POST", &url, &headers, "x");
-    assert_eq!((status, error_of(&err)), (503, "replay_store_unavailable"));
+    let headers = py_sign("POST", &url, Some("x"), &hmac_key_args(SECRET));
+    let rsp = send_request("POST", &url, &headers, "x");
+    assert_error(&rsp, 503, "replay_store_unavailable");
 }
 
 #[test]
@@ -318,52 +271,19 @@ fn responses_are_signed_and_bound_to_the_request() {
     let yaml = verify_yaml(&app.addr(), &hmac_keys(SECRET), "") + &extra_filter;
     let sidecar = Sidecar::start(&yaml);
     let url = sidecar.url("/pay?order=1");
-    let headers = py_sign("POST", &url, "x", &hmac_args(SECRET));
-    let mut req = Request::post(&url);
-    for (k, v) in &headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let rsp = request(req.body(Bytes::from_static(b"x")).expect("request")).expect("send");
+    let headers = py_sign("POST", &url, Some("x"), &hmac_key_args(SECRET));
+    let rsp = send_request("POST", &url, &headers, "x");
     assert_eq!(rsp.status, 200, "{}", rsp.text());
     let input = rsp.header("signature-input").expect("signed response");
     assert!(input.contains(r#""signature";key="sig1";req"#), "{input}");
 
     // verified by the other implementation, with the request it answers
-    let response_headers: serde_json::Map<String, serde_json::Value> = rsp
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().into()))
-        .collect();
-    let spec = serde_json::json!({
-        "request": {
-            "method": "POST",
-            "url": url,
-            "headers": headers
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-                .collect::<serde_json::Map<_, _>>(),
-        },
-        "response": {"status": rsp.status, "headers": response_headers, "body": rsp.text()},
-        "key_id": "gw-1",
-        "alg": "ed25519",
-        "public_key_pem": ED25519_PUBLIC,
-    });
-    let mut child = Command::new("python3")
-        .arg(scripts_dir().join("verify_response.py"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 verifier");
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        stdin
-            .write_all(spec.to_string().as_bytes())
-            .expect("write spec");
+    let key = ResponseKey {
+        id: "gw-1",
+        alg: "ed25519",
+        public_key_pem: ED25519_PUBLIC,
+    };
+    if let Err(e) = py_verify_response("POST", &url, &headers, &rsp, &key) {
+        panic!("response signature rejected: {e}");
     }
-    let out = child.wait_with_output().expect("verifier");
-    assert!(
-        out.status.success(),
-        "response signature rejected: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 }

@@ -5,18 +5,15 @@
 //! generated per run in every format the config accepts.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use meshgate_test_harness::{request, EchoApp, Sidecar};
+use meshgate_test_harness::{
+    assert_error, hmac_args, py_sign, py_verify_response, send_request, EchoApp, ResponseKey,
+    Sidecar,
+};
 
 const ALL: &str = "@method,@authority,@path,@query,content-digest";
-
-fn scripts_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
-}
 
 /// Writes a fresh key pair with Python's `cryptography`: `kind` is `rsa` or
 /// `ec`; `private` is `pkcs8` or `traditional` (PKCS#1 / SEC1); `public` is
@@ -54,47 +51,6 @@ open(out_public, "wb").write(key.public_key().public_bytes(s.Encoding.PEM, pub_f
         String::from_utf8_lossy(&out.stderr)
     );
     (private_file, public_file)
-}
-
-fn py_sign(method: &str, url: &str, body: &str, args: &[&str]) -> Vec<(String, String)> {
-    let out = Command::new("python3")
-        .arg(scripts_dir().join("sign_request.py"))
-        .args(["--method", method, "--url", url, "--body", body])
-        .args(args)
-        .output()
-        .expect("python3 signer");
-    assert!(
-        out.status.success(),
-        "signer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("signer json");
-    v["headers"]
-        .as_object()
-        .expect("headers")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
-}
-
-fn send(
-    method: &str,
-    url: &str,
-    headers: &[(String, String)],
-    body: &str,
-) -> meshgate_test_harness::HttpResult {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    request(req.body(Bytes::from(body.to_string())).expect("request")).expect("send")
-}
-
-fn error_of(rsp: &meshgate_test_harness::HttpResult) -> String {
-    serde_json::from_slice::<serde_json::Value>(&rsp.body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn config(app: &str, keys: &str, extra: &str) -> String {
@@ -152,26 +108,27 @@ fn rsa_and_ecdsa_requests_signed_in_python_are_verified_by_the_sidecar() {
             "--components",
             ALL,
         ];
-        let headers = py_sign("POST", &url, body, &args);
-        let rsp = send("POST", &url, &headers, body);
+        let headers = py_sign("POST", &url, Some(body), &args);
+        let rsp = send_request("POST", &url, &headers, body);
         assert_eq!(rsp.status, 200, "{alg}: {}", rsp.text());
-        let echo: serde_json::Value = serde_json::from_slice(&rsp.body).expect("echo");
+        let echo = rsp.json();
         assert_eq!(echo["headers"]["x-meshgate-client-id"], key_id);
         // the same signature on another path does not verify
-        let headers = py_sign("POST", &url, body, &args);
-        let rsp = send("POST", &sidecar.url("/refund?order=42"), &headers, body);
+        let headers = py_sign("POST", &url, Some(body), &args);
+        let rsp = send_request("POST", &sidecar.url("/refund?order=42"), &headers, body);
         assert_eq!(
-            (rsp.status, error_of(&rsp).as_str()),
+            (rsp.status, rsp.error().as_str()),
             (401, "signature_invalid"),
             "{alg}"
         );
+        assert_error(&rsp, 401, "signature_invalid");
     }
     // a PSS signature under the v1.5 key's id: the key fixes the algorithm
     let private = rsa_a_private.display().to_string();
     let headers = py_sign(
         "POST",
         &url,
-        body,
+        Some(body),
         &[
             "--key-id",
             "rsa-v15",
@@ -183,7 +140,7 @@ fn rsa_and_ecdsa_requests_signed_in_python_are_verified_by_the_sidecar() {
             ALL,
         ],
     );
-    let rsp = send("POST", &url, &headers, body);
+    let rsp = send_request("POST", &url, &headers, body);
     assert_eq!(rsp.status, 401, "{}", rsp.text());
 }
 
@@ -227,60 +184,18 @@ fn responses_signed_with_rsa_and_ecdsa_verify_in_python() {
         let keys = format!(r#"[{{ id: app-1, alg: hmac-sha256, secret_base64: "{secret}" }}]"#);
         let sidecar = Sidecar::start(&config(&app.addr(), &keys, &extra));
         let url = sidecar.url("/pay?order=1");
-        let headers = py_sign(
-            "POST",
-            &url,
-            "x",
-            &[
-                "--key-id",
-                "app-1",
-                "--alg",
-                "hmac-sha256",
-                "--secret-b64",
-                secret,
-                "--components",
-                ALL,
-            ],
-        );
-        let rsp = send("POST", &url, &headers, "x");
+        let headers = py_sign("POST", &url, Some("x"), &hmac_args("app-1", secret, ALL));
+        let rsp = send_request("POST", &url, &headers, "x");
         assert_eq!(rsp.status, 200, "{alg}: {}", rsp.text());
-        let response_headers: serde_json::Map<String, serde_json::Value> = rsp
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().into()))
-            .collect();
-        let spec = serde_json::json!({
-            "request": {
-                "method": "POST",
-                "url": url,
-                "headers": headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-                    .collect::<serde_json::Map<_, _>>(),
-            },
-            "response": {"status": rsp.status, "headers": response_headers, "body": rsp.text()},
-            "key_id": "gw-1",
-            "alg": alg,
-            "public_key_pem": std::fs::read_to_string(public).expect("public key"),
-        });
-        let mut child = Command::new("python3")
-            .arg(scripts_dir().join("verify_response.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 verifier");
-        if let Some(mut stdin) = child.stdin.take() {
-            use std::io::Write;
-            stdin
-                .write_all(spec.to_string().as_bytes())
-                .expect("write spec");
+        let public_key_pem = std::fs::read_to_string(public).expect("public key");
+        let key = ResponseKey {
+            id: "gw-1",
+            alg,
+            public_key_pem: &public_key_pem,
+        };
+        if let Err(e) = py_verify_response("POST", &url, &headers, &rsp, &key) {
+            panic!("{alg} response signature rejected: {e}");
         }
-        let out = child.wait_with_output().expect("verifier");
-        assert!(
-            out.status.success(),
-            "{alg} response signature rejected: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
     }
 }
 

@@ -5,73 +5,19 @@
 //! that misbehaves on purpose (accepts `h2c` upgrades, answers 101 unasked,
 //! puts identity headers on its 101) and records what reached it.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use meshgate_test_harness::{EchoApp, Sidecar};
+use meshgate_test_harness::{
+    assert_error, h2_connect, h2_send, header_lines, hmac_args, py_sign, read_head, EchoApp,
+    HttpResult, RawConn, Sidecar,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-fn scripts_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
-}
-
 const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
 
-/// Signs with the Python `http-message-signatures` package; returns the headers to add.
-fn py_sign(method: &str, url: &str, body: Option<&str>, components: &str) -> Vec<(String, String)> {
-    let mut cmd = Command::new("python3");
-    cmd.arg(scripts_dir().join("sign_request.py"))
-        .args(["--method", method, "--url", url])
-        .args(["--key-id", "app-1", "--alg", "hmac-sha256"])
-        .args(["--secret-b64", SECRET, "--components", components]);
-    if let Some(body) = body {
-        cmd.args(["--body", body]);
-    }
-    let out = cmd.output().expect("python3 signer");
-    assert!(
-        out.status.success(),
-        "signer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("signer json");
-    v["headers"]
-        .as_object()
-        .expect("headers")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
-}
-
-// ---- a raw HTTP/1.1 client ----
-
-/// A response read off a raw connection.
-#[derive(Debug)]
-struct Raw {
-    status: u16,
-    /// The head, lowercased.
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {} {}",
-                self.head,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        header_of(&self.head, name)
-    }
-}
-
+/// The value of header `name` in a request head, by a lowercase name.
 fn header_of(head_lower: &str, name: &str) -> Option<String> {
     head_lower.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
@@ -79,74 +25,17 @@ fn header_of(head_lower: &str, name: &str) -> Option<String> {
     })
 }
 
+/// GET `path` on `conn`, with the sidecar's address as Host.
+async fn get_on(conn: &mut RawConn, port: u16, path: &str) -> HttpResult {
+    conn.exchange(&format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    ))
+    .await
+    .expect("answer")
+}
+
 fn find(buf: &[u8], needle: &[u8]) -> Option<usize> {
     buf.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Reads until `buf` holds a full head; returns it and leaves the rest in `buf`.
-async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            buf.drain(..end + 4);
-            return Some(head);
-        }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Reads one response (body by Content-Length; none for 101).
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Raw> {
-    let head = read_head(s, buf).await?.to_ascii_lowercase();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let len: usize = header_of(&head, "content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    while buf.len() < len {
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let body = buf.drain(..len).collect();
-    Some(Raw { status, head, body })
-}
-
-async fn connect(port: u16) -> TcpStream {
-    TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect")
-}
-
-/// Sends `request` on `s` and reads the answer, within 10 s.
-async fn exchange(s: &mut TcpStream, buf: &mut Vec<u8>, request: &str) -> Option<Raw> {
-    s.write_all(request.as_bytes()).await.ok()?;
-    tokio::time::timeout(Duration::from_secs(10), read_response(s, buf))
-        .await
-        .expect("an answer in time")
-}
-
-/// Waits until the peer closes `s` (reading and discarding), at most `limit`.
-/// Returns when that was, or `None` when it stayed open.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Instant> {
-    let wait = async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(limit, wait)
-        .await
-        .ok()
-        .map(|()| Instant::now())
 }
 
 // ---- the misbehaving app ----
@@ -286,55 +175,6 @@ async fn raw_app_connection(
     }
 }
 
-// ---- HTTP/2 through the h2 crate ----
-
-async fn h2_client(port: u16) -> h2::client::SendRequest<Bytes> {
-    let (client, conn) = h2::client::handshake(connect(port).await)
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-/// Sends an HTTP/2 request, optionally with a body in DATA frames (no
-/// Content-Length); returns status and body.
-async fn h2_send(
-    client: &mut h2::client::SendRequest<Bytes>,
-    req: http::Request<()>,
-    body: Option<&'static [u8]>,
-) -> (u16, Vec<u8>) {
-    let ready = client.clone().ready().await.expect("h2 ready");
-    *client = ready;
-    let (rsp, mut stream) = client
-        .send_request(req, body.is_none())
-        .expect("send request");
-    if let Some(body) = body {
-        stream
-            .send_data(Bytes::from_static(body), true)
-            .expect("send data");
-    }
-    let rsp = tokio::time::timeout(Duration::from_secs(10), rsp)
-        .await
-        .expect("h2 answer in time")
-        .expect("h2 answer");
-    let status = rsp.status().as_u16();
-    let mut recv = rsp.into_body();
-    let mut out = Vec::new();
-    while let Some(chunk) = recv.data().await {
-        let chunk = chunk.expect("h2 data");
-        let _ = recv.flow_control().release_capacity(chunk.len());
-        out.extend_from_slice(&chunk);
-    }
-    (status, out)
-}
-
-fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
 // ---- item 1: body presence comes from the body ----
 
 /// A signature over a request without a body (no `content-digest`) replayed
@@ -361,45 +201,43 @@ filters:
     ));
     let port = sidecar.inbound_port;
     let url = sidecar.url("/pay");
-    let signed = py_sign("POST", &url, None, "@method,@authority,@path,@query");
-    let sig_headers: String = signed
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
+    let signed = py_sign(
+        "POST",
+        &url,
+        None,
+        &hmac_args("app-1", SECRET, "@method,@authority,@path,@query"),
+    );
+    let sig_headers = header_lines(&signed);
 
     // HTTP/1.1, chunked: Transfer-Encoding is hop-by-hop and never reaches the filter.
-    let mut s = connect(port).await;
-    let mut buf = Vec::new();
+    let mut s = RawConn::connect(port).await;
     let replay = format!(
         "POST /pay HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{sig_headers}Content-Type: application/json\r\n\
          Transfer-Encoding: chunked\r\n\r\nd\r\n{{\"amt\":99999}}\r\n0\r\n\r\n"
     );
-    let rsp = exchange(&mut s, &mut buf, &replay).await.expect("answer");
-    assert_eq!(rsp.status, 401, "{rsp:?}");
-    assert_eq!(rsp.json()["error"], "component_missing", "{rsp:?}");
+    let rsp = s.exchange(&replay).await.expect("answer");
+    assert_error(&rsp, 401, "component_missing");
 
     // HTTP/2: a body in DATA frames, no Content-Length.
-    let mut h2 = h2_client(port).await;
+    let (mut h2, _) = h2_connect(port).await;
     let mut req = http::Request::post(&url).header("content-type", "application/json");
     for (k, v) in &signed {
         req = req.header(k.as_str(), v.as_str());
     }
-    let (status, body) = h2_send(
+    let rsp = h2_send(
         &mut h2,
         req.body(()).expect("request"),
         Some(br#"{"amt":99999}"#),
     )
     .await;
-    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(json(&body)["error"], "component_missing");
+    assert_error(&rsp, 401, "component_missing");
 
     // The same signature without a body is valid: it was the body that was refused.
-    let mut s = connect(port).await;
-    let mut buf = Vec::new();
+    let mut s = RawConn::connect(port).await;
     let honest = format!(
         "POST /pay HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{sig_headers}Content-Length: 0\r\n\r\n"
     );
-    let rsp = exchange(&mut s, &mut buf, &honest).await.expect("answer");
+    let rsp = s.exchange(&honest).await.expect("answer");
     assert_eq!(rsp.status, 200, "{rsp:?}");
     assert_eq!(rsp.json()["body_len"], 0);
 }
@@ -433,11 +271,8 @@ async fn h2c_upgrade_is_not_tunnelled() {
     let app = RawApp::start().await;
     let sidecar = Sidecar::start(&upgrade_config(&app.addr()));
     let port = sidecar.inbound_port;
-    let mut s = connect(port).await;
-    let mut buf = Vec::new();
-    let rsp = exchange(
-        &mut s,
-        &mut buf,
+    let mut s = RawConn::connect(port).await;
+    let rsp = s.exchange(
         &format!(
             "GET /open HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
@@ -452,15 +287,8 @@ async fn h2c_upgrade_is_not_tunnelled() {
     assert!(seen["http2-settings"].is_null(), "the app saw {seen}");
 
     // Same connection: still HTTP through the sidecar, so the filter runs.
-    let rsp = exchange(
-        &mut s,
-        &mut buf,
-        &format!("GET /private/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
-    )
-    .await
-    .expect("answer");
-    assert_eq!(rsp.status, 400, "{rsp:?}");
-    assert_eq!(rsp.json()["error"], "header_required");
+    let rsp = get_on(&mut s, port, "/private/x").await;
+    assert_error(&rsp, 400, "header_required");
     assert!(
         !app.heads().iter().any(|h| h.contains("/private")),
         "{:?}",
@@ -475,20 +303,12 @@ async fn unrequested_switch_and_connect_are_refused() {
     let app = RawApp::start().await;
     let sidecar = Sidecar::start(&upgrade_config(&app.addr()));
     let port = sidecar.inbound_port;
-    let mut s = connect(port).await;
-    let mut buf = Vec::new();
-    let rsp = exchange(
-        &mut s,
-        &mut buf,
-        &format!("GET /force101 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
-    )
-    .await
-    .expect("answer");
-    assert_eq!(rsp.status, 502, "{rsp:?}");
-    assert_eq!(rsp.json()["error"], "upstream_error");
+    let mut s = RawConn::connect(port).await;
+    let rsp = get_on(&mut s, port, "/force101").await;
+    assert_error(&rsp, 502, "upstream_error");
 
-    let mut h2 = h2_client(port).await;
-    let (status, body) = h2_send(
+    let (mut h2, _) = h2_connect(port).await;
+    let rsp = h2_send(
         &mut h2,
         http::Request::get(sidecar.url("/force101"))
             .body(())
@@ -496,20 +316,15 @@ async fn unrequested_switch_and_connect_are_refused() {
         None,
     )
     .await;
-    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(rsp.status, 502, "{}", rsp.text());
 
-    let mut s = connect(port).await;
-    let mut buf = Vec::new();
-    let rsp = exchange(
-        &mut s,
-        &mut buf,
-        "CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n",
-    )
-    .await
-    .expect("answer");
-    assert_eq!(rsp.status, 405, "{rsp:?}");
-    assert_eq!(rsp.json()["error"], "method_not_allowed");
-    let (status, _) = h2_send(
+    let mut s = RawConn::connect(port).await;
+    let rsp = s
+        .exchange("CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+        .await
+        .expect("answer");
+    assert_error(&rsp, 405, "method_not_allowed");
+    let rsp = h2_send(
         &mut h2,
         http::Request::connect("127.0.0.1:9")
             .body(())
@@ -517,7 +332,7 @@ async fn unrequested_switch_and_connect_are_refused() {
         None,
     )
     .await;
-    assert_eq!(status, 405);
+    assert_eq!(rsp.status, 405, "{}", rsp.text());
     assert!(
         !app.heads().iter().any(|h| h.starts_with("CONNECT")),
         "{:?}",
@@ -540,13 +355,13 @@ async fn websocket_tunnel_holds_its_permit_and_its_101_is_cleaned() {
     let sidecar = Sidecar::start(&upgrade_config(&app.addr()));
     let port = sidecar.inbound_port;
 
-    let mut first = connect(port).await;
-    let mut buf = Vec::new();
-    let rsp = exchange(&mut first, &mut buf, &websocket_request(port))
+    let mut first = RawConn::connect(port).await;
+    let rsp = first
+        .exchange(&websocket_request(port))
         .await
         .expect("answer");
     assert_eq!(rsp.status, 101, "{rsp:?}");
-    assert_eq!(rsp.header("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(rsp.header("upgrade"), Some("websocket"));
     assert!(rsp.header("sec-websocket-accept").is_some(), "{rsp:?}");
     assert!(rsp.header("x-meshgate-user").is_none(), "{rsp:?}");
     assert!(rsp.header("x-meshgate-client-id").is_none(), "{rsp:?}");
@@ -564,22 +379,17 @@ async fn websocket_tunnel_holds_its_permit_and_its_101_is_cleaned() {
         websocket_request(port),
         format!("GET /ws/plain HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
     ] {
-        let mut s = connect(port).await;
-        let mut buf = Vec::new();
-        let rsp = exchange(&mut s, &mut buf, &request).await.expect("answer");
-        assert_eq!(rsp.status, 429, "{rsp:?}");
-        assert_eq!(rsp.json()["error"], "rate_limited");
+        let mut s = RawConn::connect(port).await;
+        let rsp = s.exchange(&request).await.expect("answer");
+        assert_error(&rsp, 429, "rate_limited");
     }
 
     // Closed: the permit comes back.
     drop(first);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut s = connect(port).await;
-        let mut buf = Vec::new();
-        let rsp = exchange(&mut s, &mut buf, &websocket_request(port))
-            .await
-            .expect("answer");
+        let mut s = RawConn::connect(port).await;
+        let rsp = s.exchange(&websocket_request(port)).await.expect("answer");
         if rsp.status == 101 {
             break;
         }
@@ -619,31 +429,24 @@ async fn connections_without_requests_are_closed_after_the_header_timeout() {
     let port = sidecar.inbound_port;
     let limit = Duration::from_secs(5);
 
-    let mut preface = connect(port).await;
+    let mut preface = RawConn::connect(port).await;
     let preface_at = Instant::now();
     preface.write_all(H2_PREFACE).await.expect("preface");
     preface
         .write_all(H2_EMPTY_SETTINGS)
         .await
         .expect("settings");
-    let mut silent = connect(port).await;
+    let mut silent = RawConn::connect(port).await;
     let silent_at = Instant::now();
-    let mut keep_alive = connect(port).await;
-    let mut buf = Vec::new();
-    let rsp = exchange(
-        &mut keep_alive,
-        &mut buf,
-        &format!("GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
-    )
-    .await
-    .expect("answer");
+    let mut keep_alive = RawConn::connect(port).await;
+    let rsp = get_on(&mut keep_alive, port, "/x").await;
     assert_eq!(rsp.status, 200);
     let keep_alive_at = Instant::now();
 
     let (preface, silent, keep_alive) = tokio::join!(
-        closed_within(&mut preface, limit),
-        closed_within(&mut silent, limit),
-        closed_within(&mut keep_alive, limit),
+        preface.closed_within(limit),
+        silent.closed_within(limit),
+        keep_alive.closed_within(limit),
     );
     for (what, since, closed) in [
         ("h2 preface then silence", preface_at, preface),
@@ -664,14 +467,12 @@ async fn connections_without_requests_are_closed_after_the_header_timeout() {
 async fn idle_h2_connection_is_closed() {
     let app = EchoApp::start();
     let sidecar = Sidecar::start(&timeouts_config(&app.addr(), "", ""));
-    let (mut client, conn) = h2::client::handshake(connect(sidecar.inbound_port).await)
-        .await
-        .expect("h2 handshake");
+    let (mut client, driver) = h2_connect(sidecar.inbound_port).await;
     let closed = tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = driver.await;
         Instant::now()
     });
-    let (status, _) = h2_send(
+    let rsp = h2_send(
         &mut client,
         http::Request::get(sidecar.url("/x"))
             .body(())
@@ -679,7 +480,7 @@ async fn idle_h2_connection_is_closed() {
         None,
     )
     .await;
-    assert_eq!(status, 200);
+    assert_eq!(rsp.status, 200);
     let answered = Instant::now();
     let closed_at = tokio::time::timeout(Duration::from_secs(6), closed)
         .await
@@ -716,13 +517,14 @@ filters:
         "POST",
         &sidecar.url("/pay"),
         Some(body),
-        "@method,@authority,@path,@query,content-digest",
+        &hmac_args(
+            "app-1",
+            SECRET,
+            "@method,@authority,@path,@query,content-digest",
+        ),
     );
-    let sig_headers: String = signed
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    let s = connect(port).await;
+    let sig_headers = header_lines(&signed);
+    let s = RawConn::connect(port).await.into_stream();
     let (mut rd, mut wr) = s.into_split();
     wr.write_all(
         format!(
@@ -779,7 +581,7 @@ async fn stalled_streamed_body_is_cut() {
         "",
     ));
     let port = sidecar.inbound_port;
-    let mut s = connect(port).await;
+    let mut s = RawConn::connect(port).await;
     s.write_all(
         format!(
             "POST /upload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
@@ -789,14 +591,12 @@ async fn stalled_streamed_body_is_cut() {
     .await
     .expect("head and first chunk");
     let started = Instant::now();
-    let mut buf = Vec::new();
-    let rsp = tokio::time::timeout(Duration::from_secs(6), read_response(&mut s, &mut buf))
+    let rsp = tokio::time::timeout(Duration::from_secs(6), s.read_response())
         .await
         .expect("cut within 6 s");
     let took = started.elapsed();
     if let Some(rsp) = rsp {
-        assert_eq!(rsp.status, 408, "{rsp:?}");
-        assert_eq!(rsp.json()["error"], "request_timeout");
+        assert_error(&rsp, 408, "request_timeout");
     }
     assert!(took >= Duration::from_millis(800), "cut after {took:?}");
     let deadline = Instant::now() + Duration::from_secs(5);

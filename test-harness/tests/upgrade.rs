@@ -7,19 +7,17 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshgate_test_harness::{wait_until, EchoApp, Proc, Sidecar};
-use tokio::task::JoinHandle;
-
-type Body = BoxBody<Bytes, Infallible>;
+use meshgate_test_harness::load::{request_builder, Conn};
+use meshgate_test_harness::{
+    assert_error, hmac_args, py_sign, send_request, wait_until, EchoApp, Load, LoadStats, Proc,
+    Sidecar,
+};
 
 fn config(app: &str) -> String {
     format!(
@@ -61,316 +59,52 @@ fn start(extra: &[&str]) -> Upgradable {
     }
 }
 
+/// What the slow requests and uploads beside the keep-alive clients saw.
 #[derive(Default)]
-struct Stats {
-    ok: AtomicU64,
-    reconnects: AtomicU64,
-    goaways: AtomicU64,
-    closed_before_send: AtomicU64,
+struct Extra {
     slow_started: AtomicU64,
     slow_done: AtomicU64,
     uploads_started: AtomicU64,
     uploads_done: AtomicU64,
-    failures: Mutex<Vec<String>>,
 }
 
-impl Stats {
-    fn fail(&self, what: String) {
-        let mut f = self.failures.lock().expect("lock");
-        if f.len() < 50 {
-            f.push(what);
-        }
+/// Clients that keep the sidecar busy until stopped: four HTTP/1.1 and two
+/// HTTP/2 keep-alive clients, slow requests, and uploads on both protocols.
+fn start_load(port: u16) -> (Load, Arc<Extra>) {
+    let extra = Arc::new(Extra::default());
+    let mut load = Load::new(3);
+    for id in 0..4 {
+        load.keep_alive_client(port, false, id, |id, i| format!("/echo/{id}/{i}"));
     }
-
-    fn failures(&self) -> Vec<String> {
-        self.failures.lock().expect("lock").clone()
+    for id in 0..2 {
+        load.keep_alive_client(port, true, id, |id, i| format!("/echo/{id}/{i}"));
     }
+    let e = extra.clone();
+    load.spawn(move |stop, stats| slow_requests(port, stop, stats, e));
+    for h2 in [false, true] {
+        let e = extra.clone();
+        load.spawn(move |stop, stats| uploads(port, h2, stop, stats, e));
+    }
+    (load, extra)
 }
 
-/// Clients that keep the sidecar busy until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    stats: Arc<Stats>,
-    tasks: Vec<JoinHandle<()>>,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Load {
-    fn start(port: u16) -> Load {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(3)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(Stats::default());
-        let mut tasks = Vec::new();
-        for id in 0..4 {
-            tasks.push(runtime.spawn(keep_alive_client(
-                port,
-                false,
-                id,
-                stop.clone(),
-                stats.clone(),
-            )));
-        }
-        for id in 0..2 {
-            tasks.push(runtime.spawn(keep_alive_client(
-                port,
-                true,
-                id,
-                stop.clone(),
-                stats.clone(),
-            )));
-        }
-        tasks.push(runtime.spawn(slow_requests(port, stop.clone(), stats.clone())));
-        tasks.push(runtime.spawn(uploads(port, false, stop.clone(), stats.clone())));
-        tasks.push(runtime.spawn(uploads(port, true, stop.clone(), stats.clone())));
-        Load {
-            stop,
-            stats,
-            tasks,
-            runtime,
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.stats.ok.load(Ordering::Relaxed)
-    }
-
-    /// Waits until at least `n` more requests succeeded.
-    fn wait_progress(&self, n: u64) {
-        let target = self.ok() + n;
-        assert!(
-            wait_until(Duration::from_secs(10), || self.ok() >= target),
-            "load made no progress; failures: {:?}",
-            self.stats.failures()
-        );
-    }
-
-    /// Stops the clients, waits for everything in flight, returns the stats.
-    fn finish(self) -> Arc<Stats> {
-        self.stop.store(true, Ordering::Relaxed);
-        let tasks = self.tasks;
-        self.runtime.block_on(async {
-            for t in tasks {
-                tokio::time::timeout(Duration::from_secs(30), t)
-                    .await
-                    .expect("client finished in time")
-                    .expect("client task");
-            }
-        });
-        self.stats
-    }
-}
-
-async fn tcp(port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let stream = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Body>),
-    H2(hyper::client::conn::http2::SendRequest<Body>),
-}
-
-/// One client connection and its driver task (whose error is a failure).
-struct Conn {
-    sender: Sender,
-    driver: JoinHandle<Result<(), hyper::Error>>,
-}
-
-impl Conn {
-    async fn open(port: u16, h2: bool) -> Result<Conn, String> {
-        let io = TokioIo::new(tcp(port).await.map_err(|e| format!("connect: {e}"))?);
-        if h2 {
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("h2 handshake: {e}"))?;
-            Ok(Conn {
-                sender: Sender::H2(sender),
-                driver: tokio::spawn(conn),
-            })
-        } else {
-            let (sender, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| format!("h1 handshake: {e}"))?;
-            Ok(Conn {
-                sender: Sender::H1(sender),
-                driver: tokio::spawn(conn),
-            })
-        }
-    }
-
-    fn is_closed(&self) -> bool {
-        match &self.sender {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-
-    /// Closes our side and reports how the connection ended.
-    async fn close(self) -> Result<(), String> {
-        drop(self.sender);
-        match tokio::time::timeout(Duration::from_secs(20), self.driver).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(format!("connection error: {e:?}")),
-            Ok(Err(e)) => Err(format!("driver task: {e}")),
-            Err(_) => Err("connection did not close".into()),
-        }
-    }
-
-    /// Waits until the connection can take a request: an error means it
-    /// closed before the request left the client (after `Connection: close`,
-    /// an idle close or a GOAWAY), so the request may go out elsewhere.
-    async fn ready(&mut self) -> Result<(), hyper::Error> {
-        match &mut self.sender {
-            Sender::H1(s) => s.ready().await,
-            Sender::H2(s) => s.ready().await,
-        }
-    }
-
-    async fn send(
-        &mut self,
-        req: Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
-        self.ready().await?;
-        match &mut self.sender {
-            Sender::H1(s) => s.send_request(req).await,
-            Sender::H2(s) => s.send_request(req).await,
-        }
-    }
-}
-
-/// True when the server made clear that it did not process the request:
-/// a GOAWAY or REFUSED_STREAM on HTTP/2, or a request never sent.
-fn not_processed(e: &hyper::Error) -> bool {
-    if e.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
-}
-
-fn get(path: String, h2: bool) -> Request<Body> {
-    let mut req = Request::get(path);
-    if h2 {
-        req = req.version(http::Version::HTTP_2);
-    } else {
-        req = req.header(http::header::HOST, "127.0.0.1");
-    }
-    req.body(Full::new(Bytes::new()).boxed()).expect("request")
-}
-
-fn uri(port: u16, path: &str, h2: bool) -> String {
-    if h2 {
-        format!("http://127.0.0.1:{port}{path}")
-    } else {
-        path.to_string()
-    }
-}
-
-/// A keep-alive client: one request after another on one connection,
-/// reconnecting after `Connection: close` or a GOAWAY.
-async fn keep_alive_client(port: u16, h2: bool, id: u32, stop: Arc<AtomicBool>, stats: Arc<Stats>) {
-    let proto = if h2 { "h2" } else { "h1" };
-    let mut conn: Option<Conn> = None;
-    let mut i = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        if conn.as_ref().is_some_and(Conn::is_closed) {
-            if let Err(e) = conn.take().expect("conn").close().await {
-                stats.fail(format!("{proto} client {id}: {e}"));
-            }
-        }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match Conn::open(port, h2).await {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    stats.fail(format!("{proto} client {id}: {e}"));
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        if c.ready().await.is_err() {
-            // Closed by the server before this request was sent: not a lost
-            // request; open a new connection (to whichever process accepts).
-            stats.closed_before_send.fetch_add(1, Ordering::Relaxed);
-            let _ = conn.take().expect("conn").close().await;
-            continue;
-        }
-        i += 1;
-        let req = get(uri(port, &format!("/echo/{id}/{i}"), h2), h2);
-        match c.send(req).await {
-            Ok(rsp) => {
-                let status = rsp.status();
-                let close = rsp
-                    .headers()
-                    .get(http::header::CONNECTION)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-                match rsp.into_body().collect().await {
-                    Ok(_) if status == 200 => {
-                        stats.ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(body) => stats.fail(format!(
-                        "{proto} client {id}: status {status}: {:?}",
-                        body.to_bytes()
-                    )),
-                    Err(e) => stats.fail(format!("{proto} client {id}: body: {e:?}")),
-                }
-                if close {
-                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = conn.take().expect("conn").close().await {
-                        stats.fail(format!("{proto} client {id} after close: {e}"));
-                    }
-                }
-            }
-            Err(e) if h2 && not_processed(&e) => {
-                // GOAWAY: the request was not processed; send it again elsewhere.
-                stats.goaways.fetch_add(1, Ordering::Relaxed);
-                if let Some(c) = conn.take() {
-                    let _ = c.close().await;
-                }
-            }
-            Err(e) => {
-                stats.fail(format!("{proto} client {id} request {i}: {e:?}"));
-                conn = None;
-            }
-        }
-    }
-    if let Some(c) = conn {
-        if let Err(e) = c.close().await {
-            stats.fail(format!("{proto} client {id} at the end: {e}"));
-        }
-    }
-}
+/// How long the load may take for the progress a test waits for.
+const PROGRESS: Duration = Duration::from_secs(10);
 
 /// Starts a slow request (fresh connection) every 150 ms; each must complete.
-async fn slow_requests(port: u16, stop: Arc<AtomicBool>, stats: Arc<Stats>) {
+async fn slow_requests(port: u16, stop: Arc<AtomicBool>, stats: Arc<LoadStats>, extra: Arc<Extra>) {
     let mut running = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let stats = stats.clone();
-        stats.slow_started.fetch_add(1, Ordering::Relaxed);
+        let extra = extra.clone();
+        extra.slow_started.fetch_add(1, Ordering::Relaxed);
         running.push(tokio::spawn(async move {
             let result = async {
                 let mut c = Conn::open(port, false).await?;
-                let rsp = c
-                    .send(get("/slow?ms=700".into(), false))
-                    .await
-                    .map_err(|e| format!("{e:?}"))?;
+                let req = request_builder(http::Method::GET, port, "/slow?ms=700", false)
+                    .body(Full::new(Bytes::new()).boxed())
+                    .expect("request");
+                let rsp = c.send(req).await.map_err(|e| format!("{e:?}"))?;
                 let status = rsp.status();
                 rsp.into_body()
                     .collect()
@@ -386,7 +120,7 @@ async fn slow_requests(port: u16, stop: Arc<AtomicBool>, stats: Arc<Stats>) {
             .await;
             match result {
                 Ok(()) => {
-                    stats.slow_done.fetch_add(1, Ordering::Relaxed);
+                    extra.slow_done.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => stats.fail(format!("slow request: {e}")),
             }
@@ -403,10 +137,16 @@ const UPLOAD_CHUNK: usize = 4096;
 
 /// Uploads a body in chunks over ~600 ms, one after another, and checks that
 /// the app received all of it.
-async fn uploads(port: u16, h2: bool, stop: Arc<AtomicBool>, stats: Arc<Stats>) {
+async fn uploads(
+    port: u16,
+    h2: bool,
+    stop: Arc<AtomicBool>,
+    stats: Arc<LoadStats>,
+    extra: Arc<Extra>,
+) {
     let proto = if h2 { "h2" } else { "h1" };
     while !stop.load(Ordering::Relaxed) {
-        stats.uploads_started.fetch_add(1, Ordering::Relaxed);
+        extra.uploads_started.fetch_add(1, Ordering::Relaxed);
         let result = async {
             let mut c = Conn::open(port, h2).await?;
             let chunks = futures_util::stream::unfold(0usize, |n| async move {
@@ -419,13 +159,7 @@ async fn uploads(port: u16, h2: bool, stop: Arc<AtomicBool>, stats: Arc<Stats>) 
                     n + 1,
                 ))
             });
-            let mut req = Request::post(uri(port, "/upload", h2));
-            if h2 {
-                req = req.version(http::Version::HTTP_2);
-            } else {
-                req = req.header(http::header::HOST, "127.0.0.1");
-            }
-            let req = req
+            let req = request_builder(http::Method::POST, port, "/upload", h2)
                 .body(BodyExt::boxed(StreamBody::new(chunks)))
                 .map_err(|e| e.to_string())?;
             let rsp = c.send(req).await.map_err(|e| format!("{e:?}"))?;
@@ -450,7 +184,7 @@ async fn uploads(port: u16, h2: bool, stop: Arc<AtomicBool>, stats: Arc<Stats>) 
         .await;
         match result {
             Ok(()) => {
-                stats.uploads_done.fetch_add(1, Ordering::Relaxed);
+                extra.uploads_done.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => stats.fail(format!("{proto} upload: {e}")),
         }
@@ -484,8 +218,8 @@ fn wait_ready_from(sidecar: &Sidecar, pid: u32) {
 #[test]
 fn twenty_upgrades_under_load_lose_nothing() {
     let mut up = start(&[]);
-    let load = Load::start(up.sidecar.inbound_port);
-    load.wait_progress(200);
+    let (load, extra) = start_load(up.sidecar.inbound_port);
+    load.wait_progress(200, PROGRESS);
     for round in 1..=20 {
         let mut old = up.sidecar.spawn_upgrade();
         wait_old_exit(&mut old, round);
@@ -500,28 +234,25 @@ fn twenty_upgrades_under_load_lose_nothing() {
             up.sidecar.proc.output()
         );
         wait_ready_from(&up.sidecar, up.sidecar.proc.child.id());
-        load.wait_progress(50);
+        load.wait_progress(50, PROGRESS);
     }
     let stats = load.finish();
     eprintln!(
-        "ok {} reconnects {} goaways {} closed before send {} slow {} uploads {}",
-        stats.ok.load(Ordering::Relaxed),
-        stats.reconnects.load(Ordering::Relaxed),
-        stats.goaways.load(Ordering::Relaxed),
-        stats.closed_before_send.load(Ordering::Relaxed),
-        stats.slow_done.load(Ordering::Relaxed),
-        stats.uploads_done.load(Ordering::Relaxed)
+        "{} slow {} uploads {}",
+        stats.summary(),
+        extra.slow_done.load(Ordering::Relaxed),
+        extra.uploads_done.load(Ordering::Relaxed)
     );
     let failures = stats.failures();
     assert!(failures.is_empty(), "failures: {failures:#?}");
     let slow = (
-        stats.slow_started.load(Ordering::Relaxed),
-        stats.slow_done.load(Ordering::Relaxed),
+        extra.slow_started.load(Ordering::Relaxed),
+        extra.slow_done.load(Ordering::Relaxed),
     );
     assert_eq!(slow.0, slow.1, "every slow request completes");
     let uploads = (
-        stats.uploads_started.load(Ordering::Relaxed),
-        stats.uploads_done.load(Ordering::Relaxed),
+        extra.uploads_started.load(Ordering::Relaxed),
+        extra.uploads_done.load(Ordering::Relaxed),
     );
     assert_eq!(uploads.0, uploads.1, "every upload completes");
     assert!(slow.1 >= 20 && uploads.1 >= 10, "{slow:?} {uploads:?}");
@@ -541,8 +272,8 @@ fn twenty_upgrades_under_load_lose_nothing() {
 fn failing_new_binary_leaves_the_old_process_serving() {
     let mut up = start(&["--upgrade-binary", "/bin/false"]);
     let pid = up.sidecar.proc.child.id();
-    let load = Load::start(up.sidecar.inbound_port);
-    load.wait_progress(100);
+    let (load, _) = start_load(up.sidecar.inbound_port);
+    load.wait_progress(100, PROGRESS);
 
     // Through the admin API and through SIGUSR2.
     let rsp =
@@ -566,7 +297,7 @@ fn failing_new_binary_leaves_the_old_process_serving() {
         .count()
         >= 2));
 
-    load.wait_progress(100);
+    load.wait_progress(100, PROGRESS);
     assert!(up.sidecar.proc.is_running());
     wait_ready_from(&up.sidecar, pid);
     let stats = load.finish();
@@ -577,8 +308,8 @@ fn failing_new_binary_leaves_the_old_process_serving() {
 fn new_process_with_a_broken_config_leaves_the_old_process_serving() {
     let mut up = start(&[]);
     let pid = up.sidecar.proc.child.id();
-    let load = Load::start(up.sidecar.inbound_port);
-    load.wait_progress(100);
+    let (load, _) = start_load(up.sidecar.inbound_port);
+    load.wait_progress(100, PROGRESS);
 
     let broken = up.sidecar.dir.path().join("broken.yaml");
     std::fs::write(&broken, "routes:\n  - name: x\n    match: { path: nope }\n").expect("write");
@@ -593,14 +324,14 @@ fn new_process_with_a_broken_config_leaves_the_old_process_serving() {
     let mut failed = std::mem::replace(&mut up.sidecar.proc, old);
     failed.kill();
     assert!(up.sidecar.proc.is_running());
-    load.wait_progress(100);
+    load.wait_progress(100, PROGRESS);
     wait_ready_from(&up.sidecar, pid);
 
     // An upgrade after that works.
     let mut old = up.sidecar.spawn_upgrade();
     wait_old_exit(&mut old, 1);
     wait_ready_from(&up.sidecar, up.sidecar.proc.child.id());
-    load.wait_progress(100);
+    load.wait_progress(100, PROGRESS);
     let stats = load.finish();
     assert!(stats.failures().is_empty(), "{:#?}", stats.failures());
 }
@@ -612,8 +343,8 @@ fn new_process_dying_mid_handover_leaves_the_old_process_serving() {
     use std::io::{Read, Write};
     let up = start(&[]);
     let pid = up.sidecar.proc.child.id();
-    let load = Load::start(up.sidecar.inbound_port);
-    load.wait_progress(100);
+    let (load, _) = start_load(up.sidecar.inbound_port);
+    load.wait_progress(100, PROGRESS);
 
     let socket = up._socket_dir.path().join("upgrade.sock");
     let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
@@ -646,7 +377,7 @@ fn new_process_dying_mid_handover_leaves_the_old_process_serving() {
     assert!(wait_until(Duration::from_secs(5), || {
         matches!(up.sidecar.ready(), Some((200, j)) if j["phase"] == "serving" && j["pid"] == pid)
     }));
-    load.wait_progress(100);
+    load.wait_progress(100, PROGRESS);
     let stats = load.finish();
     assert!(stats.failures().is_empty(), "{:#?}", stats.failures());
     assert!(up
@@ -699,7 +430,7 @@ filters:
         "the bucket was handed over: {}",
         limited.text()
     );
-    assert_eq!(limited.json()["error"], "rate_limited");
+    assert_error(&limited, 429, "rate_limited");
 }
 
 /// A WebSocket tunnel through the old process keeps working after the
@@ -780,38 +511,13 @@ filters:
         &["--upgrade-socket", &socket, "--drain-timeout", "5s"],
     );
     let url = sidecar.url("/pay");
-    let out = std::process::Command::new("python3")
-        .arg(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("scripts")
-                .join("sign_request.py"),
-        )
-        .args(["--method", "POST", "--url", &url, "--body", "{}"])
-        .args([
-            "--key-id",
-            "app-1",
-            "--alg",
-            "hmac-sha256",
-            "--secret-b64",
-            SECRET,
-        ])
-        .args(["--components", "@method,@authority,@path,content-digest"])
-        .output()
-        .expect("python3 signer");
-    assert!(
-        out.status.success(),
-        "signer: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let signed = py_sign(
+        "POST",
+        &url,
+        Some("{}"),
+        &hmac_args("app-1", SECRET, "@method,@authority,@path,content-digest"),
     );
-    let signed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("signer json");
-    let send = || {
-        let mut req = Request::post(url.as_str());
-        for (k, v) in signed["headers"].as_object().expect("headers") {
-            req = req.header(k.as_str(), v.as_str().unwrap_or_default());
-        }
-        meshgate_test_harness::request(req.body(Bytes::from_static(b"{}")).expect("request"))
-            .expect("send")
-    };
+    let send = || send_request("POST", &url, &signed, "{}");
     let first = send();
     assert_eq!(first.status, 200, "{}", first.text());
 
@@ -820,5 +526,5 @@ filters:
     wait_ready_from(&sidecar, sidecar.proc.child.id());
     let replayed = send();
     assert_eq!(replayed.status, 401, "{}", replayed.text());
-    assert_eq!(replayed.json()["error"], "signature_replayed");
+    assert_error(&replayed, 401, "signature_replayed");
 }

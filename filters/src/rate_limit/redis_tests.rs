@@ -1,90 +1,46 @@
 //! Global rules against a real redis-server (several filter instances with
 //! their own state and connection stand in for several sidecars).
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use meshgate_test_harness::Redis;
 
 use super::*;
 use crate::body::Body;
 use crate::config::ValidateCx;
 use crate::state::State;
 
-struct RedisProc {
-    child: Child,
-    port: u16,
+/// A command through the `redis` crate (as the filter speaks it).
+async fn command(redis: &Redis, args: &[&str]) -> redis::Value {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn).await.expect("command")
 }
 
-impl RedisProc {
-    fn start() -> RedisProc {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is required (scripts/install-test-deps.sh installs it)");
-        let redis = RedisProc { child, port };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    async fn command(&self, args: &[&str]) -> redis::Value {
-        let client = redis::Client::open(self.url()).expect("client");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query_async(&mut conn).await.expect("command")
-    }
-
-    async fn evalsha_calls(&self) -> u64 {
-        let info = match self.command(&["INFO", "commandstats"]).await {
-            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).to_string(),
-            redis::Value::VerbatimString { text, .. } => text,
-            other => panic!("unexpected INFO answer {other:?}"),
-        };
-        ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="]
-            .iter()
-            .filter_map(|p| {
-                let rest = &info[info.find(p)? + p.len()..];
-                rest.split(',').next()?.parse::<u64>().ok()
-            })
-            .sum()
-    }
+async fn evalsha_calls(redis: &Redis) -> u64 {
+    let info = match command(redis, &["INFO", "commandstats"]).await {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).to_string(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => panic!("unexpected INFO answer {other:?}"),
+    };
+    ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="]
+        .iter()
+        .filter_map(|p| {
+            let rest = &info[info.find(p)? + p.len()..];
+            rest.split(',').next()?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
-impl Drop for RedisProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sidecar(redis: &RedisProc, state: &State, limit: u64) -> RateLimitFilter {
+fn sidecar(redis: &Redis, state: &State, limit: u64) -> RateLimitFilter {
     let spec: RateLimitSpec = serde_json::from_value(serde_json::json!({"rules": [
         {"name": "api-total", "key": "route", "algorithm": "fixed_window", "limit": limit,
          "window": "1s", "scope": "global"}
@@ -128,7 +84,7 @@ async fn sleep_to_next_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sidecars_at_double_load_stay_within_two_percent() {
-    let redis = RedisProc::start();
+    let redis = Redis::start();
     let limit = 200u64;
     let windows = 4u64;
     let states: Vec<State> = (0..3).map(|_| State::new()).collect();
@@ -174,20 +130,20 @@ async fn three_sidecars_at_double_load_stay_within_two_percent() {
         admitted * 100 >= want * 98,
         "admitted {admitted} < 98% of {want}"
     );
-    let calls = redis.evalsha_calls().await;
+    let calls = evalsha_calls(&redis).await;
     eprintln!("admitted {admitted} of {sent} (limit {want}); {calls} script calls");
     assert!(calls * 4 < sent, "{calls} script calls for {sent} requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_and_restart_are_survived() {
-    let mut redis = RedisProc::start();
+    let mut redis = Redis::start();
     let state = State::new();
     let f = sidecar(&redis, &state, 1_000_000);
     for _ in 0..20 {
         assert!(admits(&f).await);
     }
-    redis.command(&["SCRIPT", "FLUSH"]).await;
+    command(&redis, &["SCRIPT", "FLUSH"]).await;
     // Drain the current lease so the next request must ask Redis again.
     let mut ok = 0;
     for _ in 0..2000 {
@@ -196,11 +152,10 @@ async fn script_flush_and_restart_are_survived() {
         }
     }
     assert_eq!(ok, 2000, "NOSCRIPT is recovered by reloading the script");
-    assert!(redis.evalsha_calls().await >= 2);
+    assert!(evalsha_calls(&redis).await >= 2);
 
     // Kill Redis: local_fallback keeps admitting within the local share.
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    redis.stop();
     sleep_to_next_window().await;
     let mut ok = 0;
     for _ in 0..100 {
@@ -210,27 +165,16 @@ async fn script_flush_and_restart_are_survived() {
     }
     assert_eq!(ok, 100, "fallback admits under the (large) local share");
     // Restart on the same port; after the back-off the rule uses Redis again.
-    redis.child = Command::new("redis-server")
-        .args([
-            "--port",
-            &redis.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("restart");
+    redis.restart();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     sleep_to_next_window().await;
     for _ in 0..10 {
         assert!(admits(&f).await);
     }
-    assert!(redis.evalsha_calls().await >= 1, "back on Redis");
+    assert!(evalsha_calls(&redis).await >= 1, "back on Redis");
 }
 
-fn sidecar_with(redis: &RedisProc, state: &State, rule: serde_json::Value) -> RateLimitFilter {
+fn sidecar_with(redis: &Redis, state: &State, rule: serde_json::Value) -> RateLimitFilter {
     let spec: RateLimitSpec =
         serde_json::from_value(serde_json::json!({ "rules": [rule] })).expect("spec");
     let config = spec
@@ -251,7 +195,7 @@ fn sidecar_with(redis: &RedisProc, state: &State, rule: serde_json::Value) -> Ra
 /// Three sidecars drain a global quota that does not refill during the test:
 /// together they admit exactly the quota, leases notwithstanding.
 async fn three_sidecars_admit_exactly(rule: serde_json::Value, quota: usize) {
-    let redis = RedisProc::start();
+    let redis = Redis::start();
     let states: Vec<State> = (0..3).map(|_| State::new()).collect();
     let sidecars: Vec<Arc<RateLimitFilter>> = states
         .iter()
