@@ -386,6 +386,28 @@ pub mod shape {
         FieldError::new(full, message)
     }
 
+    /// A duration written `250ms`, `5m`, `1h` (shown the same way).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    pub struct Dur(pub std::time::Duration);
+
+    impl Dur {
+        pub fn get(self) -> std::time::Duration {
+            self.0
+        }
+    }
+
+    impl serde::Serialize for Dur {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            humantime_serde::serialize(&self.0, s)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Dur {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            humantime_serde::deserialize(d).map(Dur)
+        }
+    }
+
     /// A `u64` in `MIN..=MAX`, checked while reading.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
     pub struct Bounded<const MIN: u64, const MAX: u64>(u64);

@@ -155,22 +155,16 @@ pub struct GlobalSpec {
 const LIMIT_FIELDS: &[&str] = &["limit", "window", "rate", "burst", "max", "overrides"];
 const GLOBAL_FIELDS: &[&str] = &["on_store_error", "fallback_peers"];
 const COMMON_FIELDS: &[&str] = &["name", "key", "shadow", "max_keys"];
-const RULE_FIELDS: &[&str] = &[
-    "name",
-    "key",
-    "algorithm",
-    "limit",
-    "window",
-    "rate",
-    "burst",
-    "max",
-    "overrides",
-    "scope",
-    "on_store_error",
-    "fallback_peers",
-    "shadow",
-    "max_keys",
-];
+/// Every field a rule may have, for the unknown-field error.
+fn rule_fields() -> Vec<&'static str> {
+    [
+        COMMON_FIELDS,
+        &["algorithm", "scope"],
+        LIMIT_FIELDS,
+        GLOBAL_FIELDS,
+    ]
+    .concat()
+}
 
 impl<'de> Deserialize<'de> for RuleSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -194,7 +188,7 @@ impl<'de> Deserialize<'de> for RuleSpec {
             max_keys: Option<MaxKeys>,
         }
         let common: Common = shape::take(&mut fields, COMMON_FIELDS)?;
-        shape::no_more(&fields, RULE_FIELDS)?;
+        shape::no_more(&fields, &rule_fields())?;
         Ok(RuleSpec {
             name: common.name,
             key: common.key,
@@ -824,7 +818,7 @@ mod tests {
             ),
             (
                 json!({"name": "d", "key": "route", "algorithm": "concurrency", "max": 1, "maxx": 2}),
-                format!("{p}.maxx: unknown field `maxx`, expected one of {}", RULE_FIELDS.join(", ")),
+                format!("{p}.maxx: unknown field `maxx`, expected one of {}", rule_fields().join(", ")),
             ),
             (
                 json!({"name": "", "key": "route", "algorithm": "concurrency", "max": 1}),

@@ -11,7 +11,8 @@ use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::jwt::{KeySet, SUPPORTED_ALGORITHMS};
-use crate::config::{shape, FieldErrors, ValidateCx};
+use crate::config::shape::{self, Dur};
+use crate::config::{FieldErrors, ValidateCx};
 
 /// `token_from:` — where the credential is read from.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -115,32 +116,16 @@ pub enum JwksSource {
 #[serde(deny_unknown_fields)]
 pub struct JwtSettings {
     /// How long a fetched remote JWKS is fresh.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jwks_refresh: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_refresh: Option<Dur>,
     /// Minimum spacing of refreshes (unknown `kid`, failed fetches).
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jwks_min_refresh: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_min_refresh: Option<Dur>,
     /// How long keys keep serving while refreshes fail.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jwks_max_stale: Option<Duration>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jwks_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_max_stale: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_timeout: Option<Dur>,
     /// PEM CA bundle trusted for an https `jwks_url` (default: public web PKI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_ca_file: Option<PathBuf>,
@@ -150,12 +135,8 @@ pub struct JwtSettings {
     pub audiences: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub required_claims: Option<Vec<String>>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub leeway: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway: Option<Dur>,
     /// Allowed JWS algorithms (default: all supported).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub algorithms: Vec<String>,
@@ -167,30 +148,18 @@ pub struct StoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreKind>,
     /// Lifetime of the local cache in front of Redis: the revocation budget.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cache_ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_max_entries: Option<usize>,
     /// Live sessions one subject may hold (default 16); a login beyond it
     /// revokes the subject's least recently used session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions_per_subject: Option<usize>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub idle_timeout: Option<Duration>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub absolute_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absolute_timeout: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub same_site: Option<SameSite>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -580,7 +549,9 @@ impl JwtSpec {
                                 &format!("{path}.jwks_refresh"),
                                 errors,
                             ),
-                            min_refresh: s.jwks_min_refresh.unwrap_or(Duration::from_secs(30)),
+                            min_refresh: s
+                                .jwks_min_refresh
+                                .map_or(Duration::from_secs(30), Dur::get),
                             max_stale: positive(
                                 s.jwks_max_stale,
                                 Duration::from_secs(24 * 3600),
@@ -630,7 +601,7 @@ impl JwtSpec {
             issuer: s.issuer.clone(),
             audiences: s.audiences.clone(),
             required_claims,
-            leeway: s.leeway.unwrap_or(DEFAULT_LEEWAY),
+            leeway: s.leeway.map_or(DEFAULT_LEEWAY, Dur::get),
             algorithms,
         }
     }
@@ -666,12 +637,12 @@ fn jwks_ca(
 }
 
 fn positive(
-    value: Option<Duration>,
+    value: Option<Dur>,
     default: Duration,
     field: &str,
     errors: &mut FieldErrors,
 ) -> Duration {
-    let d = value.unwrap_or(default);
+    let d = value.map_or(default, Dur::get);
     if d.is_zero() {
         errors.push(field, "must be greater than zero");
     }
@@ -692,7 +663,7 @@ impl StoreSpec {
             &format!("{path}.absolute_timeout"),
             errors,
         );
-        let cache_ttl = self.cache_ttl.unwrap_or(Duration::from_secs(2));
+        let cache_ttl = self.cache_ttl.map_or(Duration::from_secs(2), Dur::get);
         if cache_ttl >= idle_timeout {
             errors.push(
                 format!("{path}.cache_ttl"),
