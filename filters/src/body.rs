@@ -66,17 +66,28 @@ impl Body {
         }
         let mut taken = std::mem::take(self);
         let mut buf = BytesMut::new();
+        let mut trailers = None;
         while let Some(frame) = taken.frame().await {
             let frame = frame.map_err(BufferError::Read)?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
-                    return Err(BufferError::TooLarge);
+            match frame.into_data() {
+                Ok(data) => {
+                    if buf.len() + data.len() > limit {
+                        return Err(BufferError::TooLarge);
+                    }
+                    buf.extend_from_slice(&data);
                 }
-                buf.extend_from_slice(&data);
+                // gRPC's status travels in trailers: they go on with the bytes.
+                Err(frame) => trailers = frame.into_trailers().ok(),
             }
         }
         let bytes = buf.freeze();
-        *self = Body::full(bytes.clone());
+        *self = match trailers {
+            None => Body::full(bytes.clone()),
+            Some(trailers) => Body::boxed(
+                http_body_util::Full::new(bytes.clone())
+                    .with_trailers(std::future::ready(Some(Ok(trailers)))),
+            ),
+        };
         Ok(bytes)
     }
 
@@ -301,6 +312,25 @@ mod tests {
         assert_eq!(&bytes[..], b"hello world");
         let again = body.buffer(64).await.expect("still there");
         assert_eq!(again, bytes);
+    }
+
+    #[tokio::test]
+    async fn buffering_keeps_trailers() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = vec![
+            Ok::<_, BodyError>(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ];
+        let mut body = Body::boxed(StreamBody::new(futures_util::stream::iter(frames)));
+        let bytes = body.buffer(64).await.expect("fits");
+        assert_eq!(&bytes[..], b"\0\0\0\0\x02hi");
+        // A second reader (another filter) sees the same bytes...
+        assert_eq!(body.buffer(64).await.expect("again"), bytes);
+        // ...and whoever sends the body on sends the trailers too.
+        let collected = body.collect().await.expect("collect");
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes(), bytes);
     }
 
     /// Sends `chunks` with `gap` before each, then ends.

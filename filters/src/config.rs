@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::{header, rate_limit, session, signature};
 
 /// One named filter instance as written in config, tagged by `type`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Read by hand (see [`shape`]) so that errors inside keep their paths.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[allow(clippy::large_enum_variant)] // built once per config load, never on the hot path
 pub enum FilterSpec {
@@ -32,6 +33,24 @@ pub enum FilterConfig {
     Signature(signature::SignatureConfig),
     Session(session::SessionConfig),
     RateLimit(rate_limit::RateLimitConfig),
+}
+
+impl<'de> Deserialize<'de> for FilterSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut fields = shape::object(d)?;
+        let kind = shape::keyword(&mut fields, "type")?;
+        let rest = shape::rest(fields);
+        match kind.as_deref() {
+            Some("header") => shape::read(rest).map(FilterSpec::Header),
+            Some("signature") => shape::read(rest).map(FilterSpec::Signature),
+            Some("session") => shape::read(rest).map(FilterSpec::Session),
+            Some("rate_limit") => shape::read(rest).map(FilterSpec::RateLimit),
+            _ => Err(shape::at(
+                "type",
+                "expected header, signature, session or rate_limit",
+            )),
+        }
+    }
 }
 
 impl FilterSpec {
@@ -221,6 +240,200 @@ pub fn loopback_listen(value: &str, path: &str, errors: &mut FieldErrors) -> Opt
                 ),
             );
             None
+        }
+    }
+}
+
+/// Typed specs are read in two steps where serde alone loses a field's path
+/// (a tag chosen by one field, fields shared by all variants): the value is
+/// buffered (as a YAML value, which keeps the order of maps), then its parts
+/// are read with their paths tracked. An
+/// error found below the value travels up as a message of the form
+/// ``at `rules[0].window`: ...``, and [`shape_error`] joins it to the path of
+/// the value, so every error names its whole field path.
+pub mod shape {
+    use std::fmt::Display;
+
+    use serde::de::{DeserializeOwned, Error};
+    use serde::Deserialize;
+    use serde_yaml::{Mapping, Value};
+
+    use super::FieldError;
+
+    /// An object being taken apart field by field.
+    pub type Fields = Mapping;
+
+    /// An object, fields set to `null` left out (as serde reads a missing
+    /// `Option`).
+    pub fn object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
+        let mut fields = Fields::deserialize(d)?;
+        fields.retain(|_, v| !v.is_null());
+        Ok(fields)
+    }
+
+    /// The object's remaining fields as a value to read.
+    pub fn rest(fields: Fields) -> Value {
+        Value::Mapping(fields)
+    }
+
+    /// An error at `field` below the value being read.
+    pub fn at<E: Error>(field: &str, message: impl Display) -> E {
+        nested("", field, &message.to_string())
+    }
+
+    /// Reads `T` from `value`; an error keeps its path below the value.
+    pub fn read<T: DeserializeOwned, E: Error>(value: Value) -> Result<T, E> {
+        read_at("", value)
+    }
+
+    /// Reads `T` from `value`, the value of `field`.
+    pub fn read_at<T: DeserializeOwned, E: Error>(field: &str, value: Value) -> Result<T, E> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            nested(
+                field,
+                if path == "." { "" } else { &path },
+                &e.inner().to_string(),
+            )
+        })
+    }
+
+    /// Moves the fields named in `names` out of `fields` and reads them as `T`.
+    pub fn take<T: DeserializeOwned, E: Error>(
+        fields: &mut Fields,
+        names: &[&str],
+    ) -> Result<T, E> {
+        let part: Fields = names
+            .iter()
+            .filter_map(|n| fields.remove(*n).map(|v| (Value::from(*n), v)))
+            .collect();
+        read(Value::Mapping(part))
+    }
+
+    /// Removes a keyword field (a tag) and returns it as text.
+    pub fn keyword<E: Error>(fields: &mut Fields, name: &str) -> Result<Option<String>, E> {
+        match fields.remove(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(at(name, "expected a string")),
+        }
+    }
+
+    /// The first field left in `fields` is unknown here.
+    pub fn no_more<E: Error>(fields: &Fields, expected: &[&str]) -> Result<(), E> {
+        match fields.keys().next() {
+            None => Ok(()),
+            Some(k) => {
+                let k = k.as_str().unwrap_or("?");
+                Err(at(
+                    k,
+                    format!(
+                        "unknown field `{k}`, expected one of {}",
+                        expected.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn nested<E: Error>(outer: &str, field: &str, message: &str) -> E {
+        let (inner, message) = split(message);
+        let path = join(&join(outer, field), inner.unwrap_or(""));
+        if path.is_empty() {
+            E::custom(message)
+        } else {
+            E::custom(format_args!("at `{path}`: {message}"))
+        }
+    }
+
+    fn join(a: &str, b: &str) -> String {
+        match (a, b) {
+            ("", b) => b.to_string(),
+            (a, "") => a.to_string(),
+            (a, b) if b.starts_with('[') => format!("{a}{b}"),
+            (a, b) => format!("{a}.{b}"),
+        }
+    }
+
+    /// `(path below, message)` of an error message made by [`at`]. A YAML
+    /// reader wraps it (`filters: at `...`: ... at line 3 column 5`); the
+    /// wrapping goes.
+    fn split(message: &str) -> (Option<&str>, &str) {
+        let Some((path, rest)) = message
+            .find("at `")
+            .and_then(|i| message[i + 4..].split_once("`: "))
+        else {
+            return (None, message);
+        };
+        let rest = match rest.rfind(" at line ") {
+            Some(i) if rest[i..].contains(" column ") => &rest[..i],
+            _ => rest,
+        };
+        (Some(path), rest)
+    }
+
+    /// The error of a whole document: `path` as serde_path_to_error found
+    /// it, completed by the path carried in `message`.
+    pub fn shape_error(path: &str, message: &str) -> FieldError {
+        let path = if path == "." { "" } else { path };
+        let (inner, message) = split(message);
+        let full = join(path, inner.unwrap_or(""));
+        let full = if full.is_empty() {
+            "(root)".to_string()
+        } else {
+            full
+        };
+        FieldError::new(full, message)
+    }
+
+    /// A duration written `250ms`, `5m`, `1h` (shown the same way).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    pub struct Dur(pub std::time::Duration);
+
+    impl Dur {
+        pub fn get(self) -> std::time::Duration {
+            self.0
+        }
+    }
+
+    impl serde::Serialize for Dur {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            humantime_serde::serialize(&self.0, s)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Dur {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            humantime_serde::deserialize(d).map(Dur)
+        }
+    }
+
+    /// A `u64` in `MIN..=MAX`, checked while reading.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct Bounded<const MIN: u64, const MAX: u64>(u64);
+
+    impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
+        pub fn get(self) -> u64 {
+            self.0
+        }
+    }
+
+    impl<const MIN: u64, const MAX: u64> serde::Serialize for Bounded<MIN, MAX> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u64(self.0)
+        }
+    }
+
+    impl<'de, const MIN: u64, const MAX: u64> serde::Deserialize<'de> for Bounded<MIN, MAX> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let n = u64::deserialize(d)?;
+            if n < MIN {
+                Err(D::Error::custom(format_args!("must be at least {MIN}")))
+            } else if n > MAX {
+                Err(D::Error::custom(format_args!("must be at most {MAX}")))
+            } else {
+                Ok(Bounded(n))
+            }
         }
     }
 }

@@ -22,6 +22,8 @@ pub mod session;
 pub mod signature;
 pub mod state;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use body::{Body, BodyError, BodyProgress, BodyStalled};
 pub use chain::{AnyFilter, BuildCx, Chain, NamedFilter};

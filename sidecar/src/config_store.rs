@@ -198,8 +198,12 @@ impl ConfigStore {
             state: &self.state,
             redis,
         };
+        // State the new config no longer asks for (a removed instance, a
+        // renamed rule) is dropped once it serves.
+        self.state.begin_build();
         let snapshot = Arc::new(Snapshot::build(config, version, source, upstream, tls, &cx));
         self.current.store(snapshot.clone());
+        self.state.finish_build();
         Ok(snapshot)
     }
 

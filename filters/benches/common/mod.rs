@@ -42,10 +42,15 @@ pub fn bearer(specs: &BTreeMap<String, FilterSpec>) -> String {
     let Some(FilterSpec::Session(login)) = specs.get("login") else {
         panic!("full-chain.yaml has a session filter named login");
     };
-    let k = login.jwks.as_ref().expect("inline jwks")["keys"][0]["k"]
-        .as_str()
-        .expect("oct key")
-        .to_string();
+    use meshgate_filters::session::{JwksSource, JwtSpec, ModeSpec};
+    let ModeSpec::Jwt(JwtSpec {
+        keys: JwksSource::Inline(jwks),
+        ..
+    }) = &login.mode
+    else {
+        panic!("the login filter has an inline JWKS");
+    };
+    let k = jwks["keys"][0]["k"].as_str().expect("oct key").to_string();
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(k.trim_end_matches('='))
         .expect("base64url secret");

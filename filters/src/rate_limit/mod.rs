@@ -31,8 +31,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 
 pub use spec::{
-    AlgorithmName, KeyPart, KeySpec, OverrideSpec, Params, RateLimitConfig, RateLimitSpec,
-    RuleConfig, RuleSpec, Scope, StoreErrorMode,
+    AlgorithmName, BucketLimit, BucketOverride, ConcurrencyLimit, ConcurrencyOverride, GlobalSpec,
+    KeyPart, KeySpec, LimitSpec, Params, Rate, RateLimitConfig, RateLimitSpec, RuleConfig,
+    RuleName, RuleSpec, Scope, ScopeSpec, StoreErrorMode, Window, WindowLimit, WindowOverride,
 };
 
 use crate::chain::BuildCx;

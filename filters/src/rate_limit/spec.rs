@@ -1,11 +1,20 @@
 //! The `type: rate_limit` config: the file/wire spec and its validation.
+//!
+//! Users write a rule flat (`algorithm: token_bucket, rate: 100/s`). It is
+//! read into enums: the algorithm chooses its parameters ([`LimitSpec`]) and
+//! the scope its store settings ([`ScopeSpec`]), so a parameter of another
+//! algorithm, a missing one or a count out of range is refused while
+//! reading, at its field path. Validation then only checks what spans
+//! fields (key descriptors, duplicate names).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use http::HeaderName;
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::config::shape::{self, Bounded, Fields};
 use crate::config::{FieldErrors, ValidateCx};
 use crate::IDENTITY_HEADER_PREFIX;
 
@@ -14,6 +23,16 @@ pub const MAX_RULES: usize = 64;
 
 /// Default bound on distinct keys tracked per rule (per sidecar).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// Counts are packed into 32 bits in the lock-free cells.
+const MAX_COUNT: u64 = u32::MAX as u64 - 1;
+
+/// A count of requests or tokens.
+pub type Count = Bounded<1, MAX_COUNT>;
+/// Bound on the keys one rule tracks.
+pub type MaxKeys = Bounded<1, 100_000_000>;
+/// Sidecars sharing a global limit.
+pub type PeerCount = Bounded<1, { u32::MAX as u64 }>;
 
 /// The file/wire spec.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -29,77 +48,380 @@ pub struct RateLimitSpec {
 }
 
 /// One rule as written in config.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RuleSpec {
-    pub name: String,
+    pub name: RuleName,
     /// Descriptors that make up the key: `route`, `client_id`, `user`,
     /// `client_ip`, `header:<name>`; one string or a list.
     pub key: KeySpec,
-    pub algorithm: Choice<AlgorithmName>,
+    #[serde(flatten)]
+    pub limit: LimitSpec,
+    #[serde(flatten)]
+    pub scope: ScopeSpec,
+    /// Overrides the instance's `shadow` for this rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<MaxKeys>,
+}
+
+/// `algorithm:` and its parameters.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "algorithm", rename_all = "snake_case")]
+pub enum LimitSpec {
+    FixedWindow(WindowLimit),
+    SlidingWindow(WindowLimit),
+    TokenBucket(BucketLimit),
+    Concurrency(ConcurrencyLimit),
+}
+
+/// `limit` requests per `window`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WindowLimit {
+    pub limit: Count,
+    pub window: Window,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<WindowOverride>,
+}
+
+/// `rate` with at most `burst` (default: the rate's count) stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BucketLimit {
+    pub rate: Rate,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
+    pub burst: Option<Count>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<BucketOverride>,
+}
+
+/// At most `max` requests in flight.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyLimit {
+    pub max: Count,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<ConcurrencyOverride>,
+}
+
+/// The limit of one key of a window rule; the window stays the rule's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WindowOverride {
+    pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<String>,
+    pub limit: Option<Count>,
+}
+
+/// The rate of one key of a bucket rule; `burst` is not inherited.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BucketOverride {
+    pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<String>,
+    pub rate: Option<Rate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
+    pub burst: Option<Count>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyOverride {
+    pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<u64>,
-    #[serde(default = "local_scope")]
-    pub scope: Choice<Scope>,
+    pub max: Option<Count>,
+}
+
+/// `scope:` (default `local`) and what only a global rule has.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum ScopeSpec {
+    Local,
+    Global(GlobalSpec),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_store_error: Option<Choice<StoreErrorMode>>,
-    /// Number of sidecars sharing a global limit, used by `local_fallback`
+    pub on_store_error: Option<StoreErrorMode>,
+    /// Number of sidecars sharing the limit, used by `local_fallback`
     /// instead of the count learned from Redis heartbeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback_peers: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<bool>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub overrides: Vec<OverrideSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_keys: Option<usize>,
+    pub fallback_peers: Option<PeerCount>,
 }
 
-/// A known keyword, or what was written instead (reported by validation with
-/// its field path rather than as a shape error).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum Choice<T> {
-    Known(T),
-    Unknown(Unknown),
+const LIMIT_FIELDS: &[&str] = &["limit", "window", "rate", "burst", "max", "overrides"];
+const GLOBAL_FIELDS: &[&str] = &["on_store_error", "fallback_peers"];
+const COMMON_FIELDS: &[&str] = &["name", "key", "shadow", "max_keys"];
+/// Every field a rule may have, for the unknown-field error.
+fn rule_fields() -> Vec<&'static str> {
+    [
+        COMMON_FIELDS,
+        &["algorithm", "scope"],
+        LIMIT_FIELDS,
+        GLOBAL_FIELDS,
+    ]
+    .concat()
 }
 
-/// Placeholder for an unrecognised keyword (its text is not kept).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(from = "serde_json::Value", into = "String")]
-pub struct Unknown;
-
-impl From<serde_json::Value> for Unknown {
-    fn from(_: serde_json::Value) -> Self {
-        Unknown
+impl<'de> Deserialize<'de> for RuleSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut fields = shape::object(d)?;
+        let limit = LimitSpec::take(&mut fields)?;
+        let scope = ScopeSpec::take(&mut fields)?;
+        if matches!(
+            (&limit, &scope),
+            (LimitSpec::Concurrency(_), ScopeSpec::Global(_))
+        ) {
+            return Err(shape::at(
+                "scope",
+                "concurrency limits are per sidecar; use scope: local",
+            ));
+        }
+        #[derive(Deserialize)]
+        struct Common {
+            name: RuleName,
+            key: KeySpec,
+            shadow: Option<bool>,
+            max_keys: Option<MaxKeys>,
+        }
+        let common: Common = shape::take(&mut fields, COMMON_FIELDS)?;
+        shape::no_more(&fields, &rule_fields())?;
+        Ok(RuleSpec {
+            name: common.name,
+            key: common.key,
+            limit,
+            scope,
+            shadow: common.shadow,
+            max_keys: common.max_keys,
+        })
     }
 }
 
-impl From<Unknown> for String {
-    fn from(_: Unknown) -> String {
-        String::new()
+impl LimitSpec {
+    /// Reads `algorithm` and the fields it uses, refusing the others.
+    fn take<E: serde::de::Error>(fields: &mut Fields) -> Result<Self, E> {
+        let name = shape::keyword(fields, "algorithm")?.ok_or_else(|| {
+            shape::at(
+                "algorithm",
+                "required: fixed_window, sliding_window, token_bucket or concurrency",
+            )
+        })?;
+        let (required, used): (&[&str], &[&str]) = match name.as_str() {
+            "fixed_window" | "sliding_window" => (&["limit", "window"], &["limit", "window"]),
+            "token_bucket" => (&["rate"], &["rate", "burst"]),
+            "concurrency" => (&["max"], &["max"]),
+            _ => {
+                return Err(shape::at(
+                    "algorithm",
+                    "unknown algorithm; expected fixed_window, sliding_window, token_bucket or concurrency",
+                ))
+            }
+        };
+        if let Some(field) = LIMIT_FIELDS
+            .iter()
+            .find(|f| **f != "overrides" && !used.contains(f) && fields.contains_key(**f))
+        {
+            return Err(shape::at(field, format!("not used by algorithm {name}")));
+        }
+        if let Some(field) = required.iter().find(|f| !fields.contains_key(**f)) {
+            return Err(shape::at(field, "required by this algorithm"));
+        }
+        Ok(match name.as_str() {
+            "fixed_window" => LimitSpec::FixedWindow(shape::take(fields, LIMIT_FIELDS)?),
+            "sliding_window" => LimitSpec::SlidingWindow(shape::take(fields, LIMIT_FIELDS)?),
+            "token_bucket" => LimitSpec::TokenBucket(shape::take(fields, LIMIT_FIELDS)?),
+            _ => LimitSpec::Concurrency(shape::take(fields, LIMIT_FIELDS)?),
+        })
     }
-}
 
-impl<T: Copy> Choice<T> {
-    fn known(self, default: T) -> T {
+    pub fn algorithm(&self) -> AlgorithmName {
         match self {
-            Choice::Known(t) => t,
-            Choice::Unknown(_) => default,
+            LimitSpec::FixedWindow(_) => AlgorithmName::FixedWindow,
+            LimitSpec::SlidingWindow(_) => AlgorithmName::SlidingWindow,
+            LimitSpec::TokenBucket(_) => AlgorithmName::TokenBucket,
+            LimitSpec::Concurrency(_) => AlgorithmName::Concurrency,
+        }
+    }
+
+    /// The rule's own limit and the limit of each override key, in order.
+    fn params(&self) -> (Params, Vec<(&str, Params)>) {
+        match self {
+            LimitSpec::FixedWindow(w) | LimitSpec::SlidingWindow(w) => {
+                let window = |limit: Count| Params::Window {
+                    limit: limit.get(),
+                    window_ns: w.window.ns,
+                };
+                let overrides = w.overrides.iter();
+                (
+                    window(w.limit),
+                    overrides
+                        .map(|o| (o.key.as_str(), window(o.limit.unwrap_or(w.limit))))
+                        .collect(),
+                )
+            }
+            LimitSpec::TokenBucket(b) => {
+                let bucket = |rate: &Rate, burst: Option<Count>| Params::Bucket {
+                    interval_ns: (rate.period_ns / rate.quota).max(1),
+                    burst: burst.map_or(rate.quota, Count::get),
+                    quota: rate.quota,
+                    period_ns: rate.period_ns,
+                };
+                let overrides = b.overrides.iter();
+                (
+                    bucket(&b.rate, b.burst),
+                    overrides
+                        .map(|o| {
+                            (
+                                o.key.as_str(),
+                                bucket(o.rate.as_ref().unwrap_or(&b.rate), o.burst),
+                            )
+                        })
+                        .collect(),
+                )
+            }
+            LimitSpec::Concurrency(c) => {
+                let overrides = c.overrides.iter();
+                (
+                    Params::Concurrency { max: c.max.get() },
+                    overrides
+                        .map(|o| {
+                            let max = o.max.unwrap_or(c.max).get();
+                            (o.key.as_str(), Params::Concurrency { max })
+                        })
+                        .collect(),
+                )
+            }
         }
     }
 }
 
-fn local_scope() -> Choice<Scope> {
-    Choice::Known(Scope::Local)
+impl ScopeSpec {
+    fn take<E: serde::de::Error>(fields: &mut Fields) -> Result<Self, E> {
+        match shape::keyword(fields, "scope")?.as_deref() {
+            None | Some("local") => match GLOBAL_FIELDS.iter().find(|f| fields.contains_key(**f)) {
+                Some(field) => Err(shape::at(field, "only applies to scope: global")),
+                None => Ok(ScopeSpec::Local),
+            },
+            Some("global") => Ok(ScopeSpec::Global(shape::take(fields, GLOBAL_FIELDS)?)),
+            Some(_) => Err(shape::at("scope", "expected local or global")),
+        }
+    }
+}
+
+/// A rule name: 1-64 letters, digits, `-`, `_` or `.` (it is part of
+/// Redis keys and metric labels).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RuleName(String);
+
+impl RuleName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        let valid = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid {
+            return Err(D::Error::custom(
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        Ok(RuleName(name))
+    }
+}
+
+/// A window as written (`1s`, `1min`), between 1ms and 366d.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct Window {
+    text: String,
+    pub ns: u64,
+}
+
+impl From<Window> for String {
+    fn from(w: Window) -> String {
+        w.text
+    }
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if (Duration::from_millis(1)..=MAX_PERIOD).contains(&d) => Ok(Window {
+                ns: duration_ns(d),
+                text,
+            }),
+            Ok(_) => Err(D::Error::custom("must be between 1ms and 366d")),
+            Err(e) => Err(D::Error::custom(format_args!(
+                "invalid duration {text:?}: {e}"
+            ))),
+        }
+    }
+}
+
+/// A rate as written (`100/s`, `6000/min`, `5/10s`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct Rate {
+    text: String,
+    pub quota: u64,
+    pub period_ns: u64,
+}
+
+impl From<Rate> for String {
+    fn from(r: Rate) -> String {
+        r.text
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let (quota, period_ns) = parse_rate(&text).map_err(D::Error::custom)?;
+        Ok(Rate {
+            text,
+            quota,
+            period_ns,
+        })
+    }
+}
+
+const MAX_PERIOD: Duration = Duration::from_secs(366 * 86_400);
+
+/// Parses `100/s`, `6000/min`, `10/h`, `5/10s` into (quota, period in ns).
+pub fn parse_rate(text: &str) -> Result<(u64, u64), String> {
+    let bad =
+        || format!("invalid rate {text:?}: expected <count>/<unit> like 100/s, 6000/min, 5/10s");
+    let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+    let count = count.trim().parse::<u64>().map_err(|_| bad())?;
+    let period = match unit.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        "d" | "day" => Duration::from_secs(86_400),
+        other => humantime::parse_duration(other).map_err(|_| bad())?,
+    };
+    if count == 0 || count > MAX_COUNT {
+        return Err(format!("count must be between 1 and {MAX_COUNT}"));
+    }
+    if !(Duration::from_millis(1)..=MAX_PERIOD).contains(&period) {
+        return Err("period must be between 1ms and 366d".into());
+    }
+    Ok((count, duration_ns(period)))
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -118,6 +440,7 @@ impl KeySpec {
     }
 }
 
+/// The algorithm of a validated rule (also the handover's record of it).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum AlgorithmName {
@@ -152,20 +475,6 @@ pub enum StoreErrorMode {
     FailOpen,
     FailClosed,
     LocalFallback,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct OverrideSpec {
-    pub key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<u64>,
 }
 
 /// One descriptor of a key.
@@ -276,19 +585,17 @@ impl RateLimitSpec {
                 format!("at most {MAX_RULES} rules per instance"),
             );
         }
-        let mut rules = Vec::new();
         let mut seen = HashMap::new();
+        let mut rules = Vec::new();
         for (i, spec) in self.rules.iter().enumerate() {
             let rpath = format!("{path}.rules[{i}]");
-            if let Some(first) = seen.insert(spec.name.clone(), i) {
+            if let Some(first) = seen.insert(spec.name.as_str(), i) {
                 errors.push(
                     format!("{rpath}.name"),
                     format!("duplicate rule name (also rules[{first}])"),
                 );
             }
-            if let Some(rule) = spec.validate(&rpath, self.shadow, &mut errors) {
-                rules.push(rule);
-            }
+            rules.push(spec.validate(&rpath, self.shadow, &mut errors));
         }
         errors.into_result(RateLimitConfig {
             rules,
@@ -304,324 +611,39 @@ impl RateLimitSpec {
 }
 
 impl RuleSpec {
-    /// Only meaningful once validation has rejected unknown keywords.
-    fn algorithm(&self) -> AlgorithmName {
-        self.algorithm.known(AlgorithmName::FixedWindow)
-    }
-
-    fn scope(&self) -> Scope {
-        self.scope.known(Scope::Local)
-    }
-
-    fn validate(
-        &self,
-        path: &str,
-        shadow_all: bool,
-        errors: &mut FieldErrors,
-    ) -> Option<RuleConfig> {
-        let before = errors.0.len();
-        if let Choice::Unknown(_) = self.algorithm {
-            errors.push(
-                format!("{path}.algorithm"),
-                "unknown algorithm; expected fixed_window, sliding_window, token_bucket or concurrency",
-            );
-        }
-        if let Choice::Unknown(_) = self.scope {
-            errors.push(format!("{path}.scope"), "expected local or global");
-        }
-        if let Some(Choice::Unknown(_)) = self.on_store_error {
-            errors.push(
-                format!("{path}.on_store_error"),
-                "expected fail_open, fail_closed or local_fallback",
-            );
-        }
-        if errors.0.len() != before {
-            return None;
-        }
-        if self.name.is_empty()
-            || self.name.len() > 64
-            || !self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            errors.push(
-                format!("{path}.name"),
-                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
-            );
-        }
+    fn validate(&self, path: &str, shadow_all: bool, errors: &mut FieldErrors) -> RuleConfig {
         let key = validate_key(&self.key, &format!("{path}.key"), errors);
-        let params = self.params(path, None, errors);
+        let (params, listed) = self.limit.params();
         let mut overrides = HashMap::new();
-        for (i, o) in self.overrides.iter().enumerate() {
-            let opath = format!("{path}.overrides[{i}]");
-            let spec = RuleSpec {
-                limit: o.limit.or(self.limit),
-                rate: o.rate.clone().or_else(|| self.rate.clone()),
-                burst: o.burst,
-                max: o.max.or(self.max),
-                ..self.clone()
-            };
-            if let Some(p) = spec.params(&opath, Some(o), errors) {
-                if overrides.insert(o.key.clone(), p).is_some() {
-                    errors.push(format!("{opath}.key"), "duplicate override key");
-                }
-            }
-        }
-        if self.algorithm() == AlgorithmName::Concurrency && self.scope() == Scope::Global {
-            errors.push(
-                format!("{path}.scope"),
-                "concurrency limits are per sidecar; use scope: local",
-            );
-        }
-        if self.scope() == Scope::Local {
-            if self.on_store_error.is_some() {
+        for (i, (key, params)) in listed.into_iter().enumerate() {
+            if overrides.insert(key.to_string(), params).is_some() {
                 errors.push(
-                    format!("{path}.on_store_error"),
-                    "only applies to scope: global",
-                );
-            }
-            if self.fallback_peers.is_some() {
-                errors.push(
-                    format!("{path}.fallback_peers"),
-                    "only applies to scope: global",
+                    format!("{path}.overrides[{i}].key"),
+                    "duplicate override key",
                 );
             }
         }
-        if self.fallback_peers == Some(0) {
-            errors.push(format!("{path}.fallback_peers"), "must be at least 1");
-        }
-        let max_keys = self.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
-        if max_keys == 0 || max_keys > 100_000_000 {
-            errors.push(
-                format!("{path}.max_keys"),
-                "must be between 1 and 100000000",
-            );
-        }
-        if errors.0.len() != before {
-            return None;
-        }
-        Some(RuleConfig {
-            name: self.name.clone(),
+        let (scope, on_store_error, fallback_peers) = match &self.scope {
+            ScopeSpec::Local => (Scope::Local, StoreErrorMode::LocalFallback, None),
+            ScopeSpec::Global(g) => (
+                Scope::Global,
+                g.on_store_error.unwrap_or(StoreErrorMode::LocalFallback),
+                g.fallback_peers.map(|p| p.get() as u32),
+            ),
+        };
+        RuleConfig {
+            name: self.name.as_str().to_string(),
             key,
-            algorithm: self.algorithm(),
-            params: params?,
+            algorithm: self.limit.algorithm(),
+            params,
             overrides,
-            scope: self.scope(),
-            on_store_error: self
-                .on_store_error
-                .map_or(StoreErrorMode::LocalFallback, |m| {
-                    m.known(StoreErrorMode::LocalFallback)
-                }),
-            fallback_peers: self.fallback_peers,
+            scope,
+            on_store_error,
+            fallback_peers,
             shadow: self.shadow.unwrap_or(shadow_all),
-            max_keys,
-        })
-    }
-
-    /// The params of this rule; `o` is set when checking an override, whose
-    /// own fields are reported at its path.
-    fn params(
-        &self,
-        path: &str,
-        o: Option<&OverrideSpec>,
-        errors: &mut FieldErrors,
-    ) -> Option<Params> {
-        let before = errors.0.len();
-        let forbid = |errors: &mut FieldErrors, field: &str, set: bool| {
-            if set {
-                errors.push(
-                    format!("{path}.{field}"),
-                    format!("not used by algorithm {}", self.algorithm().as_str()),
-                );
-            }
-        };
-        let (limit_set, rate_set, burst_set, max_set) = match o {
-            Some(o) => (
-                o.limit.is_some(),
-                o.rate.is_some(),
-                o.burst.is_some(),
-                o.max.is_some(),
-            ),
-            None => (
-                self.limit.is_some(),
-                self.rate.is_some(),
-                self.burst.is_some(),
-                self.max.is_some(),
-            ),
-        };
-        let params = match self.algorithm() {
-            AlgorithmName::FixedWindow | AlgorithmName::SlidingWindow => {
-                forbid(errors, "rate", rate_set);
-                forbid(errors, "burst", burst_set);
-                forbid(errors, "max", max_set);
-                let limit = required_count(self.limit, path, "limit", errors);
-                let window = match (&self.window, o) {
-                    (_, Some(_)) => None, // an override keeps the rule's window
-                    (None, None) => {
-                        errors.push(format!("{path}.window"), "required by this algorithm");
-                        None
-                    }
-                    (Some(w), None) => parse_window(w, &format!("{path}.window"), errors),
-                };
-                match (limit, window, o) {
-                    (Some(limit), Some(window_ns), _) => Some(Params::Window { limit, window_ns }),
-                    (Some(limit), None, Some(_)) => Some(Params::Window {
-                        limit,
-                        window_ns: self
-                            .window
-                            .as_deref()
-                            .and_then(|w| humantime::parse_duration(w).ok())
-                            .map(duration_ns)
-                            .unwrap_or(1),
-                    }),
-                    _ => None,
-                }
-            }
-            AlgorithmName::TokenBucket => {
-                forbid(errors, "limit", limit_set);
-                forbid(errors, "max", max_set);
-                if o.is_none() && self.window.is_some() {
-                    errors.push(
-                        format!("{path}.window"),
-                        "not used by algorithm token_bucket (the rate carries its period)",
-                    );
-                }
-                let rate = match &self.rate {
-                    None => {
-                        errors.push(format!("{path}.rate"), "required by this algorithm");
-                        None
-                    }
-                    Some(r) => parse_rate(r, &format!("{path}.rate"), errors),
-                };
-                let burst = match self.burst {
-                    Some(0) => {
-                        errors.push(format!("{path}.burst"), "must be at least 1");
-                        None
-                    }
-                    Some(b) if b > MAX_COUNT => {
-                        errors.push(
-                            format!("{path}.burst"),
-                            format!("must be at most {MAX_COUNT}"),
-                        );
-                        None
-                    }
-                    b => Some(b),
-                };
-                match (rate, burst) {
-                    (Some((quota, period_ns)), Some(burst)) => Some(Params::Bucket {
-                        interval_ns: (period_ns / quota).max(1),
-                        burst: burst.unwrap_or(quota).max(1),
-                        quota,
-                        period_ns,
-                    }),
-                    _ => None,
-                }
-            }
-            AlgorithmName::Concurrency => {
-                forbid(errors, "limit", limit_set);
-                forbid(errors, "rate", rate_set);
-                forbid(errors, "burst", burst_set);
-                if o.is_none() && self.window.is_some() {
-                    errors.push(
-                        format!("{path}.window"),
-                        "not used by algorithm concurrency",
-                    );
-                }
-                required_count(self.max, path, "max", errors).map(|max| Params::Concurrency { max })
-            }
-        };
-        if errors.0.len() != before {
-            return None;
-        }
-        params
-    }
-}
-
-/// Counts are packed into 32 bits in the lock-free cells.
-const MAX_COUNT: u64 = u32::MAX as u64 - 1;
-
-fn required_count(
-    v: Option<u64>,
-    path: &str,
-    field: &str,
-    errors: &mut FieldErrors,
-) -> Option<u64> {
-    match v {
-        None => {
-            errors.push(format!("{path}.{field}"), "required by this algorithm");
-            None
-        }
-        Some(0) => {
-            errors.push(format!("{path}.{field}"), "must be at least 1");
-            None
-        }
-        Some(n) if n > MAX_COUNT => {
-            errors.push(
-                format!("{path}.{field}"),
-                format!("must be at most {MAX_COUNT}"),
-            );
-            None
-        }
-        Some(n) => Some(n),
-    }
-}
-
-fn duration_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-fn parse_window(text: &str, path: &str, errors: &mut FieldErrors) -> Option<u64> {
-    match humantime::parse_duration(text.trim()) {
-        Ok(d) if d >= Duration::from_millis(1) && d <= Duration::from_secs(366 * 86_400) => {
-            Some(duration_ns(d))
-        }
-        Ok(_) => {
-            errors.push(path, "must be between 1ms and 366d");
-            None
-        }
-        Err(e) => {
-            errors.push(path, format!("invalid duration {text:?}: {e}"));
-            None
+            max_keys: self.max_keys.map_or(DEFAULT_MAX_KEYS, |m| m.get() as usize),
         }
     }
-}
-
-/// Parses `100/s`, `6000/min`, `10/h`, `5/10s` into (quota, period in ns).
-pub fn parse_rate(text: &str, path: &str, errors: &mut FieldErrors) -> Option<(u64, u64)> {
-    let bad = |errors: &mut FieldErrors| {
-        errors.push(
-            path,
-            format!("invalid rate {text:?}: expected <count>/<unit> like 100/s, 6000/min, 5/10s"),
-        );
-        None
-    };
-    let Some((count, unit)) = text.split_once('/') else {
-        return bad(errors);
-    };
-    let Ok(count) = count.trim().parse::<u64>() else {
-        return bad(errors);
-    };
-    let unit = unit.trim();
-    let period = match unit {
-        "s" | "sec" | "second" => Duration::from_secs(1),
-        "m" | "min" | "minute" => Duration::from_secs(60),
-        "h" | "hour" => Duration::from_secs(3600),
-        "d" | "day" => Duration::from_secs(86_400),
-        other => match humantime::parse_duration(other) {
-            Ok(d) => d,
-            Err(_) => return bad(errors),
-        },
-    };
-    if count == 0 || count > MAX_COUNT {
-        errors.push(path, format!("count must be between 1 and {MAX_COUNT}"));
-        return None;
-    }
-    if period < Duration::from_millis(1) || period > Duration::from_secs(366 * 86_400) {
-        errors.push(path, "period must be between 1ms and 366d");
-        return None;
-    }
-    Some((count, duration_ns(period)))
 }
 
 fn validate_key(spec: &KeySpec, path: &str, errors: &mut FieldErrors) -> Vec<KeyPart> {
@@ -677,14 +699,30 @@ fn validate_key(spec: &KeySpec, path: &str, errors: &mut FieldErrors) -> Vec<Key
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::shape::shape_error;
 
-    fn spec(yaml: &str) -> RateLimitSpec {
-        let v: serde_json::Value = serde_json::from_str(yaml).expect("test json");
+    fn spec(json: &str) -> RateLimitSpec {
+        let v: serde_json::Value = serde_json::from_str(json).expect("test json");
         serde_json::from_value(v).expect("spec shape")
     }
 
     fn validate(s: &RateLimitSpec) -> Result<RateLimitConfig, FieldErrors> {
         s.validate("filters.limit", &ValidateCx::control_plane())
+    }
+
+    /// Every error of one instance, read and validated, as `path: message`.
+    fn errors_of(rules: serde_json::Value) -> Vec<String> {
+        let json = serde_json::json!({ "rules": rules });
+        match serde_path_to_error::deserialize::<_, RateLimitSpec>(json) {
+            Err(e) => {
+                let e = shape_error(&e.path().to_string(), &e.inner().to_string());
+                vec![format!("filters.limit.{e}")]
+            }
+            Ok(s) => match validate(&s) {
+                Ok(_) => vec![],
+                Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+            },
+        }
     }
 
     #[test]
@@ -719,57 +757,165 @@ mod tests {
 
     #[test]
     fn errors_name_precise_paths() {
-        let s = spec(
-            r#"{"rules": [
-              {"name": "a", "key": "client_id", "algorithm": "token_bucket", "rate": "100/fortnight", "limit": 3},
-              {"name": "b", "key": ["route", "header:bad header"], "algorithm": "fixed_window", "limit": 0, "window": "soon"},
-              {"name": "a", "key": ["nope"], "algorithm": "concurrency", "max": 1, "scope": "global"},
-              {"name": "d", "key": "route", "algorithm": "leaky", "scope": "galaxy", "on_store_error": "shrug"}
-            ]}"#,
-        );
-        let errs = validate(&s).expect_err("invalid");
-        let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
-        for want in [
-            "filters.limit.rules[0].rate",
-            "filters.limit.rules[0].limit",
-            "filters.limit.rules[1].key[1]",
-            "filters.limit.rules[1].limit",
-            "filters.limit.rules[1].window",
-            "filters.limit.rules[2].name",
-            "filters.limit.rules[2].key[0]",
-            "filters.limit.rules[2].scope",
-            "filters.limit.rules[3].algorithm",
-            "filters.limit.rules[3].scope",
-            "filters.limit.rules[3].on_store_error",
-        ] {
-            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        use serde_json::json;
+        let p = "filters.limit.rules[0]";
+        let cases = [
+            (
+                json!({"name": "a", "key": "client_id", "algorithm": "token_bucket", "rate": "100/fortnight"}),
+                format!("{p}.rate: invalid rate \"100/fortnight\": expected <count>/<unit> like 100/s, 6000/min, 5/10s"),
+            ),
+            (
+                json!({"name": "a", "key": "client_id", "algorithm": "token_bucket", "rate": "1/s", "limit": 3}),
+                format!("{p}.limit: not used by algorithm token_bucket"),
+            ),
+            (
+                json!({"name": "b", "key": ["route", "header:bad header"], "algorithm": "concurrency", "max": 1}),
+                format!("{p}.key[1]: invalid header name \"bad header\""),
+            ),
+            (
+                json!({"name": "b", "key": "route", "algorithm": "fixed_window", "limit": 0, "window": "1s"}),
+                format!("{p}.limit: must be at least 1"),
+            ),
+            (
+                json!({"name": "b", "key": "route", "algorithm": "fixed_window", "limit": 1, "window": "soon"}),
+                format!("{p}.window: invalid duration \"soon\": expected number at 0"),
+            ),
+            (
+                json!({"name": "b", "key": "route", "algorithm": "fixed_window", "limit": 1}),
+                format!("{p}.window: required by this algorithm"),
+            ),
+            (
+                json!({"name": "a", "key": ["nope"], "algorithm": "concurrency", "max": 1}),
+                format!("{p}.key[0]: unknown descriptor \"nope\"; expected route, client_id, user, client_ip or header:<name>"),
+            ),
+            (
+                json!({"name": "a", "key": "route", "algorithm": "concurrency", "max": 1, "scope": "global"}),
+                format!("{p}.scope: concurrency limits are per sidecar; use scope: local"),
+            ),
+            (
+                json!({"name": "d", "key": "route", "algorithm": "leaky"}),
+                format!("{p}.algorithm: unknown algorithm; expected fixed_window, sliding_window, token_bucket or concurrency"),
+            ),
+            (
+                json!({"name": "d", "key": "route", "algorithm": "concurrency", "max": 1, "scope": "galaxy"}),
+                format!("{p}.scope: expected local or global"),
+            ),
+            (
+                json!({"name": "d", "key": "route", "algorithm": "fixed_window", "limit": 1, "window": "1s", "scope": "global", "on_store_error": "shrug"}),
+                format!("{p}.on_store_error: unknown variant `shrug`, expected one of `fail_open`, `fail_closed`, `local_fallback`"),
+            ),
+            (
+                json!({"name": "d", "key": "route", "algorithm": "concurrency", "max": 1, "on_store_error": "fail_open"}),
+                format!("{p}.on_store_error: only applies to scope: global"),
+            ),
+            (
+                json!({"name": "d", "key": "route", "algorithm": "fixed_window", "limit": 1, "window": "1s", "scope": "global", "fallback_peers": 0}),
+                format!("{p}.fallback_peers: must be at least 1"),
+            ),
+            (
+                json!({"name": "d", "key": "route", "algorithm": "concurrency", "max": 1, "max_keys": 0}),
+                format!("{p}.max_keys: must be at least 1"),
+            ),
+            (
+                json!({"name": "d", "key": "route", "algorithm": "concurrency", "max": 1, "maxx": 2}),
+                format!("{p}.maxx: unknown field `maxx`, expected one of {}", rule_fields().join(", ")),
+            ),
+            (
+                json!({"name": "", "key": "route", "algorithm": "concurrency", "max": 1}),
+                format!("{p}.name: must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+            ),
+            (
+                json!({"name": "a", "key": "route", "algorithm": "sliding_window", "limit": 4_294_967_295_u64, "window": "1s"}),
+                format!("{p}.limit: must be at most 4294967294"),
+            ),
+        ];
+        for (rule, want) in cases {
+            assert_eq!(errors_of(json!([rule.clone()])), vec![want], "{rule}");
         }
+        // Validation still reports every cross-field error at once.
+        assert_eq!(
+            errors_of(json!([
+                {"name": "a", "key": ["route", "route"], "algorithm": "concurrency", "max": 1},
+                {"name": "a", "key": "route", "algorithm": "concurrency", "max": 1,
+                 "overrides": [{"key": "x"}, {"key": "x", "max": 2}]},
+            ])),
+            vec![
+                "filters.limit.rules[0].key[1]: duplicate descriptor",
+                "filters.limit.rules[1].name: duplicate rule name (also rules[0])",
+                "filters.limit.rules[1].overrides[1].key: duplicate override key",
+            ]
+        );
     }
 
     #[test]
     fn rates_parse() {
-        let mut e = FieldErrors::default();
-        assert_eq!(
-            parse_rate("6000/min", "p", &mut e),
-            Some((6000, 60_000_000_000))
-        );
-        assert_eq!(parse_rate("5/10s", "p", &mut e), Some((5, 10_000_000_000)));
-        assert!(e.is_empty());
-        assert_eq!(parse_rate("0/s", "p", &mut e), None);
-        assert_eq!(parse_rate("ten/s", "p", &mut e), None);
-        assert_eq!(e.0.len(), 2);
+        assert_eq!(parse_rate("6000/min"), Ok((6000, 60_000_000_000)));
+        assert_eq!(parse_rate("5/10s"), Ok((5, 10_000_000_000)));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("ten/s").is_err());
+        assert!(parse_rate("1/0s").is_err());
     }
 
     #[test]
     fn overrides_validate_per_algorithm() {
-        let s = spec(
-            r#"{"rules": [
-              {"name": "a", "key": "client_id", "algorithm": "token_bucket", "rate": "10/s",
-               "overrides": [{"key": "app-1", "rate": "100/s", "burst": 5}, {"key": "app-2", "limit": 4}]}
-            ]}"#,
+        let errs = errors_of(serde_json::json!([
+          {"name": "a", "key": "client_id", "algorithm": "token_bucket", "rate": "10/s",
+           "overrides": [{"key": "app-1", "rate": "100/s", "burst": 5}, {"key": "app-2", "limit": 4}]}
+        ]));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("filters.limit.rules[0].overrides[1].limit: unknown field `limit`"),
+            "{errs:?}"
         );
-        let errs = validate(&s).expect_err("invalid");
-        assert_eq!(errs.0.len(), 1, "{errs}");
-        assert_eq!(errs.0[0].path, "filters.limit.rules[0].overrides[1].limit");
+    }
+
+    #[test]
+    fn overrides_inherit_what_they_leave_out() {
+        let c = validate(&spec(
+            r#"{"rules": [
+              {"name": "w", "key": "client_id", "algorithm": "fixed_window", "limit": 5, "window": "1m",
+               "overrides": [{"key": "a", "limit": 50}, {"key": "b"}]},
+              {"name": "b", "key": "client_id", "algorithm": "token_bucket", "rate": "10/s", "burst": 40,
+               "overrides": [{"key": "a", "rate": "1/s"}, {"key": "b", "burst": 2}]}
+            ]}"#,
+        ))
+        .expect("valid");
+        let window = |limit| Params::Window {
+            limit,
+            window_ns: 60_000_000_000,
+        };
+        assert_eq!(c.rules[0].params_for("a"), window(50));
+        assert_eq!(c.rules[0].params_for("b"), window(5));
+        // burst is not inherited: it defaults to the override's own rate.
+        assert_eq!(
+            c.rules[1].params_for("a"),
+            Params::Bucket {
+                interval_ns: 1_000_000_000,
+                burst: 1,
+                quota: 1,
+                period_ns: 1_000_000_000
+            }
+        );
+        assert_eq!(
+            c.rules[1].params_for("b"),
+            Params::Bucket {
+                interval_ns: 100_000_000,
+                burst: 2,
+                quota: 10,
+                period_ns: 1_000_000_000
+            }
+        );
+    }
+
+    #[test]
+    fn the_written_form_round_trips() {
+        let json = serde_json::json!({"rules": [
+          {"name": "w", "key": ["route"], "algorithm": "sliding_window", "limit": 5, "window": "1min", "scope": "local",
+           "overrides": [{"key": "a", "limit": 50}]},
+          {"name": "g", "key": "route", "algorithm": "token_bucket", "rate": "6000/min", "scope": "global",
+           "on_store_error": "fail_open", "fallback_peers": 3, "shadow": true, "max_keys": 10}
+        ]});
+        let s: RateLimitSpec = serde_json::from_value(json.clone()).expect("spec");
+        assert_eq!(serde_json::to_value(&s).expect("json"), json);
     }
 }

@@ -452,3 +452,136 @@ async fn identity_header_keys_read_the_filter_set_value_only() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_renamed_rule_leaves_no_key_map_behind() {
+    let state = State::new();
+    let rule = |name: &str| {
+        serde_json::json!({"rules": [
+            {"name": name, "key": "client_id", "algorithm": "fixed_window", "limit": 1, "window": "1h"}
+        ]})
+    };
+    state.begin_build();
+    let first = build(&state, rule("per-client"));
+    state.finish_build();
+    assert!(admits(&first, &client("a")).await);
+    assert!(!admits(&first, &client("a")).await);
+    assert_eq!(state.keys(), ["limit/per-client"]);
+
+    state.begin_build();
+    let renamed = build(&state, rule("per-app"));
+    state.finish_build();
+    assert_eq!(state.keys(), ["limit/per-app"]);
+    // The renamed rule counts afresh.
+    assert!(admits(&renamed, &client("a")).await);
+
+    // Renamed back: the old counts are gone too.
+    state.begin_build();
+    let back = build(&state, rule("per-client"));
+    state.finish_build();
+    assert_eq!(state.keys(), ["limit/per-client"]);
+    assert!(admits(&back, &client("a")).await);
+}
+
+/// One row: the rule's `key`, what the request carries, the key it counts
+/// under (`None`: the rule does not apply).
+struct KeyCase {
+    key: serde_json::Value,
+    client_id: Option<&'static str>,
+    user: Option<&'static str>,
+    tenant_header: Option<&'static str>,
+    tenant_identity: Option<&'static str>,
+    want: Option<&'static str>,
+}
+
+#[test]
+fn keys_are_built_from_their_descriptors() {
+    use serde_json::json;
+    let case = |key, want| KeyCase {
+        key,
+        client_id: None,
+        user: None,
+        tenant_header: None,
+        tenant_identity: None,
+        want,
+    };
+    let cases = [
+        case(json!("route"), Some("route-a")),
+        case(json!("client_ip"), Some("10.0.0.1")),
+        case(json!("client_id"), None),
+        KeyCase {
+            client_id: Some("app-1"),
+            ..case(json!("client_id"), Some("app-1"))
+        },
+        case(json!("user"), None),
+        KeyCase {
+            user: Some("u-1"),
+            ..case(json!(["user"]), Some("u-1"))
+        },
+        case(json!("header:x-tenant"), None),
+        KeyCase {
+            tenant_header: Some("t1"),
+            ..case(json!("header:X-Tenant"), Some("t1"))
+        },
+        KeyCase {
+            client_id: Some("app-1"),
+            ..case(json!(["route", "client_id"]), Some("route-a|app-1"))
+        },
+        case(json!(["route", "client_id"]), None),
+        KeyCase {
+            user: Some("u"),
+            tenant_header: Some("t"),
+            ..case(
+                json!(["client_ip", "header:x-tenant", "user"]),
+                Some("10.0.0.1|t|u"),
+            )
+        },
+        // An identity header counts only as an earlier filter set it; the
+        // client always sends a forged one here.
+        case(json!("header:x-meshgate-tenant"), None),
+        case(json!(["route", "header:x-meshgate-tenant"]), None),
+        KeyCase {
+            tenant_identity: Some("t9"),
+            ..case(json!("header:x-meshgate-tenant"), Some("t9"))
+        },
+        KeyCase {
+            tenant_identity: Some("t9"),
+            ..case(
+                json!(["route", "header:x-meshgate-tenant"]),
+                Some("route-a|t9"),
+            )
+        },
+    ];
+    for c in cases {
+        let state = State::new();
+        let f = build(
+            &state,
+            json!({"rules": [{"name": "k", "key": c.key, "algorithm": "concurrency", "max": 1}]}),
+        );
+        let mut builder = http::Request::builder()
+            .uri("/x")
+            .header("x-meshgate-tenant", "forged");
+        if let Some(t) = c.tenant_header {
+            builder = builder.header("x-tenant", t);
+        }
+        let (mut head, ()) = builder.body(()).expect("request").into_parts();
+        let mut body = Body::Empty;
+        let mut cx = RequestCtx::new(
+            "r".into(),
+            Arc::from("route-a"),
+            [10, 0, 0, 1].into(),
+            false,
+        );
+        cx.client_id = c.client_id.map(str::to_string);
+        cx.user = c.user.map(str::to_string);
+        if let Some(t) = c.tenant_identity {
+            cx.set_upstream_header(
+                http::HeaderName::from_static("x-meshgate-tenant"),
+                http::HeaderValue::from_static(t),
+            );
+        }
+        let view = RequestView::new(&mut head, &mut body, 1024);
+        let got = f.rules[0].key(&view, &cx).map(|k| k.into_owned());
+        assert_eq!(got.as_deref(), c.want, "key {}", c.key);
+    }
+}

@@ -46,8 +46,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use spec::{
-    CookieSecure, JwtConfig, KeySource, ModeConfig, OnStoreError, RemoteJwksConfig, SameSite,
-    SessionConfig, SessionMode, SessionSpec, StoreConfig, StoreKind, TokenFrom, TokenSource,
+    CookieSecure, JwksSource, JwtConfig, JwtSettings, JwtSpec, KeySource, ModeConfig, ModeSpec,
+    OnStoreError, RemoteJwksConfig, SameSite, SessionConfig, SessionSpec, StoreConfig, StoreKind,
+    StoreSpec, TokenFrom, TokenSource,
 };
 
 use self::cache::{CacheSettings, SessionCache};

@@ -8,21 +8,11 @@ use std::time::Duration;
 use http::HeaderName;
 use indexmap::IndexMap;
 use jsonwebtoken::Algorithm;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::jwt::{KeySet, SUPPORTED_ALGORITHMS};
+use crate::config::shape::{self, Dur};
 use crate::config::{FieldErrors, ValidateCx};
-
-/// `mode:` — what the credential is.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionMode {
-    /// A signed JWT verified against a JWKS.
-    #[default]
-    Jwt,
-    /// An opaque id looked up in a server-side session store.
-    Session,
-}
 
 /// `token_from:` — where the credential is read from.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,60 +60,72 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// The file/wire spec.
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// The file/wire spec. Users write it flat; it is read into one variant
+/// per `mode`, so a field of the other mode, or no JWKS
+/// source, is refused while reading, at its field path.
+#[derive(Clone, Serialize, PartialEq)]
 pub struct SessionSpec {
-    pub mode: SessionMode,
+    #[serde(flatten)]
+    pub mode: ModeSpec,
     /// No credential: continue anonymously instead of 401 `login_required`.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "is_false")]
     pub optional: bool,
     /// Pass the credential on to the app (default: removed).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "is_false")]
     pub forward: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_from: Option<TokenFrom>,
     /// Cookie or header name for `token_from: cookie|header`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_name: Option<String>,
     /// Claim name -> `x-meshgate-*` header for the app.
-    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub claims_to_headers: IndexMap<String, String>,
+}
 
-    // --- mode: jwt
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_url: Option<String>,
+/// `mode:` — what the credential is.
+#[derive(Clone, Serialize, PartialEq)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum ModeSpec {
+    /// A signed JWT verified against a JWKS.
+    Jwt(JwtSpec),
+    /// An opaque id looked up in a server-side session store.
+    Session(StoreSpec),
+}
+
+#[derive(Clone, Serialize, PartialEq)]
+pub struct JwtSpec {
+    #[serde(flatten)]
+    pub keys: JwksSource,
+    #[serde(flatten)]
+    pub settings: JwtSettings,
+}
+
+/// Where the keys come from: exactly one of the three.
+#[derive(Clone, Serialize, PartialEq)]
+pub enum JwksSource {
+    #[serde(rename = "jwks")]
+    Inline(serde_json::Value),
+    #[serde(rename = "jwks_file")]
+    File(PathBuf),
+    #[serde(rename = "jwks_url")]
+    Url(String),
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
     /// How long a fetched remote JWKS is fresh.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jwks_refresh: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_refresh: Option<Dur>,
     /// Minimum spacing of refreshes (unknown `kid`, failed fetches).
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jwks_min_refresh: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_min_refresh: Option<Dur>,
     /// How long keys keep serving while refreshes fail.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jwks_max_stale: Option<Duration>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jwks_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_max_stale: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_timeout: Option<Dur>,
     /// PEM CA bundle trusted for an https `jwks_url` (default: public web PKI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_ca_file: Option<PathBuf>,
@@ -133,44 +135,31 @@ pub struct SessionSpec {
     pub audiences: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub required_claims: Option<Vec<String>>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub leeway: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway: Option<Dur>,
     /// Allowed JWS algorithms (default: all supported).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub algorithms: Vec<String>,
+}
 
-    // --- mode: session
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreKind>,
     /// Lifetime of the local cache in front of Redis: the revocation budget.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cache_ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_max_entries: Option<usize>,
     /// Live sessions one subject may hold (default 16); a login beyond it
     /// revokes the subject's least recently used session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions_per_subject: Option<usize>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub idle_timeout: Option<Duration>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub absolute_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absolute_timeout: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub same_site: Option<SameSite>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,6 +175,111 @@ pub struct SessionSpec {
     pub on_store_error: Option<OnStoreError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
+}
+
+const COMMON_FIELDS: &[&str] = &[
+    "optional",
+    "forward",
+    "token_from",
+    "token_name",
+    "claims_to_headers",
+];
+const JWKS_SOURCES: &[&str] = &["jwks", "jwks_file", "jwks_url"];
+const JWT_FIELDS: &[&str] = &[
+    "jwks",
+    "jwks_file",
+    "jwks_url",
+    "jwks_refresh",
+    "jwks_min_refresh",
+    "jwks_max_stale",
+    "jwks_timeout",
+    "jwks_ca_file",
+    "issuer",
+    "audiences",
+    "required_claims",
+    "leeway",
+    "algorithms",
+];
+const STORE_FIELDS: &[&str] = &[
+    "store",
+    "cache_ttl",
+    "cache_max_entries",
+    "max_sessions_per_subject",
+    "idle_timeout",
+    "absolute_timeout",
+    "same_site",
+    "cookie_path",
+    "cookie_domain",
+    "cookie_secure",
+    "issue_header",
+    "on_store_error",
+    "key_prefix",
+];
+
+impl<'de> Deserialize<'de> for SessionSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Common {
+            #[serde(default)]
+            optional: bool,
+            #[serde(default)]
+            forward: bool,
+            token_from: Option<TokenFrom>,
+            token_name: Option<String>,
+            #[serde(default)]
+            claims_to_headers: IndexMap<String, String>,
+        }
+        let mut fields = shape::object(d)?;
+        let mode = shape::keyword(&mut fields, "mode")?
+            .ok_or_else(|| shape::at("mode", "required: jwt or session"))?;
+        let common: Common = shape::take(&mut fields, COMMON_FIELDS)?;
+        let only = |fields: &shape::Fields, other: &[&str], mode: &str| match other
+            .iter()
+            .find(|f| fields.contains_key(**f))
+        {
+            Some(f) => Err(shape::at(f, format!("only valid with mode: {mode}"))),
+            None => Ok(()),
+        };
+        let mode = match mode.as_str() {
+            "jwt" => {
+                only(&fields, STORE_FIELDS, "session")?;
+                let sources: Vec<&str> = JWKS_SOURCES
+                    .iter()
+                    .copied()
+                    .filter(|f| fields.contains_key(*f))
+                    .collect();
+                let [source] = sources[..] else {
+                    return Err(shape::at(
+                        "jwks",
+                        "exactly one of jwks, jwks_file, jwks_url is required",
+                    ));
+                };
+                let value = fields.remove(source).unwrap_or_default();
+                let keys = match source {
+                    "jwks" => JwksSource::Inline(shape::read_at(source, value)?),
+                    "jwks_file" => JwksSource::File(shape::read_at(source, value)?),
+                    _ => JwksSource::Url(shape::read_at(source, value)?),
+                };
+                ModeSpec::Jwt(JwtSpec {
+                    keys,
+                    settings: shape::read(shape::rest(fields))?,
+                })
+            }
+            "session" => {
+                only(&fields, JWT_FIELDS, "jwt")?;
+                ModeSpec::Session(shape::read(shape::rest(fields))?)
+            }
+            _ => return Err(shape::at("mode", "expected jwt or session")),
+        };
+        Ok(SessionSpec {
+            mode,
+            optional: common.optional,
+            forward: common.forward,
+            token_from: common.token_from,
+            token_name: common.token_name,
+            claims_to_headers: common.claims_to_headers,
+        })
+    }
 }
 
 /// Where the credential comes from, validated.
@@ -309,14 +403,10 @@ impl SessionSpec {
                 }
             })
             .collect();
-        let mode = match self.mode {
-            SessionMode::Jwt => {
-                self.reject_fields(path, "session", &self.session_fields(), &mut errors);
-                ModeConfig::Jwt(self.jwt_config(path, cx, &mut errors))
-            }
-            SessionMode::Session => {
-                self.reject_fields(path, "jwt", &self.jwt_fields(), &mut errors);
-                ModeConfig::Session(self.store_config(path, &token, &mut errors))
+        let mode = match &self.mode {
+            ModeSpec::Jwt(jwt) => ModeConfig::Jwt(jwt.config(path, cx, &mut errors)),
+            ModeSpec::Session(store) => {
+                ModeConfig::Session(store.config(path, &token, &mut errors))
             }
         };
         errors.into_result(SessionConfig {
@@ -329,9 +419,11 @@ impl SessionSpec {
     }
 
     fn token_source(&self, path: &str, errors: &mut FieldErrors) -> TokenSource {
-        let default_from = match self.mode {
-            SessionMode::Jwt => TokenFrom::Bearer,
-            SessionMode::Session => TokenFrom::Cookie,
+        let session_mode = matches!(self.mode, ModeSpec::Session(_));
+        let default_from = if session_mode {
+            TokenFrom::Cookie
+        } else {
+            TokenFrom::Bearer
         };
         let name_path = format!("{path}.token_name");
         match self.token_from.unwrap_or(default_from) {
@@ -342,10 +434,10 @@ impl SessionSpec {
                 TokenSource::Bearer
             }
             TokenFrom::Cookie => {
-                let name = match (&self.token_name, self.mode) {
+                let name = match (&self.token_name, session_mode) {
                     (Some(n), _) => n.clone(),
-                    (None, SessionMode::Session) => DEFAULT_SESSION_COOKIE.to_string(),
-                    (None, SessionMode::Jwt) => {
+                    (None, true) => DEFAULT_SESSION_COOKIE.to_string(),
+                    (None, false) => {
                         errors.push(name_path.clone(), "required with token_from: cookie");
                         String::new()
                     }
@@ -377,68 +469,15 @@ impl SessionSpec {
             },
         }
     }
+}
 
-    fn jwt_fields(&self) -> Vec<(&'static str, bool)> {
-        vec![
-            ("jwks", self.jwks.is_some()),
-            ("jwks_file", self.jwks_file.is_some()),
-            ("jwks_url", self.jwks_url.is_some()),
-            ("jwks_refresh", self.jwks_refresh.is_some()),
-            ("jwks_min_refresh", self.jwks_min_refresh.is_some()),
-            ("jwks_max_stale", self.jwks_max_stale.is_some()),
-            ("jwks_timeout", self.jwks_timeout.is_some()),
-            ("jwks_ca_file", self.jwks_ca_file.is_some()),
-            ("issuer", self.issuer.is_some()),
-            ("audiences", !self.audiences.is_empty()),
-            ("required_claims", self.required_claims.is_some()),
-            ("leeway", self.leeway.is_some()),
-            ("algorithms", !self.algorithms.is_empty()),
-        ]
-    }
-
-    fn session_fields(&self) -> Vec<(&'static str, bool)> {
-        vec![
-            ("store", self.store.is_some()),
-            ("cache_ttl", self.cache_ttl.is_some()),
-            ("cache_max_entries", self.cache_max_entries.is_some()),
-            (
-                "max_sessions_per_subject",
-                self.max_sessions_per_subject.is_some(),
-            ),
-            ("idle_timeout", self.idle_timeout.is_some()),
-            ("absolute_timeout", self.absolute_timeout.is_some()),
-            ("same_site", self.same_site.is_some()),
-            ("cookie_path", self.cookie_path.is_some()),
-            ("cookie_domain", self.cookie_domain.is_some()),
-            ("cookie_secure", self.cookie_secure.is_some()),
-            ("issue_header", self.issue_header.is_some()),
-            ("on_store_error", self.on_store_error.is_some()),
-            ("key_prefix", self.key_prefix.is_some()),
-        ]
-    }
-
-    fn reject_fields(
-        &self,
-        path: &str,
-        other_mode: &str,
-        fields: &[(&'static str, bool)],
-        errors: &mut FieldErrors,
-    ) {
-        for (name, set) in fields {
-            if *set {
-                errors.push(
-                    format!("{path}.{name}"),
-                    format!("only valid with mode: {other_mode}"),
-                );
-            }
-        }
-    }
-
-    fn jwt_config(&self, path: &str, cx: &ValidateCx, errors: &mut FieldErrors) -> JwtConfig {
-        let algorithms: Vec<Algorithm> = if self.algorithms.is_empty() {
+impl JwtSpec {
+    fn config(&self, path: &str, cx: &ValidateCx, errors: &mut FieldErrors) -> JwtConfig {
+        let s = &self.settings;
+        let algorithms: Vec<Algorithm> = if s.algorithms.is_empty() {
             SUPPORTED_ALGORITHMS.to_vec()
         } else {
-            self.algorithms
+            s.algorithms
                 .iter()
                 .enumerate()
                 .filter_map(|(i, a)| {
@@ -458,190 +497,173 @@ impl SessionSpec {
                 })
                 .collect()
         };
-        let sources = [
-            self.jwks.is_some(),
-            self.jwks_file.is_some(),
-            self.jwks_url.is_some(),
-        ]
-        .iter()
-        .filter(|s| **s)
-        .count();
-        if sources != 1 {
-            errors.push(
-                format!("{path}.jwks"),
-                "exactly one of jwks, jwks_file, jwks_url is required",
-            );
-        }
-        let keys = if let Some(inline) = &self.jwks {
-            KeySource::Static(Arc::new(KeySet::parse_strict(
+        let keys = match &self.keys {
+            JwksSource::Inline(inline) => KeySource::Static(Arc::new(KeySet::parse_strict(
                 inline,
                 &algorithms,
                 &format!("{path}.jwks"),
                 errors,
-            )))
-        } else if let Some(file) = &self.jwks_file {
-            let field = format!("{path}.jwks_file");
-            match cx.read_file(&field, file) {
-                Ok(None) => KeySource::default(),
-                Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    Ok(v) => KeySource::Static(Arc::new(KeySet::parse_strict(
-                        &v,
-                        &algorithms,
-                        &field,
-                        errors,
-                    ))),
+            ))),
+            JwksSource::File(file) => {
+                let field = format!("{path}.jwks_file");
+                match cx.read_file(&field, file) {
+                    Ok(None) => KeySource::default(),
+                    Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        Ok(v) => KeySource::Static(Arc::new(KeySet::parse_strict(
+                            &v,
+                            &algorithms,
+                            &field,
+                            errors,
+                        ))),
+                        Err(e) => {
+                            errors.push(field, format!("not a JSON JWKS: {e}"));
+                            KeySource::default()
+                        }
+                    },
                     Err(e) => {
-                        errors.push(field, format!("not a JSON JWKS: {e}"));
+                        errors.0.push(e);
                         KeySource::default()
                     }
-                },
-                Err(e) => {
-                    errors.0.push(e);
-                    KeySource::default()
                 }
             }
-        } else if let Some(url) = &self.jwks_url {
-            let field = format!("{path}.jwks_url");
-            match url.parse::<http::Uri>() {
-                Ok(uri)
-                    if matches!(uri.scheme_str(), Some("http" | "https"))
-                        && uri.host().is_some() =>
-                {
-                    let ca = self.jwks_ca(path, cx, errors);
-                    if ca.is_some() && uri.scheme_str() != Some("https") {
-                        errors.push(
-                            format!("{path}.jwks_ca_file"),
-                            "only used with an https jwks_url",
-                        );
+            JwksSource::Url(url) => {
+                let field = format!("{path}.jwks_url");
+                match url.parse::<http::Uri>() {
+                    Ok(uri)
+                        if matches!(uri.scheme_str(), Some("http" | "https"))
+                            && uri.host().is_some() =>
+                    {
+                        let ca = jwks_ca(s, path, cx, errors);
+                        if ca.is_some() && uri.scheme_str() != Some("https") {
+                            errors.push(
+                                format!("{path}.jwks_ca_file"),
+                                "only used with an https jwks_url",
+                            );
+                        }
+                        KeySource::Remote(RemoteJwksConfig {
+                            url: uri,
+                            ca,
+                            refresh: positive(
+                                s.jwks_refresh,
+                                Duration::from_secs(300),
+                                &format!("{path}.jwks_refresh"),
+                                errors,
+                            ),
+                            min_refresh: s
+                                .jwks_min_refresh
+                                .map_or(Duration::from_secs(30), Dur::get),
+                            max_stale: positive(
+                                s.jwks_max_stale,
+                                Duration::from_secs(24 * 3600),
+                                &format!("{path}.jwks_max_stale"),
+                                errors,
+                            ),
+                            timeout: positive(
+                                s.jwks_timeout,
+                                Duration::from_secs(5),
+                                &format!("{path}.jwks_timeout"),
+                                errors,
+                            ),
+                        })
                     }
-                    KeySource::Remote(RemoteJwksConfig {
-                        url: uri,
-                        ca,
-                        refresh: self.positive(
-                            self.jwks_refresh,
-                            Duration::from_secs(300),
-                            &format!("{path}.jwks_refresh"),
-                            errors,
-                        ),
-                        min_refresh: self.jwks_min_refresh.unwrap_or(Duration::from_secs(30)),
-                        max_stale: self.positive(
-                            self.jwks_max_stale,
-                            Duration::from_secs(24 * 3600),
-                            &format!("{path}.jwks_max_stale"),
-                            errors,
-                        ),
-                        timeout: self.positive(
-                            self.jwks_timeout,
-                            Duration::from_secs(5),
-                            &format!("{path}.jwks_timeout"),
-                            errors,
-                        ),
-                    })
-                }
-                _ => {
-                    errors.push(
-                        field,
-                        format!(
-                            "not an http(s) URL with a host: {}",
-                            crate::redact::redact_url(url)
-                        ),
-                    );
-                    KeySource::default()
+                    _ => {
+                        errors.push(
+                            field,
+                            format!(
+                                "not an http(s) URL with a host: {}",
+                                crate::redact::redact_url(url)
+                            ),
+                        );
+                        KeySource::default()
+                    }
                 }
             }
-        } else {
-            if self.jwks_ca_file.is_some() {
-                errors.push(format!("{path}.jwks_ca_file"), "only used with jwks_url");
-            }
-            KeySource::default()
         };
-        let mut required_claims = self
+        // `jwks_ca_file` and the fetch settings beside a file or inline
+        // JWKS were always accepted and ignored; they still are.
+        let mut required_claims = s
             .required_claims
             .clone()
             .unwrap_or_else(|| vec!["exp".to_string()]);
-        if self.issuer.is_some() && !required_claims.iter().any(|c| c == "iss") {
+        if s.issuer.is_some() && !required_claims.iter().any(|c| c == "iss") {
             required_claims.push("iss".to_string());
         }
-        if !self.audiences.is_empty() && !required_claims.iter().any(|c| c == "aud") {
+        if !s.audiences.is_empty() && !required_claims.iter().any(|c| c == "aud") {
             required_claims.push("aud".to_string());
         }
-        if let Some(iss) = &self.issuer {
+        if let Some(iss) = &s.issuer {
             if iss.is_empty() {
                 errors.push(format!("{path}.issuer"), "must not be empty");
             }
         }
         JwtConfig {
             keys,
-            issuer: self.issuer.clone(),
-            audiences: self.audiences.clone(),
+            issuer: s.issuer.clone(),
+            audiences: s.audiences.clone(),
             required_claims,
-            leeway: self.leeway.unwrap_or(DEFAULT_LEEWAY),
+            leeway: s.leeway.map_or(DEFAULT_LEEWAY, Dur::get),
             algorithms,
         }
     }
+}
 
-    /// The CA bundle of `jwks_ca_file`, if set.
-    fn jwks_ca(
-        &self,
-        path: &str,
-        cx: &ValidateCx,
-        errors: &mut FieldErrors,
-    ) -> Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>> {
-        use rustls::pki_types::pem::PemObject;
-        let file = self.jwks_ca_file.as_ref()?;
-        let field = format!("{path}.jwks_ca_file");
-        let bytes = match cx.read_file(&field, file) {
-            Ok(Some(b)) => b,
-            Ok(None) => return None,
-            Err(e) => {
-                errors.0.push(e);
-                return None;
-            }
-        };
-        let certs: Result<Vec<_>, _> =
-            rustls::pki_types::CertificateDer::pem_slice_iter(&bytes).collect();
-        match certs {
-            Ok(certs) if !certs.is_empty() => Some(Arc::new(certs)),
-            _ => {
-                errors.push(field, "no PEM certificates in the file");
-                None
-            }
+/// The CA bundle of `jwks_ca_file`, if set.
+fn jwks_ca(
+    s: &JwtSettings,
+    path: &str,
+    cx: &ValidateCx,
+    errors: &mut FieldErrors,
+) -> Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>> {
+    use rustls::pki_types::pem::PemObject;
+    let file = s.jwks_ca_file.as_ref()?;
+    let field = format!("{path}.jwks_ca_file");
+    let bytes = match cx.read_file(&field, file) {
+        Ok(Some(b)) => b,
+        Ok(None) => return None,
+        Err(e) => {
+            errors.0.push(e);
+            return None;
+        }
+    };
+    let certs: Result<Vec<_>, _> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(&bytes).collect();
+    match certs {
+        Ok(certs) if !certs.is_empty() => Some(Arc::new(certs)),
+        _ => {
+            errors.push(field, "no PEM certificates in the file");
+            None
         }
     }
+}
 
-    fn positive(
-        &self,
-        value: Option<Duration>,
-        default: Duration,
-        field: &str,
-        errors: &mut FieldErrors,
-    ) -> Duration {
-        let d = value.unwrap_or(default);
-        if d.is_zero() {
-            errors.push(field, "must be greater than zero");
-        }
-        d
+fn positive(
+    value: Option<Dur>,
+    default: Duration,
+    field: &str,
+    errors: &mut FieldErrors,
+) -> Duration {
+    let d = value.map_or(default, Dur::get);
+    if d.is_zero() {
+        errors.push(field, "must be greater than zero");
     }
+    d
+}
 
-    fn store_config(
-        &self,
-        path: &str,
-        token: &TokenSource,
-        errors: &mut FieldErrors,
-    ) -> StoreConfig {
-        let idle_timeout = self.positive(
+impl StoreSpec {
+    fn config(&self, path: &str, token: &TokenSource, errors: &mut FieldErrors) -> StoreConfig {
+        let idle_timeout = positive(
             self.idle_timeout,
             Duration::from_secs(30 * 60),
             &format!("{path}.idle_timeout"),
             errors,
         );
-        let absolute_timeout = self.positive(
+        let absolute_timeout = positive(
             self.absolute_timeout,
             Duration::from_secs(12 * 3600),
             &format!("{path}.absolute_timeout"),
             errors,
         );
-        let cache_ttl = self.cache_ttl.unwrap_or(Duration::from_secs(2));
+        let cache_ttl = self.cache_ttl.map_or(Duration::from_secs(2), Dur::get);
         if cache_ttl >= idle_timeout {
             errors.push(
                 format!("{path}.cache_ttl"),
@@ -724,16 +746,23 @@ impl SessionSpec {
                 .unwrap_or_else(|| "meshgate:session:".to_string()),
         }
     }
+}
 
+impl SessionSpec {
     /// A copy with secrets replaced, for dumps and logs: symmetric and
     /// private key material of inline JWKs.
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
-        if let Some(jwks) = copy.jwks.as_mut() {
-            redact_jwks(jwks);
-        }
-        if let Some(url) = copy.jwks_url.as_mut() {
-            *url = crate::redact::redact_url(url);
+        match &mut copy.mode {
+            ModeSpec::Jwt(JwtSpec {
+                keys: JwksSource::Inline(jwks),
+                ..
+            }) => redact_jwks(jwks),
+            ModeSpec::Jwt(JwtSpec {
+                keys: JwksSource::Url(url),
+                ..
+            }) => *url = crate::redact::redact_url(url),
+            _ => {}
         }
         copy
     }

@@ -614,7 +614,6 @@ fn validation_reports_every_bad_field() {
         ]},
         "claims_to_headers": {"sub": "x-user"},
         "algorithms": ["HS512"],
-        "store": "redis",
     }))
     .expect("spec parses");
     let errors = spec
@@ -627,16 +626,38 @@ fn validation_reports_every_bad_field() {
         "filters.login.jwks.keys[2]",
         "filters.login.claims_to_headers.sub",
         "filters.login.algorithms[0]",
-        "filters.login.store",
     ] {
         assert!(paths.contains(&p), "{p} missing in {paths:?}");
     }
-    let no_source: SessionSpec = serde_json::from_value(json!({"mode": "jwt"})).expect("spec");
-    assert!(no_source
-        .validate("f", &ValidateCx::control_plane())
-        .is_err());
+    // What the mode rules out is refused while reading, at its field.
+    let shape_error = |spec: Value| {
+        let e = serde_path_to_error::deserialize::<_, SessionSpec>(spec).expect_err("refused");
+        crate::config::shape::shape_error(&e.path().to_string(), &e.inner().to_string()).to_string()
+    };
+    assert_eq!(
+        shape_error(json!({"mode": "jwt", "jwks_file": "k.json", "store": "redis"})),
+        "store: only valid with mode: session"
+    );
+    assert_eq!(
+        shape_error(json!({"mode": "session", "issuer": "x"})),
+        "issuer: only valid with mode: jwt"
+    );
+    assert_eq!(
+        shape_error(json!({"mode": "jwt"})),
+        "jwks: exactly one of jwks, jwks_file, jwks_url is required"
+    );
+    assert_eq!(
+        shape_error(json!({"mode": "jwt", "jwks_file": "k.json", "jwks_url": "https://x/"})),
+        "jwks: exactly one of jwks, jwks_file, jwks_url is required"
+    );
+    assert!(shape_error(json!({"mode": "jwt", "jwks_fil": "x"})).starts_with("jwks"));
     assert!(
-        serde_json::from_value::<SessionSpec>(json!({"mode": "jwt", "jwks_fil": "x"})).is_err()
+        shape_error(json!({"mode": "jwt", "jwks_file": "k.json", "jwks_fil": "x"}))
+            .starts_with("jwks_fil: unknown field `jwks_fil`"),
+    );
+    assert_eq!(
+        shape_error(json!({"jwks_file": "k.json"})),
+        "mode: required: jwt or session"
     );
 }
 

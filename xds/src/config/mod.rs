@@ -32,13 +32,11 @@ pub fn parse_json(text: &str) -> Result<ConfigSpec, FieldErrors> {
         .map_err(|e| shape_error(e.path().to_string(), e.inner().to_string()))
 }
 
+/// A filter spec reports errors below it in its message (see
+/// `meshgate_filters::config::shape`); joined here into one field path.
 fn shape_error(path: String, message: String) -> FieldErrors {
-    let path = if path == "." || path.is_empty() {
-        "(root)".to_string()
-    } else {
-        path
-    };
-    FieldError::new(path, without_quoted_value(message)).into()
+    let e = meshgate_filters::config::shape::shape_error(&path, &message);
+    FieldError::new(e.path, without_quoted_value(e.message)).into()
 }
 
 /// serde quotes the offending value (`invalid type: string "redis://:pw@h",
@@ -106,6 +104,29 @@ filters:
         assert!(dumped.contains("pass=[redacted]"), "{dumped}");
         let debugged = format!("{spec:?}");
         assert!(!debugged.contains("S3cret"), "{debugged}");
+    }
+
+    #[test]
+    fn errors_inside_filters_name_their_whole_path() {
+        let first = |yaml: &str| parse_yaml(yaml).expect_err("refused").0[0].to_string();
+        assert_eq!(
+            first("filters:\n  l:\n    type: rate_limit\n    rules:\n      - { name: a, key: route, algorithm: token_bucket, rate: 1/s, burst: 0 }\n"),
+            "filters.l.rules[0].burst: must be at least 1"
+        );
+        assert_eq!(
+            first(
+                r#"{"filters": {"l": {"type": "rate_limit", "rules": [{"name": "a", "key": "route", "algorithm": "fixed_window", "limit": 1, "window": "1s", "rate": "1/s"}]}}}"#
+            ),
+            "filters.l.rules[0].rate: not used by algorithm fixed_window"
+        );
+        assert_eq!(
+            first("filters: { s: { type: session, mode: jwt, jwks_file: k.json, jwks_refreshh: 5m } }\n"),
+            "filters.s.jwks_refreshh: unknown field `jwks_refreshh`, expected one of `jwks_refresh`, `jwks_min_refresh`, `jwks_max_stale`, `jwks_timeout`, `jwks_ca_file`, `issuer`, `audiences`, `required_claims`, `leeway`, `algorithms`"
+        );
+        assert_eq!(
+            first("filters: { s: { type: sessions } }\n"),
+            "filters.s.type: expected header, signature, session or rate_limit"
+        );
     }
 
     #[test]
