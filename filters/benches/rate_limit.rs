@@ -34,7 +34,7 @@ fn filter() -> RateLimitFilter {
 }
 
 fn context(route: &Arc<str>) -> RequestCtx {
-    RequestCtx::new(String::new(), route.clone(), [127, 0, 0, 1].into(), false)
+    RequestCtx::new(route.clone(), [127, 0, 0, 1].into(), false)
 }
 
 /// One check; the context is reused so only the filter's own work is timed.

@@ -11,13 +11,14 @@ use http::{HeaderName, HeaderValue};
 /// chain runs, dropped when the response has been sent (which releases any
 /// [`RequestCtx::hold`] guards, such as concurrency-limit permits).
 pub struct RequestCtx {
-    pub request_id: String,
+    /// The matched route's name (`-` until routing).
     pub route: Arc<str>,
     pub client_ip: IpAddr,
     /// The client connected over TLS (decides the `Secure` cookie flag).
     pub tls: bool,
-    /// Wall-clock time at which the request arrived.
-    pub received_at: SystemTime,
+    /// Wall-clock time of the request, read once when it arrived; filters
+    /// take "now" from here rather than the clock.
+    pub now: SystemTime,
     /// Verified calling application (signature key id).
     pub client_id: Option<String>,
     /// Verified end user (session subject).
@@ -36,13 +37,12 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(request_id: String, route: Arc<str>, client_ip: IpAddr, tls: bool) -> Self {
+    pub fn new(route: Arc<str>, client_ip: IpAddr, tls: bool) -> Self {
         RequestCtx {
-            request_id,
             route,
             client_ip,
             tls,
-            received_at: SystemTime::now(),
+            now: SystemTime::now(),
             client_id: None,
             user: None,
             upstream_headers: Vec::new(),
@@ -77,7 +77,8 @@ impl RequestCtx {
             .map(|(_, v)| v)
     }
 
-    /// Takes the guards out, to be dropped when the response body completes.
+    /// Takes the guards out, for a connection that outlives the response (a
+    /// WebSocket tunnel holds them until it closes).
     pub fn take_guards(&mut self) -> Vec<Box<dyn Any + Send>> {
         std::mem::take(&mut self.guards)
     }

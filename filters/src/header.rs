@@ -206,7 +206,7 @@ mod tests {
     async fn run(f: &HeaderFilter, req: http::Request<()>) -> (Verdict, RequestCtx) {
         let (mut head, ()) = req.into_parts();
         let mut body = Body::Empty;
-        let mut cx = RequestCtx::new("r".into(), Arc::from("route"), [127, 0, 0, 1].into(), false);
+        let mut cx = RequestCtx::new(Arc::from("route"), [127, 0, 0, 1].into(), false);
         let v = f
             .on_request(&mut RequestView::new(&mut head, &mut body, 1024), &mut cx)
             .await;

@@ -30,7 +30,7 @@ pub struct Admin {
     pub metrics: PrometheusHandle,
     pub log_level: LogLevel,
     /// Extra phase shown on `/ready` (e.g. an upgrade in progress).
-    pub phase: Arc<std::sync::Mutex<String>>,
+    pub phase: Arc<crate::phase::ProcessPhase>,
     /// Set when the admin sockets were handed over to a new process.
     pub stop_accepting: tokio::sync::watch::Sender<bool>,
     /// Starts the next process for `POST /upgrade` (needs `--upgrade-socket`).
@@ -243,11 +243,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// Why the sidecar is not ready, or `None` when it is.
 fn not_ready_reason(admin: &Admin) -> Option<&'static str> {
     let snapshot = admin.store.load();
-    let taking_over = admin
-        .phase
-        .lock()
-        .map(|p| *p == crate::upgrade::TAKING_OVER)
-        .unwrap_or(false);
+    let taking_over = admin.phase.get() == crate::phase::Phase::TakingOver;
     if admin.drain.is_draining() {
         Some("draining")
     } else if taking_over {
@@ -269,7 +265,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, health_only: bool) -> Resp
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/live") => text(StatusCode::OK, "live\n".into()),
         (Method::GET, "/ready") => {
-            let phase = admin.phase.lock().map(|p| p.clone()).unwrap_or_default();
+            let phase = admin.phase.get().as_str();
             match not_ready_reason(admin) {
                 None => json(
                     StatusCode::OK,

@@ -124,7 +124,7 @@ pub fn admit<B>(
     let path_changed = path != req.uri().path();
     let path = path.into_owned();
 
-    let (authority, host) = one_authority(req, conn.tls)?;
+    let (authority, host) = authority(req, conn.tls)?;
 
     // The URI: origin form stays origin form; a URI that carries an
     // authority (absolute form, HTTP/2) carries the canonical one and the
@@ -199,7 +199,8 @@ pub fn admit<B>(
 
 /// The canonical authority (for the URI and `Host`) and the host without
 /// port (for routing), from `Host` and the URI's authority, which must agree.
-fn one_authority<B>(req: &Request<B>, tls: bool) -> Result<(String, String), Rejection> {
+/// The one host parser of the data path (inbound and egress).
+pub fn authority<B>(req: &Request<B>, tls: bool) -> Result<(String, String), Rejection> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {

@@ -11,7 +11,7 @@ use meshgate_filters::{BuildCx, FieldError, FieldErrors, State, ValidateCx};
 use meshgate_xds::config::{validate, ConfigSpec};
 
 use crate::snapshot::{ConfigSource, Snapshot};
-use crate::upstream::Upstream;
+use crate::upstream::{PoolSettings, Upstream};
 
 /// The last rejected config, shown by `/config_dump`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -41,7 +41,7 @@ impl ConfigStore {
     pub fn new(base_dir: PathBuf, state: Arc<State>) -> Result<ConfigStore, FieldErrors> {
         let spec = ConfigSpec::default();
         let config = validate(&spec, &ValidateCx::sidecar(&base_dir))?;
-        let upstream = Arc::new(Upstream::new(&config.app));
+        let upstream = Arc::new(Upstream::new(PoolSettings::app(&config.app)));
         let cx = BuildCx {
             state: &state,
             redis: None,
@@ -185,10 +185,10 @@ impl ConfigStore {
             Some(r) => Some(self.redis_for(&r.url, r.timeout)?),
             None => None,
         };
-        let upstream = if previous.upstream.settings == Upstream::settings_of(&config.app) {
+        let upstream = if previous.upstream.settings == PoolSettings::app(&config.app) {
             previous.upstream.clone()
         } else {
-            Arc::new(Upstream::new(&config.app))
+            Arc::new(Upstream::new(PoolSettings::app(&config.app)))
         };
         let version = config
             .version

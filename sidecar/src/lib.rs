@@ -8,14 +8,15 @@ pub mod cli;
 pub mod config_store;
 pub mod demo;
 pub mod drain;
-pub mod egress;
 pub mod file_source;
 pub mod headers;
 pub mod health;
 pub mod pause;
+pub mod phase;
 pub mod proxy;
 pub mod reply;
 pub mod route_metrics;
+pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
@@ -37,7 +38,7 @@ use crate::cli::{LogFormat, RunArgs};
 use crate::config_store::ConfigStore;
 use crate::drain::Drain;
 use crate::health::AppHealth;
-use crate::proxy::Shared;
+use crate::proxy::{Shared, Side};
 
 /// `meshgate validate FILE`: prints every error with its field path.
 pub fn validate_file(file: &Path) -> ExitCode {
@@ -121,7 +122,7 @@ pub async fn run_async(
         ConfigStore::new(base_dir.clone(), state)
             .map_err(|e| anyhow::anyhow!("built-in defaults: {e}"))?,
     );
-    let phase = Arc::new(std::sync::Mutex::new(String::new()));
+    let phase = Arc::new(phase::ProcessPhase::default());
 
     // A broken config file fails the start before an old process is even
     // asked to hand over: it keeps serving untouched.
@@ -144,7 +145,7 @@ pub async fn run_async(
     };
     match takeover.as_mut() {
         Some(t) => {
-            upgrade::set_phase(&phase, upgrade::TAKING_OVER);
+            phase.set(phase::Phase::TakingOver);
             // State first, so that filters built by the apply below find it.
             let exports = t.receive_state().await?;
             let slots = exports.len();
@@ -258,12 +259,17 @@ pub async fn run_async(
         store: store.clone(),
         health,
         drain: drain.clone(),
+        egress_pools: proxy::EgressPools::default(),
     });
-    let serving = tokio::spawn(server::serve(inbound, shared, drain.clone()));
     if let Some(listener) = egress_listener {
-        let egress = Arc::new(egress::Egress::new(store.clone()));
-        tokio::spawn(egress::serve(listener, egress, drain.clone()));
+        tokio::spawn(server::serve(
+            listener,
+            shared.clone(),
+            Side::Egress,
+            drain.clone(),
+        ));
     }
+    let serving = tokio::spawn(server::serve(inbound, shared, Side::Inbound, drain.clone()));
     if let Some(t) = takeover {
         // Accepting on the shared sockets now; the old process stops accepting
         // when it reads `complete` and answers `released`.
@@ -279,7 +285,7 @@ pub async fn run_async(
     } else {
         upgrade::notify_systemd("READY=1");
     }
-    upgrade::set_phase(&phase, upgrade::SERVING);
+    phase.set(phase::Phase::Serving);
     tokio::spawn(admin::serve(admin_listener, admin.clone(), false));
     if let Some(listener) = health_listener {
         tokio::spawn(admin::serve(listener, admin.clone(), true));
@@ -305,7 +311,7 @@ pub async fn run_async(
 
     wait_for_shutdown(&drain).await;
     drain.start();
-    upgrade::set_phase(&phase, upgrade::DRAINING);
+    phase.set(phase::Phase::Draining);
     let _ = serving.await;
     tracing::info!(
         connections = drain.active_connections(),

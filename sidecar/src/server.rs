@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use meshgate_xds::config::Inbound;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use crate::drain::Drain;
-use crate::proxy::{self, ConnInfo, Shared};
+use crate::proxy::{self, ConnInfo, Shared, Side};
 
 /// Binds a listening socket with a deep accept queue. Shared with the
 /// upgrade handover, which passes these same sockets to the next process.
@@ -34,9 +35,11 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts connections until draining starts. The listener may be shared
-/// with the process taking over (both accept for a moment during an upgrade).
-pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, drain: Drain) {
+/// Accepts connections on one listener until draining starts. The listener
+/// may be shared with the process taking over (both accept for a moment
+/// during an upgrade). Inbound connections may be TLS; egress ones are plain
+/// (loopback only).
+pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, side: Side, drain: Drain) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -46,7 +49,7 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, drain: Drain
             Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(listener = side.name(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -58,10 +61,14 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, drain: Drain
         tokio::spawn(async move {
             let _guard = guard;
             let snapshot = shared.store.load();
-            match &snapshot.tls {
+            let tls = match side {
+                Side::Inbound => snapshot.tls.clone(),
+                Side::Egress => None,
+            };
+            match tls {
                 None => {
-                    serve_connection(stream, ConnInfo::new(peer, false), shared.clone(), drain)
-                        .await
+                    drop(snapshot);
+                    serve_connection(stream, ConnInfo::new(peer, false), shared, side, drain).await
                 }
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
@@ -71,7 +78,7 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, drain: Drain
                     drop(snapshot);
                     match handshake.await {
                         Ok(Ok(tls)) => {
-                            serve_connection(tls, ConnInfo::new(peer, true), shared.clone(), drain)
+                            serve_connection(tls, ConnInfo::new(peer, true), shared, side, drain)
                                 .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -81,7 +88,7 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, drain: Drain
             }
         });
     }
-    tracing::info!("inbound listener stopped accepting");
+    tracing::info!(listener = side.name(), "listener stopped accepting");
 }
 
 /// While draining, an HTTP/1 connection without a request for this long is
@@ -91,7 +98,7 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, drain: Drain
 pub const DRAIN_IDLE_CLOSE: Duration = Duration::from_secs(1);
 
 /// What the drain and the idle limits need to know about one connection.
-struct Activity {
+pub(crate) struct Activity {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
     http2: AtomicBool,
@@ -99,8 +106,9 @@ struct Activity {
     any_request: AtomicBool,
 }
 
-/// Counts a request as in flight until its response body is done.
-struct InFlight(Arc<Activity>);
+/// Counts a request as in flight until its response body is done (the
+/// request's [`crate::proxy::Exchange`] holds it).
+pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -111,7 +119,21 @@ impl Drop for InFlight {
 }
 
 impl Activity {
-    fn begin(self: &Arc<Self>, version: http::Version) -> InFlight {
+    pub(crate) fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            http2: AtomicBool::new(false),
+            any_request: AtomicBool::new(false),
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn has_requests_in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    pub(crate) fn begin(self: &Arc<Self>, version: http::Version) -> InFlight {
         if version == http::Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
         }
@@ -179,46 +201,11 @@ async fn idle_watch(
 /// exchange (HTTP/2) before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves HTTP on one connection; on drain, finishes in-flight requests and closes.
-pub async fn serve_connection<I>(io: I, info: ConnInfo, shared: Arc<Shared>, drain: Drain)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let inbound = shared.store.load().config.inbound.clone();
-    let info = Arc::new(info);
-    let activity = Arc::new(Activity {
-        in_flight: AtomicUsize::new(0),
-        idle_since: Mutex::new(Instant::now()),
-        http2: AtomicBool::new(false),
-        any_request: AtomicBool::new(false),
-    });
-    let service_activity = activity.clone();
-    let service_drain = drain.clone();
-    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let shared = shared.clone();
-        let info = info.clone();
-        let version = req.version();
-        let in_flight = service_activity.begin(version);
-        let drain = service_drain.clone();
-        async move {
-            let mut rsp = proxy::handle(shared, info, req).await;
-            // Draining: an HTTP/1 client learns to reconnect (to the new process).
-            if drain.is_draining()
-                && version < http::Version::HTTP_2
-                && rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS
-            {
-                rsp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            rsp.body_mut().hold(Box::new(in_flight));
-            Ok::<_, Infallible>(rsp)
-        }
-    });
+/// The HTTP settings of both listeners' connections. hyper's own buffer must
+/// hold a head a little over our limit, so that the data path can answer an
+/// oversized head with the JSON 431.
+fn http_builder(inbound: &Inbound) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own buffer must hold a head a little over our limit, so that the
-    // data path can answer an oversized head with the JSON 431.
     let buffer = (inbound.max_header_bytes * 2 + 4096).max(8192);
     builder
         .http1()
@@ -233,6 +220,46 @@ where
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(1024);
+    builder
+}
+
+/// Serves HTTP on one connection; on drain, finishes in-flight requests and closes.
+pub async fn serve_connection<I>(
+    io: I,
+    info: ConnInfo,
+    shared: Arc<Shared>,
+    side: Side,
+    drain: Drain,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let inbound = shared.store.load().config.inbound.clone();
+    let info = Arc::new(info);
+    let activity = Activity::new();
+    let service_activity = activity.clone();
+    let service_drain = drain.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let shared = shared.clone();
+        let info = info.clone();
+        let version = req.version();
+        let in_flight = service_activity.begin(version);
+        let drain = service_drain.clone();
+        async move {
+            let mut rsp = proxy::handle(shared, info, side, req, in_flight).await;
+            // Draining: an HTTP/1 client learns to reconnect (to the new process).
+            if drain.is_draining()
+                && version < http::Version::HTTP_2
+                && rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                rsp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(rsp)
+        }
+    });
+    let builder = http_builder(&inbound);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -289,12 +316,7 @@ mod tests {
     use super::*;
 
     fn activity() -> Arc<Activity> {
-        Arc::new(Activity {
-            in_flight: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
-            http2: AtomicBool::new(false),
-            any_request: AtomicBool::new(false),
-        })
+        Activity::new()
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! An immutable, fully built config: routes with their filter chains, the
-//! upstream client, the TLS acceptor. Swapped whole on every reload.
+//! An immutable, fully built config: the route table with its filter chains,
+//! the upstream client, the TLS acceptor. Swapped whole on every reload.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,11 +7,11 @@ use std::time::SystemTime;
 
 use indexmap::IndexMap;
 use meshgate_filters::chain::NamedFilter;
-use meshgate_filters::{AnyFilter, BuildCx, Chain};
-use meshgate_xds::config::{Config, Responder, Route, RouteAction};
+use meshgate_filters::{AnyFilter, BuildCx};
+use meshgate_xds::config::Config;
 use tokio_rustls::TlsAcceptor;
 
-use crate::route_metrics::RouteMetrics;
+use crate::routing::RouteTable;
 use crate::upstream::Upstream;
 
 /// Where a config came from.
@@ -28,30 +28,18 @@ pub enum ConfigSource {
     Upgrade,
 }
 
-pub enum RouteTarget {
-    Respond(Responder),
-    Forward(Chain),
-}
-
-pub struct CompiledRoute {
-    pub route: Route,
-    pub target: RouteTarget,
-    pub metrics: Arc<RouteMetrics>,
-}
-
 pub struct Snapshot {
     pub version: String,
     pub source: ConfigSource,
     pub applied_at: SystemTime,
     pub config: Config,
-    pub routes: Vec<CompiledRoute>,
+    /// Inbound routes and egress destinations.
+    pub routes: RouteTable,
     pub upstream: Arc<Upstream>,
     pub tls: Option<TlsAcceptor>,
     pub error_codes: IndexMap<&'static str, u32>,
     /// False only for the built-in default before the first real config.
     pub loaded: bool,
-    /// Metrics of requests that matched no route.
-    pub unrouted_metrics: Arc<RouteMetrics>,
 }
 
 impl Snapshot {
@@ -80,27 +68,7 @@ impl Snapshot {
                 )
             })
             .collect();
-        let routes = config
-            .routes
-            .iter()
-            .map(|route| {
-                let target = match &route.action {
-                    RouteAction::Respond(r) => RouteTarget::Respond(r.clone()),
-                    RouteAction::Forward { filters } => RouteTarget::Forward(Chain::new(
-                        // Validation guarantees every name exists.
-                        filters
-                            .iter()
-                            .filter_map(|n| instances.get(n.as_str()).cloned())
-                            .collect(),
-                    )),
-                };
-                CompiledRoute {
-                    route: route.clone(),
-                    target,
-                    metrics: RouteMetrics::new(route.name.clone()),
-                }
-            })
-            .collect();
+        let routes = RouteTable::build(&config, &instances);
         Snapshot {
             version,
             source,
@@ -110,20 +78,7 @@ impl Snapshot {
             upstream,
             tls,
             loaded: true,
-            unrouted_metrics: RouteMetrics::new(Arc::from("-")),
             config,
         }
-    }
-
-    /// First route matching the request.
-    pub fn route(
-        &self,
-        method: &http::Method,
-        path: &str,
-        host: Option<&str>,
-    ) -> Option<&CompiledRoute> {
-        self.routes
-            .iter()
-            .find(|r| r.route.matcher.matches(method, path, host))
     }
 }

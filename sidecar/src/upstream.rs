@@ -173,9 +173,51 @@ pub struct Upstream {
     /// `host:port` (or `localhost` for unix sockets): the authority put on
     /// HTTP/2 request URIs.
     authority: http::uri::Authority,
-    /// The app settings this client was built from; a reload with the same
+    /// The settings this client was built from; a reload with equal
     /// settings reuses the client and its pool.
-    pub settings: (AppAddress, AppProtocol, Duration, usize, Duration),
+    pub settings: PoolSettings,
+}
+
+/// Everything a pool of connections to one upstream is built from. Two
+/// configs that give equal settings share the pool across a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub address: AppAddress,
+    pub protocol: AppProtocol,
+    pub connect_timeout: Duration,
+    /// Connections kept open beyond the ones in use.
+    pub max_idle: usize,
+    /// An idle connection older than this is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Idle connections an egress destination's pool keeps.
+const EGRESS_MAX_IDLE: usize = 64;
+/// How long an idle egress connection is kept.
+const EGRESS_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+impl PoolSettings {
+    /// The pool to the local app (`app:`).
+    pub fn app(app: &App) -> PoolSettings {
+        PoolSettings {
+            address: app.address.clone(),
+            protocol: app.protocol,
+            connect_timeout: app.connect_timeout,
+            max_idle: app.max_idle_connections,
+            idle_timeout: app.pool_idle_timeout,
+        }
+    }
+
+    /// The pool to an egress destination's upstream (`host:port`, HTTP/1.1).
+    pub fn egress(upstream: &str, connect_timeout: Duration) -> PoolSettings {
+        PoolSettings {
+            address: AppAddress::Tcp(upstream.to_string()),
+            protocol: AppProtocol::Http1,
+            connect_timeout,
+            max_idle: EGRESS_MAX_IDLE,
+            idle_timeout: EGRESS_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// Why a request did not get a response from the app.
@@ -212,8 +254,8 @@ impl SendError {
 }
 
 impl Upstream {
-    pub fn new(app: &App) -> Upstream {
-        let (target, authority) = match &app.address {
+    pub fn new(settings: PoolSettings) -> Upstream {
+        let (target, authority) = match &settings.address {
             AppAddress::Tcp(addr) => (Target::Tcp(addr.clone()), addr.as_str()),
             AppAddress::Unix(path) => (Target::Unix(path.clone()), "localhost"),
         };
@@ -224,17 +266,17 @@ impl Upstream {
         let pool = Arc::new(Pool {
             connector: AppConnector {
                 target,
-                connect_timeout: app.connect_timeout,
+                connect_timeout: settings.connect_timeout,
             },
-            protocol: app.protocol,
-            max_idle: app.max_idle_connections,
-            idle_timeout: app.pool_idle_timeout,
+            protocol: settings.protocol,
+            max_idle: settings.max_idle,
+            idle_timeout: settings.idle_timeout,
             http1: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
             waiting: AtomicUsize::new(0),
             returned: Notify::new(),
         });
-        if app.protocol == AppProtocol::Http1 {
+        if settings.protocol == AppProtocol::Http1 {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(reap_idle(Arc::downgrade(&pool)));
             }
@@ -242,18 +284,8 @@ impl Upstream {
         Upstream {
             pool,
             authority,
-            settings: Self::settings_of(app),
+            settings,
         }
-    }
-
-    pub fn settings_of(app: &App) -> (AppAddress, AppProtocol, Duration, usize, Duration) {
-        (
-            app.address.clone(),
-            app.protocol,
-            app.connect_timeout,
-            app.max_idle_connections,
-            app.pool_idle_timeout,
-        )
     }
 
     /// The request URI for `path_and_query` on the app.

@@ -193,11 +193,13 @@ fn connect_timeout_is_504() {
     let port = listener.local_addr().expect("addr").port();
     let sidecar = Sidecar::start(&config(&format!("127.0.0.1:{port}"), ""));
     let rsp = get(&sidecar.url("/x")).expect("response");
-    assert!(
-        rsp.status == 504 || rsp.status == 502,
-        "status {}",
-        rsp.status
+    let body = rsp.json();
+    assert_eq!(
+        (rsp.status, body["error"].as_str()),
+        (504, Some("upstream_timeout")),
+        "{body}"
     );
+    assert_eq!(body["message"], "connecting to the app timed out");
     drop(listener);
 }
 

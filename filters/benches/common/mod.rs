@@ -104,5 +104,5 @@ pub fn signed_request(specs: &BTreeMap<String, FilterSpec>) -> http::request::Pa
 
 /// A fresh per-request context, as the sidecar makes one per request.
 pub fn context(route: &std::sync::Arc<str>) -> RequestCtx {
-    RequestCtx::new("req-1".into(), route.clone(), [127, 0, 0, 1].into(), false)
+    RequestCtx::new(route.clone(), [127, 0, 0, 1].into(), false)
 }

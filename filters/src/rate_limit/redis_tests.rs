@@ -64,12 +64,7 @@ fn sidecar(redis: &Redis, state: &State, limit: u64) -> RateLimitFilter {
 async fn admits(f: &RateLimitFilter) -> bool {
     let (mut head, ()) = http::Request::new(()).into_parts();
     let mut body = Body::Empty;
-    let mut cx = RequestCtx::new(
-        "r".into(),
-        Arc::from("route-a"),
-        [10, 0, 0, 1].into(),
-        false,
-    );
+    let mut cx = RequestCtx::new(Arc::from("route-a"), [10, 0, 0, 1].into(), false);
     matches!(
         f.on_request(&mut RequestView::new(&mut head, &mut body, 0), &mut cx)
             .await,

@@ -40,12 +40,7 @@ async fn run(f: &RateLimitFilter, r: &Req) -> (Verdict, RequestCtx) {
     }
     let (mut head, ()) = builder.body(()).expect("request").into_parts();
     let mut body = Body::Empty;
-    let mut cx = RequestCtx::new(
-        "r".into(),
-        Arc::from("route-a"),
-        [10, 0, 0, 1].into(),
-        false,
-    );
+    let mut cx = RequestCtx::new(Arc::from("route-a"), [10, 0, 0, 1].into(), false);
     cx.client_id = r.client_id.map(str::to_string);
     let v = f
         .on_request(&mut RequestView::new(&mut head, &mut body, 1024), &mut cx)
@@ -388,12 +383,7 @@ async fn run_with_identity(
     }
     let (mut head, ()) = builder.body(()).expect("request").into_parts();
     let mut body = Body::Empty;
-    let mut cx = RequestCtx::new(
-        "r".into(),
-        Arc::from("route-a"),
-        [10, 0, 0, 1].into(),
-        false,
-    );
+    let mut cx = RequestCtx::new(Arc::from("route-a"), [10, 0, 0, 1].into(), false);
     if let Some(t) = tenant {
         cx.set_upstream_header(
             http::HeaderName::from_static("x-meshgate-tenant"),

@@ -117,7 +117,7 @@ fn build(spec: &SessionSpec, state: &State) -> SessionFilter {
 }
 
 fn ctx() -> RequestCtx {
-    RequestCtx::new("r".into(), Arc::from("route"), [127, 0, 0, 1].into(), false)
+    RequestCtx::new(Arc::from("route"), [127, 0, 0, 1].into(), false)
 }
 
 async fn run(

@@ -11,7 +11,7 @@
 //!       components: ["@method", "@authority", "@path", "@query", "content-digest"]
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,8 @@ pub struct EgressSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationSpec {
-    /// Host the app calls (the `Host` header, without port).
+    /// Host the app calls (the `Host` header, without port; an IPv6
+    /// literal with or without brackets).
     pub host: String,
     /// `host:port` the signed request is sent to (usually the destination
     /// pod's sidecar inbound).
@@ -119,8 +120,10 @@ impl EgressSpec {
         let mut hosts = std::collections::HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let dpath = format!("{path}.destinations[{i}]");
-            let host = d.host.trim().to_ascii_lowercase();
-            if host.is_empty() || host.contains([':', '/', ' ']) {
+            let host = destination_host(&d.host);
+            if host.is_empty()
+                || (host.contains([':', '/', ' ']) && host.parse::<Ipv6Addr>().is_err())
+            {
                 errors.push(format!("{dpath}.host"), "expected a host name without port");
             } else if !hosts.insert(host.clone()) {
                 errors.push(format!("{dpath}.host"), format!("{host} is listed twice"));
@@ -173,11 +176,13 @@ impl EgressSpec {
     }
 }
 
-impl EgressConfig {
-    /// The destination for a request's host (port ignored).
-    pub fn destination(&self, host: &str) -> Option<&Destination> {
-        let host = host.to_ascii_lowercase();
-        self.destinations.iter().find(|d| d.host == host)
+/// A destination host as requests are matched against it: lowercase, an
+/// IPv6 literal without its brackets (`[::1]` and `::1` name the same host).
+fn destination_host(raw: &str) -> String {
+    let host = raw.trim().to_ascii_lowercase();
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) if v6.parse::<Ipv6Addr>().is_ok() => v6.to_string(),
+        _ => host,
     }
 }
 
@@ -220,8 +225,10 @@ mod tests {
             .validate("egress", &ValidateCx::control_plane())
             .expect("valid");
         assert_eq!(config.listen.to_string(), "127.0.0.1:15001");
-        assert!(config.destination("Wallet.Internal").is_some());
-        assert!(config.destination("other").is_none());
+        assert_eq!(config.destinations[0].host, "wallet.internal");
+        assert_eq!(destination_host("[::1]"), "::1");
+        assert_eq!(destination_host("::1"), "::1");
+        assert_eq!(destination_host(" Wallet.Internal "), "wallet.internal");
     }
 
     #[test]

@@ -417,7 +417,7 @@ async fn run_with(
     mut head: http::request::Parts,
     mut body: Body,
 ) -> (Result<(), Rejection>, RequestCtx, http::request::Parts) {
-    let mut cx = RequestCtx::new("r".into(), Arc::from("route"), [127, 0, 0, 1].into(), false);
+    let mut cx = RequestCtx::new(Arc::from("route"), [127, 0, 0, 1].into(), false);
     let v = f
         .on_request(&mut RequestView::new(&mut head, &mut body, 1024), &mut cx)
         .await;
@@ -870,7 +870,7 @@ async fn response_is_signed_and_bound_to_the_request() {
     let req = signed_request(&s, b"x", now());
     let original = req.clone();
     let mut body = Body::full(Bytes::from_static(b"x"));
-    let mut cx = RequestCtx::new("r".into(), Arc::from("route"), [127, 0, 0, 1].into(), false);
+    let mut cx = RequestCtx::new(Arc::from("route"), [127, 0, 0, 1].into(), false);
     let mut head = req;
     assert!(matches!(
         f.on_request(&mut RequestView::new(&mut head, &mut body, 1024), &mut cx)

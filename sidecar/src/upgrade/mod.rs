@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::config_store::ConfigStore;
 use crate::drain::Drain;
+use crate::phase::{Phase, ProcessPhase};
 use protocol::{ListenerInfo, Message, PROTOCOL_VERSION};
 
 /// How long the old process waits for each step of the new one (building the
@@ -35,26 +36,6 @@ use protocol::{ListenerInfo, Message, PROTOCOL_VERSION};
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the new process waits for the old one to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Phases shown on `/ready` and as the `meshgate_phase` gauge.
-pub const SERVING: &str = "serving";
-pub const HANDING_OVER: &str = "handing_over";
-pub const DRAINING: &str = "draining";
-pub const TAKING_OVER: &str = "taking_over";
-
-/// Sets the process phase, its metric and a log line.
-pub fn set_phase(phase: &Mutex<String>, new: &'static str) {
-    let mut current = phase.lock().unwrap_or_else(|e| e.into_inner());
-    if *current == new {
-        return;
-    }
-    if !current.is_empty() {
-        metrics::gauge!("meshgate_phase", "phase" => current.clone()).set(0.0);
-    }
-    metrics::gauge!("meshgate_phase", "phase" => new).set(1.0);
-    tracing::info!(phase = new, previous = %current, "phase changed");
-    *current = new.to_string();
-}
 
 /// A listening socket this process serves and hands over at upgrade.
 pub struct OwnListener {
@@ -67,7 +48,7 @@ pub struct OwnListener {
 pub struct Outgoing {
     pub store: Arc<ConfigStore>,
     pub listeners: Vec<OwnListener>,
-    pub phase: Arc<Mutex<String>>,
+    pub phase: Arc<ProcessPhase>,
     pub drain: Drain,
     /// Set once handed over: the admin and health accept loops stop.
     pub stop_admin: watch::Sender<bool>,
@@ -164,7 +145,7 @@ pub async fn serve(listener: UnixListener, path: PathBuf, outgoing: Outgoing) ->
             Err(e) => {
                 metrics::counter!("meshgate_upgrades_total", "result" => "failed").increment(1);
                 tracing::warn!(error = %e, "upgrade failed; this process keeps serving");
-                set_phase(&outgoing.phase, SERVING);
+                outgoing.phase.set(Phase::Serving);
             }
         }
     }
@@ -200,7 +181,7 @@ async fn hand_over(mut stream: UnixStream, path: &Path, out: &Outgoing) -> anyho
         anyhow::bail!(reason);
     }
     tracing::info!(new_pid = pid, "a new process asks to take over");
-    set_phase(&out.phase, HANDING_OVER);
+    out.phase.set(Phase::HandingOver);
 
     let config = Box::new(ConfigSpec::clone(&out.store.load().config.spec));
     let listeners = out
@@ -234,7 +215,7 @@ async fn hand_over(mut stream: UnixStream, path: &Path, out: &Outgoing) -> anyho
 
     step(protocol::expect(&mut stream, "complete"), "complete").await?;
     // The new process accepts on the same sockets: stop accepting here.
-    set_phase(&out.phase, DRAINING);
+    out.phase.set(Phase::Draining);
     out.stop_admin.send_replace(true);
     // The new process binds the path after `released`.
     if let Err(e) = std::fs::remove_file(path) {
@@ -534,7 +515,8 @@ mod tests {
         let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
         let addr = listener.local_addr().expect("addr");
         let drain = Drain::new();
-        let phase = Arc::new(Mutex::new(SERVING.to_string()));
+        let phase = Arc::new(ProcessPhase::default());
+        phase.set(Phase::Serving);
         let stop_admin = watch::channel(false).0;
         let outgoing = Outgoing {
             store,
@@ -558,7 +540,7 @@ mod tests {
             .expect("connect")
             .expect("an old process");
         assert_eq!(takeover.old_pid, std::process::id());
-        assert_eq!(*phase.lock().expect("lock"), HANDING_OVER);
+        assert_eq!(phase.get(), Phase::HandingOver);
         let taken = takeover
             .take_listener(addr)
             .expect("listener for the address");
@@ -573,7 +555,7 @@ mod tests {
         assert!(server.await.expect("server task"), "handed over");
 
         assert!(drain.is_draining());
-        assert_eq!(*phase.lock().expect("lock"), DRAINING);
+        assert_eq!(phase.get(), Phase::Draining);
         assert!(*stop_admin.borrow());
         assert!(!path.exists(), "the new process binds the path next");
         // Filters built after the import find their state.

@@ -121,32 +121,6 @@ pub struct MatchRule {
     pub host: Option<String>,
 }
 
-impl MatchRule {
-    /// Whether a request matches. `host` is the authority without port.
-    pub fn matches(&self, method: &Method, path: &str, host: Option<&str>) -> bool {
-        let path_ok = match &self.path {
-            PathMatch::Any => true,
-            PathMatch::Exact(p) => path == p,
-            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-        };
-        if !path_ok || (!self.methods.is_empty() && !self.methods.contains(method)) {
-            return false;
-        }
-        match (&self.host, host) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(want), Some(got)) => match want.strip_prefix("*.") {
-                Some(suffix) => {
-                    got.len() > suffix.len() + 1
-                        && got[got.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                        && got.as_bytes()[got.len() - suffix.len() - 1] == b'.'
-                }
-                None => want.eq_ignore_ascii_case(got),
-            },
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub enum RouteAction {
     /// Run these filter instances, then forward to the app.
@@ -766,17 +740,5 @@ routes:
                 "routes[2].match.path_prefix: can never match: the path has a ';' parameter (inbound.path_normalization)",
             ]
         );
-    }
-
-    #[test]
-    fn host_matching() {
-        let rule = MatchRule {
-            path: PathMatch::Any,
-            methods: vec![],
-            host: Some("*.example.com".into()),
-        };
-        assert!(rule.matches(&Method::GET, "/", Some("api.example.com")));
-        assert!(!rule.matches(&Method::GET, "/", Some("example.com")));
-        assert!(!rule.matches(&Method::GET, "/", Some("evilexample.com")));
     }
 }
