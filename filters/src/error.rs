@@ -94,8 +94,9 @@ pub struct Rejection {
     pub reason: &'static str,
     /// Human-readable detail. Never contains secrets or raw credentials.
     pub message: Cow<'static, str>,
-    /// Extra headers for the answer (for example `Retry-After`).
-    pub headers: HeaderMap,
+    /// Extra headers for the answer (for example `Retry-After`). Boxed so
+    /// that a `Result<_, Rejection>` stays small on the path that continues.
+    pub headers: Box<HeaderMap>,
 }
 
 impl Rejection {
@@ -112,7 +113,7 @@ impl Rejection {
             status,
             reason,
             message: message.into(),
-            headers: HeaderMap::new(),
+            headers: Box::default(),
         }
     }
 

@@ -34,12 +34,7 @@ impl TestRequest {
         TestRequest {
             head,
             body: Body::Empty,
-            cx: RequestCtx::new(
-                "test".into(),
-                Arc::from("route-a"),
-                [10, 0, 0, 1].into(),
-                false,
-            ),
+            cx: RequestCtx::new(Arc::from("route-a"), [10, 0, 0, 1].into(), false),
             max_body: 1024 * 1024,
         }
     }

@@ -171,8 +171,12 @@ egress:
     - host: wallet.internal
       upstream: "127.0.0.1:{}"
       key: {{ id: app-1, alg: hmac-sha256, secret_base64: "{SECRET}" }}
+    - host: "[::1]"
+      upstream: "127.0.0.1:{}"
+      key: {{ id: app-1, alg: hmac-sha256, secret_base64: "{SECRET}" }}
 "#,
         app.addr(),
+        b.inbound_port,
         b.inbound_port
     );
     let _a = Sidecar::start(&a_yaml);
@@ -185,16 +189,25 @@ egress:
     assert_eq!(echo["headers"]["host"], "wallet.internal");
     assert_eq!(echo["path"], "/balance?user=7");
     assert_eq!(echo["body_len"], 7);
-    // unknown destination host
+    // an IPv6 literal with a port is one host, not cut at its first colon
+    let v6 = vec![("host".to_string(), "[::1]:80".to_string())];
+    let rsp = send_request("GET", &egress_url, &v6, "");
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let echo = rsp.json();
+    assert_eq!(echo["headers"]["x-meshgate-client-id"], "app-1");
+    assert_eq!(echo["headers"]["host"], "[::1]");
+    let v6_other = vec![("host".to_string(), "[::2]:80".to_string())];
+    let rsp = send_request("GET", &egress_url, &v6_other, "");
+    assert_error(&rsp, 404, "route_not_found");
+    let message = rsp.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("\"::2\""), "{}", rsp.text());
+    // unknown destination host: the same rejection shape as inbound (request id too)
     let other = vec![("host".to_string(), "elsewhere.internal".to_string())];
     let rsp = send_request("GET", &egress_url, &other, "");
-    // Not `assert_error`: egress rejections carry no `x-request-id` header yet.
-    assert_eq!(
-        (rsp.status, rsp.error().as_str()),
-        (404, "route_not_found"),
-        "{}",
-        rsp.text()
-    );
+    assert_error(&rsp, 404, "route_not_found");
 
     // rotate B's key by rewriting its config: the new secret is accepted and
     // the old one refused, without a restart

@@ -556,12 +556,7 @@ fn keys_are_built_from_their_descriptors() {
         }
         let (mut head, ()) = builder.body(()).expect("request").into_parts();
         let mut body = Body::Empty;
-        let mut cx = RequestCtx::new(
-            "r".into(),
-            Arc::from("route-a"),
-            [10, 0, 0, 1].into(),
-            false,
-        );
+        let mut cx = RequestCtx::new(Arc::from("route-a"), [10, 0, 0, 1].into(), false);
         cx.client_id = c.client_id.map(str::to_string);
         cx.user = c.user.map(str::to_string);
         if let Some(t) = c.tenant_identity {
