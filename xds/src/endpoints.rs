@@ -233,12 +233,9 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Resolves every URL now (names through the system resolver, bounded in
 /// time); a failed lookup is logged and the other URLs still count.
 pub async fn resolve(urls: &[XdsUrl]) -> Vec<Target> {
+    // One entry per name, in order: what `targets` asks for.
     let mut found = Vec::with_capacity(urls.len());
-    for url in urls {
-        if url.literal().is_some() {
-            found.push(Vec::new());
-            continue;
-        }
+    for url in urls.iter().filter(|u| u.literal().is_none()) {
         let lookup = tokio::net::lookup_host((url.host.as_str(), url.port));
         let addrs = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
             Ok(Ok(addrs)) => addrs.collect(),
@@ -348,6 +345,30 @@ mod tests {
         assert!(
             errors[0].contains("\"https://b:1\"") && errors[0].contains("--xds-ca"),
             "{errors:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn resolving_keeps_literals_and_looks_up_names() {
+        let urls = parse_list(
+            "http://127.0.0.1:1,http://localhost:2,http://[::1]:3",
+            false,
+        )
+        .expect("valid");
+        let found = resolve(&urls).await;
+        let localhost: Vec<&Target> = found.iter().filter(|t| t.url == 1).collect();
+        assert!(!localhost.is_empty(), "{found:?}");
+        assert!(localhost
+            .iter()
+            .all(|t| t.addr.ip().is_loopback() && t.addr.port() == 2));
+        assert!(localhost.iter().all(|t| t.resolved));
+        assert_eq!(
+            found.first().map(Target::name).as_deref(),
+            Some("http://127.0.0.1:1")
+        );
+        assert_eq!(
+            found.last().map(Target::name).as_deref(),
+            Some("http://[::1]:3")
         );
     }
 
