@@ -197,6 +197,14 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// The replica that sent the running config (`/config_dump`'s source).
+    fn source(&self) -> String {
+        self.sidecar.config_dump()["source"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     fn wait_version(&self, version: &str) {
         let ok = wait_until(Duration::from_secs(20), || {
             self.sidecar.version() == version
@@ -359,4 +367,57 @@ fn a_replica_cut_off_from_etcd_refuses_writes_and_keeps_serving() {
     assert_eq!(a.history(), ["v1", "v2"]);
     node.wait_version("v2");
     assert_eq!(node.which(), "two");
+}
+
+#[test]
+fn killing_the_replica_a_sidecar_is_on_makes_it_fail_over_and_the_next_push_arrives() {
+    let etcd = EtcdCluster::start(3);
+    let files = Files::new();
+    let mut replicas = vec![
+        Replica::start(&etcd, &files, "a", true),
+        Replica::start(&etcd, &files, "b", true),
+    ];
+    let both = format!("{},{}", replicas[0].xds_url(), replicas[1].xds_url());
+    let node = start_node(&files, &both, "node-1");
+    assert_eq!(replicas[0].push("one"), "v1");
+    node.wait_version("v1");
+    let on = replicas
+        .iter()
+        .position(|r| node.source().starts_with(&r.xds_url()))
+        .unwrap_or_else(|| panic!("config from neither replica: {}", node.source()));
+    let other = 1 - on;
+
+    replicas[on].proc.kill();
+    // The other replica sees the sidecar arrive, already running v1.
+    let moved = wait_until(Duration::from_secs(20), || {
+        replicas[other]
+            .status()
+            .iter()
+            .any(|s| s["node_id"] == "node-1" && s["last_acked_version"] == "v1")
+    });
+    assert!(
+        moved,
+        "sidecar did not reach the other replica: {:?}\n{}",
+        replicas[other].status(),
+        node.sidecar.proc.output()
+    );
+    assert_eq!(replicas[other].push("two"), "v2");
+    node.wait_version("v2");
+    assert_eq!(node.which(), "two");
+    assert!(
+        node.source().starts_with(&replicas[other].xds_url()),
+        "{}",
+        node.source()
+    );
+    // Listed once, as its newest stream (the killed replica's key lives on
+    // until its lease expires).
+    let listed_once = wait_until(Duration::from_secs(15), || {
+        replicas[other]
+            .status()
+            .iter()
+            .filter(|s| s["node_id"] == "node-1")
+            .count()
+            == 1
+    });
+    assert!(listed_once, "{:?}", replicas[other].status());
 }
