@@ -338,6 +338,17 @@ impl EtcdStore {
             .collect())
     }
 
+    /// Deletes every key under `meshgate/` (the benchmark starts empty).
+    pub async fn delete_all(&self) -> Result<(), StoreError> {
+        self.client
+            .delete(DeleteRangeRequest {
+                key: ROOT.as_bytes().to_vec(),
+                range_end: prefix_end(ROOT.as_bytes()),
+                ..Default::default()
+            })
+            .await
+    }
+
     // ---- xDS credential bindings
 
     /// The stored xDS token table (the `--xds-tokens` file's text), if any.
