@@ -16,6 +16,9 @@ use crate::{lock, ControlPlane};
 const RETRY: Duration = Duration::from_millis(500);
 /// How long status changes are gathered before they are written.
 const PUBLISH_BATCH: Duration = Duration::from_millis(50);
+/// A sidecar status larger than this (a huge node id or labels) is kept
+/// local: it would make etcd refuse the whole batch.
+const MAX_STATUS_BYTES: usize = 32 * 1024;
 
 impl ControlPlane {
     /// Applies every change etcd reports under `services/` from `revision`
@@ -123,6 +126,8 @@ impl ControlPlane {
                 let alive = lease != 0
                     && match store.client().lease_keep_alive(lease).await {
                         Ok(ttl) => ttl > 0,
+                        // The lease is unknown to etcd: grant a new one.
+                        Err(StoreError::Rejected(_)) => false,
                         Err(e) => {
                             tracing::debug!(error = %e, "lease keep-alive failed");
                             self.sidecars_changed.notify_one();
@@ -147,14 +152,19 @@ impl ControlPlane {
             let changes: Vec<(String, Option<Vec<u8>>)> = {
                 let sidecars = lock(&self.sidecars);
                 let mut changes: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-                let value =
-                    |node: &str| sidecars.get(node).and_then(|s| serde_json::to_vec(s).ok());
+                let value = |node: &str| {
+                    sidecars
+                        .get(node)
+                        .and_then(|s| serde_json::to_vec(s).ok())
+                        .filter(|v| v.len() <= MAX_STATUS_BYTES)
+                };
+                let fits = |node: &str| node.len() <= MAX_STATUS_BYTES;
                 if rewrite_all {
-                    for node in sidecars.keys() {
+                    for node in sidecars.keys().filter(|n| fits(n)) {
                         changes.insert(sidecar_key(&self.replica, node), value(node));
                     }
                 }
-                for node in &dirty {
+                for node in dirty.iter().filter(|n| fits(n)) {
                     changes.insert(sidecar_key(&self.replica, node), value(node));
                 }
                 changes.into_iter().collect()
@@ -163,6 +173,14 @@ impl ControlPlane {
                 continue;
             }
             if let Err(e) = store.write_sidecars(lease, changes).await {
+                if let StoreError::Rejected(_) = e {
+                    // Most likely the lease expired while etcd was away: a new
+                    // lease and a full rewrite follow. The batch itself is not
+                    // retried, as the same batch could be refused again.
+                    tracing::warn!(error = %e, "etcd refused sidecar status; rewriting under a new lease");
+                    lease = 0;
+                    continue;
+                }
                 tracing::debug!(error = %e, "publishing sidecar status failed; retrying");
                 lock(&self.dirty_sidecars).extend(dirty);
                 self.sidecars_changed.notify_one();

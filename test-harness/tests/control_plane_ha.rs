@@ -421,3 +421,71 @@ fn killing_the_replica_a_sidecar_is_on_makes_it_fail_over_and_the_next_push_arri
     });
     assert!(listed_once, "{:?}", replicas[other].status());
 }
+
+/// Opens an ADS stream with `node_id` (a raw client: the sidecar's command
+/// line cannot carry megabytes) and keeps it open until the runtime ends.
+fn raw_stream(runtime: &tokio::runtime::Runtime, xds: &str, node_id: String) {
+    use meshgate_xds::pb::{AggregatedDiscoveryServiceClient, DiscoveryRequest, Node};
+    let xds = xds.to_string();
+    runtime.spawn(async move {
+        let channel = tonic::transport::Endpoint::from_shared(xds)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(DiscoveryRequest {
+            node: Some(Node {
+                id: node_id,
+                cluster: "orders".into(),
+                ..Default::default()
+            }),
+            resource_names: vec!["orders".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("queue");
+        let outbound =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
+        let mut request = tonic::Request::new(outbound);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {XDS_TOKEN}").parse().expect("ascii"),
+        );
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_encoding_message_size(8 * 1024 * 1024);
+        let mut inbound = client
+            .stream_aggregated_resources(request)
+            .await
+            .expect("stream")
+            .into_inner();
+        while let Ok(Some(_)) = inbound.message().await {}
+        drop(tx);
+    });
+}
+
+#[test]
+fn an_oversized_node_id_does_not_stop_status_publication() {
+    let etcd = EtcdCluster::start(1);
+    let files = Files::new();
+    let a = Replica::start(&etcd, &files, "a", true);
+    let b = Replica::start(&etcd, &files, "b", false);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // 2 MiB of node id: more than etcd accepts in one request (1.5 MiB).
+    raw_stream(&runtime, &a.xds_url(), "x".repeat(2 << 20));
+    let listed = wait_until(Duration::from_secs(10), || a.node_ids().len() == 1);
+    assert!(
+        listed,
+        "the raw stream was not registered: {:?}",
+        a.node_ids().len()
+    );
+    let normal = start_node(&files, &a.xds_url(), "node-normal");
+    assert_eq!(a.push("one"), "v1");
+    normal.wait_version("v1");
+    // The other replica still learns of the normal sidecar.
+    wait_listed(&b, &["node-normal"]);
+    assert_eq!(a.node_ids().len(), 2, "the replica itself lists both");
+}

@@ -38,6 +38,10 @@ pub enum StoreError {
     /// etcd could not be reached or did not answer in time.
     #[error("etcd is unavailable: {0}")]
     Unavailable(String),
+    /// etcd refused the request itself (too large, invalid): retrying it
+    /// elsewhere would not help.
+    #[error("etcd refused the request: {0}")]
+    Rejected(String),
     /// etcd answered with something this control plane did not write.
     #[error("etcd key {key}: {detail}")]
     CorruptKey { key: String, detail: String },

@@ -114,7 +114,13 @@ impl EtcdClient {
                     return Ok(value);
                 }
                 Err(status) if retry_elsewhere(&status) => last = Some(unavailable(url, &status)),
-                Err(status) => return Err(unavailable(url, &status)),
+                Err(status) => {
+                    return Err(StoreError::Rejected(format!(
+                        "{url}: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    )))
+                }
             }
         }
         Err(last.unwrap_or_else(|| StoreError::Unavailable("no etcd endpoint".into())))
