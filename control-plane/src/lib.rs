@@ -586,7 +586,7 @@ impl ControlPlane {
                         etcd_store::apply_service_key(
                             history,
                             service,
-                            ServiceKey::Version(record.clone()),
+                            ServiceKey::Version(Box::new(record.clone())),
                         )
                         .map_err(ApiError::store)?;
                     }

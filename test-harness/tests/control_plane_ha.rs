@@ -373,7 +373,7 @@ fn a_replica_cut_off_from_etcd_refuses_writes_and_keeps_serving() {
 fn killing_the_replica_a_sidecar_is_on_makes_it_fail_over_and_the_next_push_arrives() {
     let etcd = EtcdCluster::start(3);
     let files = Files::new();
-    let mut replicas = vec![
+    let mut replicas = [
         Replica::start(&etcd, &files, "a", true),
         Replica::start(&etcd, &files, "b", true),
     ];

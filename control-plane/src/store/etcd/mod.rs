@@ -55,7 +55,7 @@ pub enum Commit {
 /// A change to one key under `services/`, from a load or a watch event.
 #[derive(Debug)]
 pub enum ServiceKey {
-    Version(VersionRecord),
+    Version(Box<VersionRecord>),
     State { rollout: Rollout, revision: i64 },
 }
 
@@ -121,7 +121,10 @@ pub fn parse_service_key(
         [service, "versions", _] => {
             let record: VersionRecord =
                 serde_json::from_slice(value).map_err(|e| corrupt(key, e))?;
-            Ok(Some((service.to_string(), ServiceKey::Version(record))))
+            Ok(Some((
+                service.to_string(),
+                ServiceKey::Version(Box::new(record)),
+            )))
         }
         _ => Ok(None),
     }
@@ -143,7 +146,7 @@ pub fn apply_service_key(
             {
                 return Ok(false);
             }
-            let version = stored(service, record)?;
+            let version = stored(service, *record)?;
             let at = history
                 .versions
                 .partition_point(|v| v.record.number < version.record.number);
