@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 apt_packages=(
   "redis-server:redis-server"
   "redis-cli:redis-tools"
+  "etcd:etcd-server"
+  "etcdctl:etcd-client"
   "node:nodejs"
   "javac:default-jdk-headless"
   "gcc:gcc"

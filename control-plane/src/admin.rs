@@ -201,7 +201,7 @@ async fn route(
         (&Method::GET, ["v1", "services"]) => Ok(json(StatusCode::OK, &cp.services())),
         (&Method::GET, ["v1", "status"]) => {
             let service = query_param(&req, "service");
-            Ok(json(StatusCode::OK, &cp.status(service.as_deref())))
+            Ok(json(StatusCode::OK, &cp.status(service.as_deref()).await?))
         }
         (&Method::PUT, ["v1", "services", service, "config"]) => {
             let service = service.to_string();
@@ -225,7 +225,7 @@ async fn route(
                 parse_json(text)
             }
             .map_err(ApiError::invalid_config)?;
-            let result = cp.push(&service, spec, selector)?;
+            let result = cp.push(&service, spec, selector).await?;
             Ok(json(StatusCode::OK, &result))
         }
         (&Method::GET, ["v1", "services", service, "history"]) => {
@@ -250,13 +250,13 @@ async fn route(
         (&Method::POST, ["v1", "services", service, "rollback"]) => {
             let to = query_param(&req, "to")
                 .ok_or_else(|| ApiError::bad_request("missing ?to=VERSION"))?;
-            Ok(json(StatusCode::OK, &cp.rollback(service, &to)?))
+            Ok(json(StatusCode::OK, &cp.rollback(service, &to).await?))
         }
         (&Method::POST, ["v1", "services", service, "promote"]) => {
-            Ok(json(StatusCode::OK, &cp.promote(service)?))
+            Ok(json(StatusCode::OK, &cp.promote(service).await?))
         }
         (&Method::POST, ["v1", "services", service, "abort"]) => {
-            Ok(json(StatusCode::OK, &cp.abort(service)?))
+            Ok(json(StatusCode::OK, &cp.abort(service).await?))
         }
         _ => Err(ApiError::not_found(format!("no route {method} {path}"))),
     }

@@ -10,6 +10,10 @@ pub struct ApiError {
     #[serde(skip)]
     pub status: u16,
     pub error: String,
+    /// A stable name for errors a client may act on (`store_unavailable`,
+    /// `write_conflict`, `store_error`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldError>,
 }
@@ -19,6 +23,7 @@ impl ApiError {
         ApiError {
             status,
             error: error.into(),
+            code: None,
             fields: vec![],
         }
     }
@@ -38,13 +43,32 @@ impl ApiError {
         Self::new(500, msg)
     }
     pub fn store(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store write failed");
-        Self::new(500, format!("store: {e}"))
+        tracing::error!(error = %e, "store operation failed");
+        let (status, code, message) = match e {
+            StoreError::Unavailable(_) => (
+                503,
+                "store_unavailable",
+                format!("{e}: changes are refused until it answers; sidecars keep the versions they have"),
+            ),
+            _ => (500, "store_error", format!("store: {e}")),
+        };
+        ApiError {
+            code: Some(code),
+            ..Self::new(status, message)
+        }
+    }
+    /// Concurrent writes kept winning over this one.
+    pub fn write_conflict(msg: impl Into<String>) -> Self {
+        ApiError {
+            code: Some("write_conflict"),
+            ..Self::new(409, msg)
+        }
     }
     pub fn invalid_config(errors: FieldErrors) -> Self {
         ApiError {
             status: 400,
             error: format!("invalid config: {errors}"),
+            code: None,
             fields: errors.0,
         }
     }

@@ -27,6 +27,14 @@ struct Args {
     pushes: usize,
     #[arg(long, default_value = "load")]
     service: String,
+    /// Run the control planes on this etcd (etcd://HOST:PORT,...) instead of
+    /// a temporary data dir; its `meshgate/` keys are deleted first.
+    #[arg(long)]
+    store: Option<String>,
+    /// Control-plane replicas (needs --store); streams are spread over them
+    /// round-robin and pushes go through the first.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 type Acks = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
@@ -35,6 +43,11 @@ type Acks = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
 const XDS_TOKEN: &str = "cp-load-xds-token-0123456789";
 
 struct Cp(Child);
+impl Cp {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 impl Drop for Cp {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -116,44 +129,66 @@ async fn run(args: Args) -> anyhow::Result<()> {
         serde_json::json!({ "tokens": [{ "token": XDS_TOKEN, "services": [args.service] }] })
             .to_string(),
     )?;
-    let child = Command::new(&cp_bin)
-        .args(["serve", "--data-dir"])
-        .arg(&data_dir)
-        .arg("--xds-tokens")
-        .arg(&tokens_file)
-        .args([
-            "--grpc",
-            &format!("127.0.0.1:{grpc}"),
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-            "--token",
-            "load",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", cp_bin.display()))?;
-    let cp = Cp(child);
-    let pid = cp.0.id();
-    let admin_url = format!("http://127.0.0.1:{admin}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http("GET", &format!("{admin_url}/healthz"), "")
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(Instant::now() < deadline, "control plane did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    anyhow::ensure!(args.replicas >= 1, "--replicas must be at least 1");
+    anyhow::ensure!(
+        args.replicas == 1 || args.store.is_some(),
+        "several replicas need a shared --store etcd://..."
+    );
+    if let Some(url) = &args.store {
+        clear_etcd(url).await?;
     }
-    let (rss_idle, _) = rss_kib(pid);
+    let mut cps = Vec::new();
+    let mut grpc_urls = Vec::new();
+    let mut admin_urls = Vec::new();
+    for i in 0..args.replicas {
+        let (grpc, admin) = if i == 0 {
+            (grpc, admin)
+        } else {
+            (free_port()?, free_port()?)
+        };
+        let mut command = Command::new(&cp_bin);
+        command.arg("serve");
+        match &args.store {
+            Some(url) => command.args(["--store", url]),
+            None => command.arg("--data-dir").arg(&data_dir),
+        };
+        let child = command
+            .arg("--xds-tokens")
+            .arg(&tokens_file)
+            .args([
+                "--grpc",
+                &format!("127.0.0.1:{grpc}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+                "--token",
+                "load",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", cp_bin.display()))?;
+        cps.push(Cp(child));
+        grpc_urls.push(format!("http://127.0.0.1:{grpc}"));
+        admin_urls.push(format!("http://127.0.0.1:{admin}"));
+    }
+    let admin_url = admin_urls[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for url in &admin_urls {
+        while http("GET", &format!("{url}/healthz"), "").await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "control plane did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let rss = |cps: &[Cp]| -> Vec<u64> { cps.iter().map(|cp| rss_kib(cp.pid()).0).collect() };
+    let rss_idle = rss(&cps);
 
     let acks: Acks = Arc::default();
     // Streams end with errors when the control plane is stopped at the end; not worth reporting then.
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let url = format!("http://127.0.0.1:{grpc}");
     let connect_started = Instant::now();
     for i in 0..args.streams {
         let acks = acks.clone();
-        let url = url.clone();
+        let url = grpc_urls[i % grpc_urls.len()].clone();
         let service = args.service.clone();
         let finished = finished.clone();
         tokio::spawn(async move {
@@ -185,7 +220,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.streams,
         connect_started.elapsed()
     );
-    let (rss_connected, _) = rss_kib(pid);
+    let rss_connected = rss(&cps);
 
     let mut latencies: Vec<Duration> = Vec::new();
     for push in 0..args.pushes {
@@ -233,22 +268,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
         latencies.get(idx).copied().unwrap_or_default()
     };
-    let (rss_end, hwm) = rss_kib(pid);
+    let rss_end = rss(&cps);
+    let peaks: Vec<u64> = cps.iter().map(|cp| rss_kib(cp.pid()).1).collect();
     println!(
-        "streams={} pushes={} push-to-ACK p50={:?} p99={:?} max={:?}",
+        "streams={} pushes={} replicas={} store={} push-to-ACK p50={:?} p99={:?} max={:?}",
         args.streams,
         args.pushes,
+        args.replicas,
+        args.store.as_deref().unwrap_or("file"),
         pct(0.50),
         pct(0.99),
         latencies.last().copied().unwrap_or_default()
     );
-    println!(
-        "control plane RSS: idle={} KiB, {} streams={} KiB, after pushes={} KiB, peak={} KiB",
-        rss_idle, args.streams, rss_connected, rss_end, hwm
-    );
+    for i in 0..cps.len() {
+        println!(
+            "replica {i} RSS: idle={} KiB, connected={} KiB, after pushes={} KiB, peak={} KiB",
+            rss_idle[i], rss_connected[i], rss_end[i], peaks[i]
+        );
+    }
     finished.store(true, std::sync::atomic::Ordering::Relaxed);
-    drop(cp);
+    drop(cps);
     let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
+/// Deletes the benchmark's previous state from etcd, so versions start at v1.
+async fn clear_etcd(url: &str) -> anyhow::Result<()> {
+    let store = crate::store::etcd::EtcdStore::new(url)?;
+    store.delete_all().await?;
     Ok(())
 }
 

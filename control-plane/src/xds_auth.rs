@@ -284,6 +284,21 @@ impl TokenTable {
         self.entries.len()
     }
 
+    /// The table as a token file of SHA-256 entries only (what etcd stores:
+    /// the bindings without a token). Parses back to the same table.
+    pub fn to_digest_yaml(&self) -> String {
+        let mut out = String::from("tokens:\n");
+        for entry in &self.entries {
+            let services: Vec<String> = entry.services.iter().map(|s| format!("{s:?}")).collect();
+            out.push_str(&format!(
+                "  - sha256: {}\n    services: [{}]\n",
+                hex::encode(entry.digest),
+                services.join(", ")
+            ));
+        }
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -574,6 +589,19 @@ mod tests {
                 .map(|v| v.to_str().ok()),
             Some(Some("credential_missing"))
         );
+    }
+
+    #[test]
+    fn digest_yaml_holds_no_token_and_parses_to_the_same_bindings() {
+        let table = TokenTable::parse(&format!(
+            "tokens:\n  - token: {TOKEN_A}\n    services: [orders, billing]\n"
+        ))
+        .expect("valid");
+        let yaml = table.to_digest_yaml();
+        assert!(!yaml.contains(TOKEN_A), "{yaml}");
+        let back = TokenTable::parse(&yaml).expect("round trip");
+        assert_eq!(back.lookup(TOKEN_A), table.lookup(TOKEN_A));
+        assert!(back.lookup("some-other-token-xyz").is_none());
     }
 
     #[test]

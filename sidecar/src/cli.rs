@@ -94,11 +94,19 @@ pub struct RunArgs {
 /// Config from the control plane over xDS (see docs/control-plane.md).
 #[derive(Args, Debug, Clone, Default)]
 pub struct XdsArgs {
-    /// Control plane xDS URL (`http://host:18000`, or `https://` with --xds-ca).
+    /// Control-plane replicas: one xDS URL or a comma-separated list
+    /// (`http://cp-a:18000,http://cp-b:18000`; all `https://` with --xds-ca).
+    /// A host name may resolve to several replicas. The sidecar keeps one
+    /// stream to one of them and fails over to another when it ends.
     /// With it, the --config file is only the bootstrap: it provides the
     /// node-local addresses and the config served until the first push.
-    #[arg(long = "xds", env = "MESHGATE_XDS", global = true)]
-    pub url: Option<String>,
+    #[arg(
+        long = "xds",
+        env = "MESHGATE_XDS",
+        value_name = "URL[,URL...]",
+        global = true
+    )]
+    pub urls: Option<String>,
     /// This sidecar's node id (default: the host name).
     #[arg(long, env = "MESHGATE_NODE_ID", global = true)]
     pub node_id: Option<String>,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use meshgate_xds::client::{ClientOptions, ClientTls};
 use meshgate_xds::config::ConfigSpec;
+use meshgate_xds::endpoints::parse_list;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::XdsArgs;
@@ -24,6 +25,7 @@ const STATE_FILE: &str = "xds-last-applied.json";
 /// What the state dir keeps: the last config applied from xDS, as pushed.
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedConfig {
+    /// The replica that sent it.
     url: String,
     service: String,
     version: String,
@@ -82,20 +84,14 @@ impl XdsSource {
         args: &XdsArgs,
         bootstrap: Option<&ConfigSpec>,
     ) -> anyhow::Result<Option<Self>> {
-        let Some(url) = &args.url else {
+        let Some(list) = &args.urls else {
             return Ok(None);
         };
         let service = args
             .service
             .clone()
             .ok_or_else(|| anyhow::anyhow!("--xds needs --service"))?;
-        let mut options = ClientOptions::new(
-            url.clone(),
-            args.node_id.clone().unwrap_or_else(default_node_id),
-            service,
-        );
-        options.labels = args.labels.iter().cloned().collect();
-        options.tls = match (&args.xds_ca, &args.xds_cert, &args.xds_key) {
+        let tls = match (&args.xds_ca, &args.xds_cert, &args.xds_key) {
             (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
                 ca: ca.clone(),
                 cert: cert.clone(),
@@ -105,11 +101,30 @@ impl XdsSource {
             (None, None, None) => None,
             _ => anyhow::bail!("xDS TLS needs --xds-ca, --xds-cert and --xds-key together"),
         };
+        // TLS and the token apply to every replica, so every URL is checked against them.
+        let endpoints = parse_list(list, tls.is_some()).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("{}", lines.join("; "))
+        })?;
+        let mut options = ClientOptions::new(
+            endpoints,
+            args.node_id.clone().unwrap_or_else(default_node_id),
+            service,
+        );
+        options.labels = args.labels.iter().cloned().collect();
+        options.tls = tls;
         if let Some(path) = &args.xds_token_file {
             // Checked now so that a missing or empty file fails the start, not every reconnect.
             meshgate_xds::client::read_token_file(path)
                 .map_err(|e| anyhow::anyhow!("--xds-token-file {e}"))?;
             options.token_file = Some(path.clone());
+            for url in options
+                .endpoints
+                .iter()
+                .filter(|u| !u.is_https() && !u.is_loopback())
+            {
+                tracing::warn!(endpoint = url.as_str(), "the xDS token goes in clear text to a control plane off this machine; use https");
+            }
         }
         let default = ConfigSpec::default();
         Ok(Some(XdsSource {
@@ -162,17 +177,17 @@ impl XdsSource {
             local,
             state_file,
         } = self;
-        let url = options.url.clone();
         let service = options.service.clone();
-        let apply = move |spec: ConfigSpec| -> Result<String, String> {
+        // `endpoint`: the replica (and address) that sent this config.
+        let apply = move |spec: ConfigSpec, endpoint: &str| -> Result<String, String> {
             let pushed = spec.clone();
             let spec = local.apply_to(spec);
             let snapshot = store
-                .apply(spec, ConfigSource::Xds(url.clone()))
+                .apply(spec, ConfigSource::Xds(endpoint.to_string()))
                 .map_err(|e| e.to_string())?;
             if let Some(path) = &state_file {
                 let saved = SavedConfig {
-                    url: url.clone(),
+                    url: endpoint.to_string(),
                     service: service.clone(),
                     version: snapshot.version.clone(),
                     spec: pushed,
@@ -184,6 +199,7 @@ impl XdsSource {
             }
             Ok(snapshot.version.clone())
         };
+        meshgate_xds::client::describe_metrics();
         tokio::spawn(meshgate_xds::client::run(options, apply));
         Ok(())
     }

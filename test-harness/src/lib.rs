@@ -1,5 +1,6 @@
 //! Helpers for end-to-end tests that spawn real processes on free ports:
-//! the `meshgate` binary, the echo app, a real `redis-server`.
+//! the `meshgate` binary, the echo app, a real `redis-server`, a real etcd
+//! cluster.
 //!
 //! Binaries are taken from the cargo target directory of the running test;
 //! build them first (`cargo build --bins`; the test command does).
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod etcd;
 pub mod h2_client;
 pub mod http_client;
 pub mod load;

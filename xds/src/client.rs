@@ -1,22 +1,56 @@
-//! The sidecar's xDS client: one ADS stream subscribed to its service's
-//! `SidecarConfig`, reconnecting forever with exponential backoff and jitter.
+//! The sidecar's xDS client: one ADS stream at a time, to one of the
+//! control-plane replicas, subscribed to its service's `SidecarConfig`;
+//! when the stream ends or a connect fails it moves to another replica
+//! (`failover`), forever.
 //!
 //! The client never serves traffic itself; it only calls `apply`, so a control
 //! plane that is down or misbehaving cannot stop the sidecar from serving its
-//! last good config.
+//! last good config. Every new stream's first request carries the version
+//! the sidecar runs (and no nonce: nonces belong to one stream), so a replica
+//! that has that version sends nothing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::ack::{Outcome, Subscription};
 use crate::config::ConfigSpec;
+use crate::endpoints::{Target, XdsUrl};
+use crate::failover::{Attempt, Failover};
+pub use crate::failover::{Backoff, Policy};
 use crate::pb::{AggregatedDiscoveryServiceClient, DiscoveryRequest, Node, UserAgentVersionType};
 use crate::resource::labels_metadata;
+
+/// Metric names (described by [`describe_metrics`]).
+pub const METRIC_CONNECTED: &str = "meshgate_xds_connected";
+pub const METRIC_CONNECTS: &str = "meshgate_xds_connects_total";
+pub const METRIC_RESPONSES: &str = "meshgate_xds_responses_total";
+pub const METRIC_FAILOVERS: &str = "meshgate_xds_failovers_total";
+
+/// Registers the help texts of the client's metrics.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        METRIC_CONNECTED,
+        "1 for the control-plane endpoint and address the xDS stream is open to, 0 for the others tried"
+    );
+    metrics::describe_counter!(
+        METRIC_CONNECTS,
+        "xDS stream attempts per endpoint and address, by result (open, failed)"
+    );
+    metrics::describe_counter!(
+        METRIC_RESPONSES,
+        "xDS responses received per endpoint and address, by outcome (ack, nack)"
+    );
+    metrics::describe_counter!(
+        METRIC_FAILOVERS,
+        "xDS streams opened to another target than the previous stream's"
+    );
+}
 
 /// Files for mutual TLS to the control plane (PEM).
 #[derive(Debug, Clone)]
@@ -32,8 +66,9 @@ pub struct ClientTls {
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// `http://host:port` or, with `tls`, `https://host:port`.
-    pub url: String,
+    /// The control-plane replicas (`endpoints::parse_list`: all `https`
+    /// with `tls`, all `http` without). At least one.
+    pub endpoints: Vec<XdsUrl>,
     pub node_id: String,
     pub service: String,
     pub labels: BTreeMap<String, String>,
@@ -45,17 +80,17 @@ pub struct ClientOptions {
     pub initial_version: Option<String>,
     /// Reported to the control plane as `user_agent_version`.
     pub agent_version: String,
-    pub backoff: Backoff,
+    pub policy: Policy,
 }
 
 impl ClientOptions {
     pub fn new(
-        url: impl Into<String>,
+        endpoints: Vec<XdsUrl>,
         node_id: impl Into<String>,
         service: impl Into<String>,
     ) -> Self {
         ClientOptions {
-            url: url.into(),
+            endpoints,
             node_id: node_id.into(),
             service: service.into(),
             labels: BTreeMap::new(),
@@ -63,7 +98,7 @@ impl ClientOptions {
             token_file: None,
             initial_version: None,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            backoff: Backoff::default(),
+            policy: Policy::default(),
         }
     }
 
@@ -81,35 +116,6 @@ impl ClientOptions {
     }
 }
 
-/// Reconnect delays: `initial * 2^n` capped at `max`, each drawn uniformly
-/// from its upper half so many sidecars don't reconnect in lockstep.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(15),
-        }
-    }
-}
-
-impl Backoff {
-    /// Delay before reconnect attempt `attempt` (0-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-            .min(self.max);
-        let half = ceiling / 2;
-        half + rand::rng().random_range(Duration::ZERO..=half)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 enum StreamError {
     #[error("connect: {0}")]
@@ -122,28 +128,69 @@ enum StreamError {
     Token(String),
     #[error("stream closed by the control plane")]
     Closed,
+    #[error("target names no configured URL")]
+    UnknownTarget,
 }
 
-/// Subscribes forever; every received config goes to `apply`, whose result
-/// decides ACK (`Ok(version)`) or NACK (`Err(message)`). Never returns.
+/// What one attempt got to, for the failover policy.
+#[derive(Debug, Default)]
+struct Progress {
+    opened: bool,
+    delivered: bool,
+}
+
+/// Subscribes forever; every received config goes to `apply` with the name
+/// of the target that sent it, and its result decides ACK (`Ok(version)`)
+/// or NACK (`Err(message)`). Never returns.
 pub async fn run<F>(opts: ClientOptions, apply: F)
 where
-    F: Fn(ConfigSpec) -> Result<String, String> + Send + Sync,
+    F: Fn(ConfigSpec, &str) -> Result<String, String> + Send + Sync,
 {
     let mut subscription = Subscription::new(
         opts.node(),
         opts.service.clone(),
         opts.initial_version.clone(),
     );
-    let mut attempt: u32 = 0;
+    let mut rng = StdRng::from_os_rng();
+    let mut failover = Failover::new(opts.policy);
+    let mut previous_open: Option<(usize, std::net::SocketAddr)> = None;
     loop {
-        let mut got_response = false;
-        let result = stream_once(&opts, &mut subscription, &apply, &mut got_response).await;
-        if got_response {
-            attempt = 0;
+        let targets = crate::endpoints::resolve(&opts.endpoints).await;
+        let Some(target) = failover.pick(&targets, &mut rng).cloned() else {
+            let delay = failover.unresolved(&mut rng);
+            tracing::warn!(retry_in = ?delay, "no control-plane address resolved");
+            tokio::time::sleep(delay).await;
+            continue;
+        };
+        let labels = [
+            ("endpoint", target.endpoint.clone()),
+            ("address", target.addr.to_string()),
+        ];
+        let started = Instant::now();
+        let mut progress = Progress::default();
+        let result = stream_once(
+            &opts,
+            &target,
+            &mut subscription,
+            &apply,
+            &mut progress,
+            &mut previous_open,
+        )
+        .await;
+        metrics::gauge!(METRIC_CONNECTED, &labels).set(0.0);
+        if !progress.opened {
+            let mut failed = labels.to_vec();
+            failed.push(("result", "failed".into()));
+            metrics::counter!(METRIC_CONNECTS, &failed).increment(1);
         }
-        let delay = opts.backoff.delay(attempt);
-        attempt = attempt.saturating_add(1);
+        let attempt = Attempt {
+            opened: progress.opened,
+            delivered: progress.delivered,
+            lived: started.elapsed(),
+        };
+        let delay = failover.ended(&target, attempt, &mut rng);
+        let endpoint = target.endpoint.as_str();
+        let address = target.addr;
         match result {
             Err(StreamError::Status(status))
                 if matches!(
@@ -152,7 +199,8 @@ where
                 ) =>
             {
                 tracing::error!(
-                    url = %opts.url,
+                    endpoint,
+                    %address,
                     service = %opts.service,
                     code = ?status.code(),
                     error = %status.message(),
@@ -160,11 +208,14 @@ where
                     "the control plane refused this sidecar's xDS credentials"
                 )
             }
+            Err(e) if progress.opened => {
+                tracing::warn!(endpoint, %address, error = %e, retry_in = ?delay, "xds stream ended; reconnecting to another replica")
+            }
             Err(e) => {
-                tracing::warn!(url = %meshgate_filters::redact::redact_url(&opts.url), error = %e, retry_in = ?delay, "xds stream ended")
+                tracing::warn!(endpoint, %address, error = %e, retry_in = ?delay, "xds connect failed")
             }
             Ok(()) => {
-                tracing::info!(url = %meshgate_filters::redact::redact_url(&opts.url), retry_in = ?delay, "xds stream ended")
+                tracing::info!(endpoint, %address, retry_in = ?delay, "xds stream ended")
             }
         }
         tokio::time::sleep(delay).await;
@@ -197,19 +248,26 @@ fn bearer(path: &Path) -> Result<tonic::metadata::AsciiMetadataValue, StreamErro
     Ok(value)
 }
 
-async fn endpoint(opts: &ClientOptions) -> Result<Endpoint, StreamError> {
-    let mut endpoint = Endpoint::from_shared(opts.url.clone())?
+/// A channel endpoint that connects to `target`'s address while naming its
+/// URL's host (`:authority`, TLS SNI and the name verified in the server
+/// certificate), so every address of a name is verified as that name.
+fn endpoint(opts: &ClientOptions, target: &Target) -> Result<Endpoint, StreamError> {
+    let url = opts
+        .endpoints
+        .get(target.url)
+        .ok_or(StreamError::UnknownTarget)?;
+    let scheme = if url.is_https() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", target.addr))?
+        .origin(url.origin())
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     if let Some(tls) = &opts.tls {
         let read = |p: &PathBuf| std::fs::read(p).map_err(StreamError::Tls);
-        let mut config = ClientTlsConfig::new()
+        let config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
-            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
-        if let Some(domain) = &tls.domain {
-            config = config.domain_name(domain.clone());
-        }
+            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+            .domain_name(tls.domain.clone().unwrap_or_else(|| url.host().to_string()));
         endpoint = endpoint.tls_config(config)?;
     }
     Ok(endpoint)
@@ -217,20 +275,24 @@ async fn endpoint(opts: &ClientOptions) -> Result<Endpoint, StreamError> {
 
 async fn stream_once<F>(
     opts: &ClientOptions,
+    target: &Target,
     subscription: &mut Subscription,
     apply: &F,
-    got_response: &mut bool,
+    progress: &mut Progress,
+    previous_open: &mut Option<(usize, std::net::SocketAddr)>,
 ) -> Result<(), StreamError>
 where
-    F: Fn(ConfigSpec) -> Result<String, String> + Send + Sync,
+    F: Fn(ConfigSpec, &str) -> Result<String, String> + Send + Sync,
 {
     let authorization = opts.token_file.as_deref().map(bearer).transpose()?;
-    let channel = endpoint(opts).await?.connect().await?;
+    let channel = endpoint(opts, target)?.connect().await?;
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(4);
+    let first = subscription.initial_request();
+    let reported = first.version_info.clone();
     // The receiver is alive until the stream call ends, so this cannot fail.
-    let _ = tx.send(subscription.initial_request()).await;
+    let _ = tx.send(first).await;
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|request| (request, rx))
     });
@@ -242,16 +304,47 @@ where
         .stream_aggregated_resources(request)
         .await?
         .into_inner();
-    tracing::info!(url = %meshgate_filters::redact::redact_url(&opts.url), node = %opts.node_id, service = %opts.service, "xds stream open");
+    progress.opened = true;
+    let endpoint = target.endpoint.as_str();
+    let address = target.addr;
+    let labels = [
+        ("endpoint", target.endpoint.clone()),
+        ("address", address.to_string()),
+    ];
+    let mut opened = labels.to_vec();
+    opened.push(("result", "open".into()));
+    metrics::counter!(METRIC_CONNECTS, &opened).increment(1);
+    metrics::gauge!(METRIC_CONNECTED, &labels).set(1.0);
+    let failed_over = previous_open.is_some_and(|key| key != target.key());
+    if failed_over {
+        metrics::counter!(METRIC_FAILOVERS).increment(1);
+    }
+    *previous_open = Some(target.key());
+    tracing::info!(
+        endpoint,
+        %address,
+        node = %opts.node_id,
+        service = %opts.service,
+        version = %reported,
+        failed_over,
+        "xds stream open"
+    );
+    let name = target.name();
     while let Some(response) = inbound.message().await? {
-        *got_response = true;
-        let (request, outcome) = subscription.on_response(&response, apply);
+        progress.delivered = true;
+        let (request, outcome) = subscription.on_response(&response, |spec| apply(spec, &name));
+        let mut counted = labels.to_vec();
         match outcome {
-            Outcome::Acked { version } => tracing::info!(%version, "xds config applied (ACK)"),
+            Outcome::Acked { version } => {
+                counted.push(("outcome", "ack".into()));
+                tracing::info!(endpoint, %address, %version, "xds config applied (ACK)")
+            }
             Outcome::Nacked { version, error } => {
-                tracing::warn!(%version, %error, "xds config rejected (NACK)")
+                counted.push(("outcome", "nack".into()));
+                tracing::warn!(endpoint, %address, %version, %error, "xds config rejected (NACK)")
             }
         }
+        metrics::counter!(METRIC_RESPONSES, &counted).increment(1);
         if tx.send(request).await.is_err() {
             break;
         }
@@ -262,22 +355,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_jitters_within_upper_half() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
-        for _ in 0..50 {
-            let d0 = b.delay(0);
-            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
-            let d3 = b.delay(3);
-            assert!(d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800));
-            let big = b.delay(40);
-            assert!(big >= Duration::from_secs(1) && big <= Duration::from_secs(2));
-        }
-    }
 
     #[test]
     fn token_files_are_trimmed_and_must_hold_one_visible_word() {
@@ -299,7 +376,8 @@ mod tests {
 
     #[test]
     fn node_carries_identity_labels_and_version() {
-        let mut opts = ClientOptions::new("http://127.0.0.1:1", "n1", "orders");
+        let urls = crate::endpoints::parse_list("http://127.0.0.1:1", false).expect("url");
+        let mut opts = ClientOptions::new(urls, "n1", "orders");
         opts.labels.insert("zone".into(), "a".into());
         let node = opts.node();
         assert_eq!(node.id, "n1");

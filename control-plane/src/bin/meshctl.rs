@@ -384,6 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             text(&s["last_acked_version"]),
                             nack,
                             format_time(&s["last_seen"]),
+                            text(&s["replica"]),
                         ]
                     })
                     .collect();
@@ -399,6 +400,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "ACKED",
                         "LAST NACK",
                         "LAST SEEN",
+                        "REPLICA",
                     ],
                     rows,
                 );

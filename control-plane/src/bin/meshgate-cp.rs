@@ -26,9 +26,13 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Directory of the durable config history.
-    #[arg(long)]
-    data_dir: PathBuf,
+    /// Directory of the durable config history (the file store, for one machine).
+    #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+    data_dir: Option<PathBuf>,
+    /// Keep versions, rollouts, sidecar status and xDS credential bindings
+    /// in etcd, shared by every replica: etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "MESHGATE_CP_STORE")]
+    store: Option<String>,
     /// Address of the xDS (ADS) gRPC server.
     #[arg(long, default_value = "127.0.0.1:18000")]
     grpc: SocketAddr,
@@ -76,7 +80,10 @@ struct ServeArgs {
 }
 
 /// Refuses to start with xDS open to anyone unless told so explicitly.
-fn xds_auth(args: &ServeArgs) -> anyhow::Result<XdsAuth> {
+/// On etcd, the token bindings are shared: `--xds-tokens` replaces the stored
+/// table (as SHA-256 digests, so etcd holds no token), and a replica started
+/// without it uses the stored one.
+async fn xds_auth(args: &ServeArgs, cp: &ControlPlane) -> anyhow::Result<XdsAuth> {
     if args.insecure_xds {
         tracing::warn!(
             grpc = %args.grpc,
@@ -90,13 +97,37 @@ fn xds_auth(args: &ServeArgs) -> anyhow::Result<XdsAuth> {
              is read from its certificate's URI SAN spiffe://DOMAIN/ns/NAMESPACE/sa/SERVICE"
         );
     }
-    if args.xds_tokens.is_none() && args.tls_client_ca.is_none() {
+    let stored_tokens = match (cp.etcd(), &args.xds_tokens) {
+        (Some(store), None) => store
+            .xds_tokens()
+            .await
+            .context("reading the xDS token bindings from etcd")?,
+        _ => None,
+    };
+    if args.xds_tokens.is_none() && stored_tokens.is_none() && args.tls_client_ca.is_none() {
         anyhow::bail!(
             "refusing to serve xDS without credentials (every client could fetch every service's \
              config and secrets): pass --xds-tokens FILE (bearer tokens mapped to services), \
              --tls-client-ca CA with --spiffe-trust-domain DOMAIN (service from the client \
-             certificate), or --insecure-xds for a trusted development setup"
+             certificate), or --insecure-xds for a trusted development setup{}",
+            if cp.etcd().is_some() {
+                " (etcd holds no xDS token bindings yet: start one replica with --xds-tokens)"
+            } else {
+                ""
+            }
         );
+    }
+    if let Some(text) = stored_tokens {
+        let text = String::from_utf8(text).context("xDS token bindings in etcd are not UTF-8")?;
+        let table = TokenTable::parse(&text).map_err(|errors| {
+            anyhow::anyhow!(
+                "the xDS token bindings in etcd are invalid:\n  {}",
+                errors.join("\n  ")
+            )
+        })?;
+        tracing::info!(tokens = table.len(), "xDS tokens loaded from etcd");
+        return XdsAuth::checked(Some(table), args.spiffe_trust_domain.clone())
+            .map_err(anyhow::Error::msg);
     }
     let tokens = match &args.xds_tokens {
         Some(path) => {
@@ -114,6 +145,13 @@ fn xds_auth(args: &ServeArgs) -> anyhow::Result<XdsAuth> {
                 );
             }
             tracing::info!(tokens = table.len(), path = %path.display(), "xDS tokens loaded");
+            if let Some(store) = cp.etcd() {
+                store
+                    .put_xds_tokens(table.to_digest_yaml().into_bytes())
+                    .await
+                    .context("storing the xDS token bindings in etcd")?;
+                tracing::info!("xDS token bindings stored in etcd for every replica");
+            }
             Some(table)
         }
         None => None,
@@ -164,9 +202,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              --insecure-no-admin-token serves it unauthenticated"
         ),
     };
-    let xds_auth = Arc::new(xds_auth(&args)?);
-    let cp = ControlPlane::open(&args.data_dir)
-        .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+    let cp = match (&args.store, &args.data_dir) {
+        (Some(url), _) => ControlPlane::open_etcd(url)
+            .await
+            .with_context(|| format!("opening store {url}"))?,
+        (None, Some(dir)) => ControlPlane::open(dir)
+            .with_context(|| format!("opening data dir {}", dir.display()))?,
+        (None, None) => anyhow::bail!("pass --data-dir DIR or --store etcd://HOST:PORT,..."),
+    };
+    let xds_auth = Arc::new(xds_auth(&args, &cp).await?);
 
     let admin_listener = admin::bind(args.admin)
         .await
@@ -186,7 +230,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         server = server.tls_config(tls).context("xds tls config")?;
     }
-    tracing::info!(grpc = %args.grpc, admin = %args.admin, data_dir = %args.data_dir.display(), "meshgate-cp serving");
+    let store = match (&args.store, &args.data_dir) {
+        (Some(url), _) => url.clone(),
+        (None, Some(dir)) => dir.display().to_string(),
+        (None, None) => String::new(),
+    };
+    tracing::info!(grpc = %args.grpc, admin = %args.admin, %store, replica = cp.replica(), "meshgate-cp serving");
     let grpc = server
         .add_service(
             AggregatedDiscoveryServiceServer::new(Ads::new(cp.clone(), xds_auth))

@@ -1,4 +1,4 @@
-//! Durable, versioned config history per service.
+//! The file store, for one machine (the default).
 //!
 //! Layout under the data dir: `services/<service>/history.jsonl` (one JSON
 //! version record per line, append-only, fsynced before a push is
@@ -9,107 +9,25 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use meshgate_xds::config::ConfigSpec;
-use prost_types::Any;
-use serde::{Deserialize, Serialize};
-
+use super::{
+    io, stored, valid_service_name, ServiceHistory, StoreError, StoredVersion, VersionRecord,
+};
 use crate::rollout::Rollout;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("i/o on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("corrupt record in {path} line {line}: {source}")]
-    Corrupt {
-        path: PathBuf,
-        line: usize,
-        source: serde_json::Error,
-    },
-    #[error("encode: {0}")]
-    Encode(#[from] serde_json::Error),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// One stored version of a service's config. Versions are immutable.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VersionRecord {
-    /// `v<number>`, the xDS `version_info`.
-    pub version: String,
-    pub number: u64,
-    /// Seconds since the Unix epoch.
-    pub created_at: u64,
-    /// `push` or `rollback`.
-    pub action: String,
-    /// For a rollback, the version whose content was restored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restored_from: Option<String>,
-    pub spec: ConfigSpec,
-}
-
-/// A version with its wire resource encoded once for all streams.
-#[derive(Debug, Clone)]
-pub struct StoredVersion {
-    pub record: VersionRecord,
-    pub resource: Arc<Any>,
-}
-
-#[derive(Debug, Default)]
-pub struct ServiceHistory {
-    pub versions: Vec<StoredVersion>,
-    pub rollout: Rollout,
-}
-
-impl ServiceHistory {
-    pub fn get(&self, version: &str) -> Option<&StoredVersion> {
-        self.versions.iter().find(|v| v.record.version == version)
-    }
-
-    pub fn next_number(&self) -> u64 {
-        self.versions.last().map_or(1, |v| v.record.number + 1)
-    }
-}
 
 /// The file store. Callers serialize writes per service (the control plane
 /// holds its state lock across a write).
 #[derive(Debug)]
-pub struct Store {
+pub struct FileStore {
     dir: PathBuf,
 }
 
-/// Whether a service name is safe as a file name and readable in URLs.
-pub fn valid_service_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-impl Store {
+impl FileStore {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         let services = dir.join("services");
         fs::create_dir_all(&services).map_err(io(&services))?;
-        Ok(Store { dir })
+        Ok(FileStore { dir })
     }
 
     fn service_dir(&self, service: &str) -> PathBuf {
@@ -215,17 +133,11 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-fn stored(service: &str, record: VersionRecord) -> Result<StoredVersion, StoreError> {
-    let resource = meshgate_xds::resource::encode(service, &record.version, &record.spec)?;
-    Ok(StoredVersion {
-        record,
-        resource: Arc::new(resource),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::now_secs;
+    use meshgate_xds::config::ConfigSpec;
 
     fn record(n: u64) -> VersionRecord {
         VersionRecord {
@@ -241,7 +153,7 @@ mod tests {
     #[test]
     fn history_and_rollout_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = FileStore::open(dir.path()).expect("open");
         store.append("orders", record(1)).expect("append");
         store.append("orders", record(2)).expect("append");
         let rollout = Rollout {
@@ -249,7 +161,7 @@ mod tests {
             canary: None,
         };
         store.save_rollout("orders", &rollout).expect("save");
-        let all = Store::open(dir.path())
+        let all = FileStore::open(dir.path())
             .expect("reopen")
             .load_all()
             .expect("load");
@@ -263,7 +175,7 @@ mod tests {
     #[test]
     fn torn_last_line_is_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = FileStore::open(dir.path()).expect("open");
         store.append("orders", record(1)).expect("append");
         let path = dir.path().join("services/orders/history.jsonl");
         let mut f = OpenOptions::new().append(true).open(&path).expect("open");
