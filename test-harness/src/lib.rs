@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod http_client;
+pub mod redis_ha;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
