@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: "command that proves it is installed:package".
+# redis-server also runs the sentinels of the Sentinel tests
+# (`redis-server sentinel.conf --sentinel`), and redis-cli creates their
+# Redis Cluster (`--cluster create`); both are probed below.
 apt_packages=(
   "redis-server:redis-server"
   "redis-cli:redis-tools"
@@ -104,6 +107,15 @@ fi
 # Everything must be there now; a tool that is still missing fails here, not
 # as a confusing test failure later.
 status=0
+# The replicated-Redis tests need Redis >= 5 (cluster creation by redis-cli)
+# with Sentinel mode built in.
+if command -v redis-server >/dev/null 2>&1; then
+  # (`--cluster help` exits 1 even where it works: read what it prints)
+  [[ "$(redis-cli --cluster help 2>&1 || true)" == *"create"* ]] \
+    || { echo "install-test-deps: redis-cli has no --cluster (Redis >= 5 needed)" >&2; status=1; }
+  [[ "$(redis-server --help 2>&1 || true)" == *"--sentinel"* ]] \
+    || { echo "install-test-deps: redis-server has no Sentinel mode" >&2; status=1; }
+fi
 for entry in "${apt_packages[@]}"; do
   command -v "${entry%%:*}" >/dev/null 2>&1 \
     || { echo "install-test-deps: ${entry%%:*} (${entry#*:}) is still missing" >&2; status=1; }

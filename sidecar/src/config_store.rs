@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use meshgate_filters::store::RedisStore;
+use meshgate_filters::store::{RedisOptions, RedisStore, RedisTarget};
 use meshgate_filters::{BuildCx, FieldError, FieldErrors, State, ValidateCx};
 use meshgate_xds::config::{validate, ConfigSpec};
 
@@ -30,7 +30,7 @@ pub struct ConfigStore {
     base_dir: PathBuf,
     /// Serializes appliers (file watcher, xDS) so versions apply in order.
     apply_lock: Mutex<()>,
-    redis: Mutex<Option<(String, Arc<RedisStore>)>>,
+    redis: Mutex<Option<Arc<RedisStore>>>,
     last_rejected: Mutex<Option<Rejected>>,
     /// Called after every successful apply (e.g. to persist it to the state dir).
     on_applied: Mutex<Vec<AppliedHook>>,
@@ -182,7 +182,7 @@ impl ConfigStore {
             None => None,
         };
         let redis = match &config.redis {
-            Some(r) => Some(self.redis_for(&r.url, r.timeout)?),
+            Some(r) => Some(self.redis_for(r)?),
             None => None,
         };
         let upstream = if previous.upstream.settings == PoolSettings::app(&config.app) {
@@ -207,23 +207,24 @@ impl ConfigStore {
         Ok(snapshot)
     }
 
-    /// The shared Redis handle; reused while the URL and timeout stay the same.
-    fn redis_for(
-        &self,
-        url: &str,
-        timeout: std::time::Duration,
-    ) -> Result<Arc<RedisStore>, FieldErrors> {
+    /// The shared Redis handle; reused while the `redis:` section stays the same.
+    fn redis_for(&self, options: &RedisOptions) -> Result<Arc<RedisStore>, FieldErrors> {
         let mut guard = self.redis.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((key, store)) = guard.as_ref() {
-            if key == url && store.timeout() == timeout {
+        if let Some(store) = guard.as_ref() {
+            if store.options() == options {
                 return Ok(store.clone());
             }
         }
+        let field = match options.target {
+            RedisTarget::Single { .. } => "redis.url",
+            RedisTarget::Cluster { .. } => "redis.cluster",
+            RedisTarget::Sentinel { .. } => "redis.sentinel",
+        };
         let store = Arc::new(
-            RedisStore::new(url, timeout)
-                .map_err(|e| FieldErrors::from(FieldError::new("redis.url", e.to_string())))?,
+            RedisStore::with_options(options.clone())
+                .map_err(|e| FieldErrors::from(FieldError::new(field, e.to_string())))?,
         );
-        *guard = Some((url.to_string(), store.clone()));
+        *guard = Some(store.clone());
         Ok(store)
     }
 }

@@ -5,6 +5,7 @@ the sidecar's response instructions and never touches the session store.
   GET /login?user=U&tenant=T[&ttl=2h]  -> x-meshgate-session-set
   GET /logout                          -> x-meshgate-session-clear: 1
   anything else                        -> JSON of the request headers it got
+  POST (any path)                      -> the body is read, then as GET
 
 Usage: session_app.py PORT
 """
@@ -19,6 +20,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.do_GET()
 
     def do_GET(self):
         url = urlparse(self.path)

@@ -30,6 +30,7 @@ pub mod ports;
 pub mod python_signer;
 pub mod raw_http;
 pub mod redis;
+pub mod redis_ha;
 pub mod rejection;
 
 use std::path::{Path, PathBuf};

@@ -99,6 +99,15 @@ return {take, math.max(0, avail - take), 1000, retry}
     )
 });
 
+/// The Redis key of one rule's counter for one client key. The whole name
+/// is the hash tag: each script touches this one key (declared), so on
+/// Redis Cluster it runs in that key's slot and keys spread over slots. A
+/// client key holding `}` shortens the tag, which changes nothing: the
+/// script still touches one key.
+fn lease_key(prefix: &str, key: &str) -> String {
+    format!("{{{prefix}/{key}}}")
+}
+
 /// The number of live sidecars sharing this filter instance's global rules,
 /// learned from heartbeats in Redis.
 pub struct Peers {
@@ -456,9 +465,7 @@ impl GlobalRule {
         params: Params,
         want: u64,
     ) -> Result<Grant, crate::store::StoreError> {
-        // The whole per-key name is the hash tag: each script touches one
-        // key, so Redis Cluster can place keys anywhere.
-        let redis_key = format!("{{{}/{key}}}", self.key_prefix);
+        let redis_key = lease_key(&self.key_prefix, key);
         let inv = match (rule.algorithm, params) {
             (_, Params::Window { limit, window_ns }) => {
                 let mut inv = WINDOW_SCRIPT.prepare_invoke();
@@ -502,5 +509,36 @@ impl GlobalRule {
             ttl_ms: ttl_ms.max(0) as u64,
             retry_ms: retry_ms.max(1) as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use redis::cluster_routing::Slot;
+
+    #[test]
+    fn every_script_call_declares_its_one_key_and_keys_spread_over_slots() {
+        let prefix = "meshgate:rl:api/per-client/fixed_window";
+        assert_eq!(
+            lease_key(prefix, "10.0.0.1"),
+            "{meshgate:rl:api/per-client/fixed_window/10.0.0.1}"
+        );
+        // A client key with braces still yields a non-empty tag of this rule.
+        let odd = lease_key(prefix, "}{");
+        assert_eq!(
+            Slot::for_key(&odd),
+            Slot::for_key("{meshgate:rl:api/per-client/fixed_window/}")
+        );
+        let slots: std::collections::HashSet<_> = (0..64)
+            .map(|i| Slot::for_key(lease_key(prefix, &format!("client-{i}"))))
+            .collect();
+        assert!(
+            slots.len() > 32,
+            "client keys share too few slots: {}",
+            slots.len()
+        );
+        let peers = Peers::new("api");
+        assert_eq!(peers.zset_key, "meshgate:rl:{api}:sidecars");
     }
 }

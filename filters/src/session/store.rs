@@ -99,6 +99,31 @@ fn store_key(prefix: &str, id: &str) -> String {
     key
 }
 
+/// The key prefix used in Redis. On Redis Cluster it starts with a hash
+/// tag derived from the configured prefix (`{s<16 hex>}meshgate:session:`),
+/// so that every key of the store is in one slot: the scripts keep a
+/// session and its subject's index together, and a lookup knows only the
+/// session id. A single server and Sentinel use the prefix as configured.
+pub fn redis_prefix(store: &RedisStore, prefix: &str) -> String {
+    if store.is_cluster() {
+        cluster_prefix(prefix)
+    } else {
+        prefix.to_string()
+    }
+}
+
+fn cluster_prefix(prefix: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, prefix.as_bytes());
+    let mut tag = String::with_capacity(prefix.len() + 20);
+    tag.push_str("{s");
+    for b in &digest.as_ref()[..8] {
+        tag.push_str(&format!("{b:02x}"));
+    }
+    tag.push('}');
+    tag.push_str(prefix);
+    tag
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -120,8 +145,8 @@ impl Backend {
             Backend::Memory(m) => Ok(m.get(id, idle)),
             Backend::Redis { store, prefix } => {
                 let store = store.as_ref().ok_or_else(no_redis)?;
-                let key = store_key(prefix, id);
-                let prefix = prefix.clone();
+                let prefix = redis_prefix(store, prefix);
+                let key = store_key(&prefix, id);
                 // Reads, slides the idle expiry and marks the session used
                 // in its subject's index, in one round trip.
                 let raw: Option<String> = store
@@ -171,13 +196,13 @@ impl Backend {
             }
             Backend::Redis { store, prefix } => {
                 let store = store.as_ref().ok_or_else(no_redis)?;
-                let key = store_key(prefix, id);
+                let prefix = redis_prefix(store, prefix);
+                let key = store_key(&prefix, id);
                 let value = serde_json::to_string(record)
                     .map_err(|e| StoreFailure(format!("encoding the session: {e}")))?;
                 let tombstone = serde_json::to_string(&SessionRecord::tombstone())
                     .map_err(|e| StoreFailure(format!("encoding a tombstone: {e}")))?;
                 let sub = record.sub.clone();
-                let prefix = prefix.clone();
                 let revoked: u64 = store
                     .run(|mut conn| async move {
                         scripts()
@@ -218,10 +243,10 @@ impl Backend {
             }
             Backend::Redis { store, prefix } => {
                 let store = store.as_ref().ok_or_else(no_redis)?;
-                let key = store_key(prefix, id);
+                let prefix = redis_prefix(store, prefix);
+                let key = store_key(&prefix, id);
                 let tombstone = serde_json::to_string(&SessionRecord::tombstone())
                     .map_err(|e| StoreFailure(format!("encoding a tombstone: {e}")))?;
-                let prefix = prefix.clone();
                 store
                     .run(|mut conn| async move {
                         scripts()
@@ -252,9 +277,10 @@ impl Backend {
 /// `<prefix>subject:<sha1 of the subject>` of its session keys scored by
 /// last use (Redis' clock, milliseconds); it expires no sooner than the
 /// longest idle expiry of its sessions, and every script keeps it so. The
-/// scripts name the subject set themselves (it is derived from the record),
-/// which a single Redis server allows; Redis Cluster is not supported by
-/// this store.
+/// scripts name the subject set themselves (it is derived from the record):
+/// a single server allows it, and on Redis Cluster every key of the store
+/// shares one hash tag ([`redis_prefix`]), so the keys a script touches are
+/// all in the slot of the key it declares.
 struct Scripts {
     get: redis::Script,
     create: redis::Script,
@@ -642,5 +668,31 @@ pub mod fake {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use redis::cluster_routing::Slot;
+
+    #[test]
+    fn cluster_keys_of_a_store_share_one_slot() {
+        for prefix in ["meshgate:session:", "", "a{b", "x{}y", "}{", "tenant:{t1}:"] {
+            let p = cluster_prefix(prefix);
+            assert!(p.starts_with("{s") && p.ends_with(prefix), "{p}");
+            let session = store_key(&p, "some-session-id");
+            let other = store_key(&p, "another-id");
+            // What the scripts derive: `prefix .. 'subject:' .. sha1(sub)`.
+            let subject_set = format!("{p}subject:0123456789abcdef0123456789abcdef01234567");
+            let slot = Slot::for_key(&session);
+            assert_eq!(slot, Slot::for_key(&other), "{prefix:?}");
+            assert_eq!(slot, Slot::for_key(&subject_set), "{prefix:?}");
+        }
+        // Two filters with their own prefixes need not share a slot.
+        assert_ne!(
+            Slot::for_key(cluster_prefix("app-a:")),
+            Slot::for_key(cluster_prefix("app-b:"))
+        );
     }
 }

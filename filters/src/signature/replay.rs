@@ -293,8 +293,19 @@ pub enum NonceStore {
 
 /// Redis key prefix. This release keeps, per key id, one sorted set
 /// `meshgate:sig-nonce:v2:<key id>` of nonce digests scored by expiry.
+/// On Redis Cluster both keys of a check carry the key id's hash tag
+/// (`meshgate:sig-nonce:v2:{k<16 hex>}<key id>`), so the script touches one
+/// slot; a single server and Sentinel keep the untagged names, which
+/// earlier releases share.
 pub const REDIS_PREFIX: &str = "meshgate:sig-nonce:";
 const REDIS_V2_PREFIX: &str = "meshgate:sig-nonce:v2:";
+
+/// The hash tag of `key_id`'s nonce keys on Redis Cluster: derived from a
+/// digest, so key ids with braces or none at all still give one tag.
+pub fn cluster_tag(key_id: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key_id.as_bytes());
+    format!("{{k{}}}", hex(&digest.as_ref()[..8]))
+}
 
 /// The key releases before digests wrote for one nonce (`SET NX EX`).
 pub fn legacy_redis_key(key_id: &str, nonce: &str) -> String {
@@ -304,6 +315,19 @@ pub fn legacy_redis_key(key_id: &str, nonce: &str) -> String {
 /// The sorted set holding the nonce digests of `key_id`.
 pub fn redis_key_set(key_id: &str) -> String {
     format!("{REDIS_V2_PREFIX}{key_id}")
+}
+
+/// The two keys of one check: the digest set and the legacy key.
+pub fn redis_keys(key_id: &str, nonce: &str, cluster: bool) -> (String, String) {
+    if cluster {
+        let tag = cluster_tag(key_id);
+        (
+            format!("{REDIS_V2_PREFIX}{tag}{key_id}"),
+            format!("{REDIS_PREFIX}{tag}{key_id}\u{1f}{nonce}"),
+        )
+    } else {
+        (redis_key_set(key_id), legacy_redis_key(key_id, nonce))
+    }
 }
 
 /// One round trip: refuses a nonce known in either key form, applies the
@@ -350,37 +374,71 @@ impl NonceStore {
         match self {
             NonceStore::Memory(m) => m.check_and_insert(key_id, nonce, ttl),
             NonceStore::Redis(store) => {
-                let set_key = redis_key_set(key_id);
-                let legacy_key = legacy_redis_key(key_id, nonce);
-                let digest = hex(&nonce_digest(key_id, nonce));
-                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
-                let result = store
-                    .run(|mut conn| async move {
-                        check_script()
-                            .key(&set_key)
-                            .key(&legacy_key)
-                            .arg(&digest)
-                            .arg(ttl_ms)
-                            .arg(max_per_key.max(1))
-                            .invoke_async::<(i64, i64)>(&mut conn)
-                            .await
-                    })
-                    .await;
-                match result {
-                    Ok((1, _)) => NonceCheck::Fresh,
-                    Ok((0, _)) => NonceCheck::Replayed,
-                    Ok((_, retry_ms)) => NonceCheck::KeyLimit {
-                        retry_after_secs: u64::try_from(retry_ms)
-                            .unwrap_or(0)
-                            .div_ceil(1000)
-                            .max(1),
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "nonce store unavailable");
-                        NonceCheck::Unavailable
-                    }
-                }
+                check_in_redis(store, key_id, nonce, ttl, max_per_key).await
             }
+        }
+    }
+}
+
+/// The Redis check, then (for a fresh nonce, when configured) `WAIT` until
+/// enough replicas have the write: a nonce only the primary holds would be
+/// lost, and could be replayed, if that primary failed over now. Fewer
+/// replicas within the wait refuse the request as if Redis were down.
+async fn check_in_redis(
+    store: &RedisStore,
+    key_id: &str,
+    nonce: &str,
+    ttl: Duration,
+    max_per_key: usize,
+) -> NonceCheck {
+    let (set_key, legacy_key) = redis_keys(key_id, nonce, store.is_cluster());
+    let digest = hex(&nonce_digest(key_id, nonce));
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
+    let wait = store.options().nonce_wait;
+    let bound = if wait.replicas > 0 {
+        store.timeout() + wait.timeout
+    } else {
+        store.timeout()
+    };
+    let result = store
+        .run_within(bound, |mut conn| async move {
+            let answer = check_script()
+                .key(&set_key)
+                .key(&legacy_key)
+                .arg(&digest)
+                .arg(ttl_ms)
+                .arg(max_per_key.max(1))
+                .invoke_async::<(i64, i64)>(&mut conn)
+                .await?;
+            let acked = if answer.0 == 1 && wait.replicas > 0 {
+                Some(
+                    conn.wait_for_replicas(&set_key, wait.replicas, wait.timeout)
+                        .await?,
+                )
+            } else {
+                None
+            };
+            Ok((answer, acked))
+        })
+        .await;
+    match result {
+        Ok((_, Some(acked))) if acked < wait.replicas => {
+            metrics::counter!("meshgate_signature_nonce_wait_short_total").increment(1);
+            tracing::warn!(
+                acked,
+                wanted = wait.replicas,
+                "nonce reached too few replicas within the wait; refused"
+            );
+            NonceCheck::Unavailable
+        }
+        Ok(((1, _), _)) => NonceCheck::Fresh,
+        Ok(((0, _), _)) => NonceCheck::Replayed,
+        Ok(((_, retry_ms), _)) => NonceCheck::KeyLimit {
+            retry_after_secs: u64::try_from(retry_ms).unwrap_or(0).div_ceil(1000).max(1),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "nonce store unavailable");
+            NonceCheck::Unavailable
         }
     }
 }
@@ -388,6 +446,31 @@ impl NonceStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_nonce_keys_of_one_check_share_a_slot() {
+        use redis::cluster_routing::Slot;
+        for key_id in ["", "k1", "a}b", "{x}", "{}", "tenant/{a}/key", "\u{1f}"] {
+            let (set, legacy) = redis_keys(key_id, "nonce-1", true);
+            assert_eq!(Slot::for_key(&set), Slot::for_key(&legacy), "{key_id:?}");
+            assert!(set.starts_with("meshgate:sig-nonce:v2:{k"), "{set}");
+            // Another nonce of the same key id: same slot, same set.
+            let (set2, legacy2) = redis_keys(key_id, "nonce-2", true);
+            assert_eq!(set, set2);
+            assert_eq!(Slot::for_key(&legacy), Slot::for_key(&legacy2));
+        }
+        // Key ids spread over slots.
+        let slots: std::collections::HashSet<_> = (0..64)
+            .map(|i| Slot::for_key(redis_keys(&format!("key-{i}"), "n", true).0))
+            .collect();
+        assert!(slots.len() > 32, "{}", slots.len());
+        // A single server and Sentinel keep the names earlier releases share.
+        assert_eq!(
+            redis_keys("k1", "n", false),
+            (redis_key_set("k1"), legacy_redis_key("k1", "n"))
+        );
+        assert_eq!(redis_key_set("k1"), "meshgate:sig-nonce:v2:k1");
+    }
 
     fn k(id: &str) -> Arc<str> {
         Arc::from(id)

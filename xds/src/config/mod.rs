@@ -72,7 +72,7 @@ impl ConfigSpec {
             *egress = egress.redacted();
         }
         if let Some(redis) = &mut copy.redis {
-            redis.url = redact_url(&redis.url);
+            *redis = redis.redacted();
         }
         copy
     }
@@ -85,6 +85,7 @@ pub use meshgate_filters::redact::{redact_url, REDACTED};
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshgate_filters::ValidateCx;
 
     #[test]
     fn dumps_and_debug_output_never_carry_url_credentials() {
@@ -144,5 +145,182 @@ filters:
         // Field names stay readable.
         let errors = parse_yaml("app: { adress: x }\n").expect_err("shape");
         assert!(errors.to_string().contains("adress"), "{errors}");
+    }
+
+    fn redis_errors(yaml: &str) -> String {
+        match parse_yaml(yaml) {
+            Err(e) => e.to_string(),
+            Ok(spec) => match validate(&spec, &ValidateCx::control_plane()) {
+                Err(e) => e.to_string(),
+                Ok(_) => String::new(),
+            },
+        }
+    }
+
+    fn redis_of(yaml: &str) -> RedisConfig {
+        let spec = parse_yaml(yaml).expect("spec");
+        validate(&spec, &ValidateCx::control_plane())
+            .expect("valid")
+            .redis
+            .expect("redis")
+    }
+
+    #[test]
+    fn single_server_form_is_unchanged() {
+        use meshgate_filters::store::{RedisTarget, ReplicaWait};
+        let spec =
+            parse_yaml("redis: { url: \"redis://cache:6379/2\", timeout: 80ms }\n").expect("spec");
+        // Written back exactly as before, so content versions do not move.
+        let json = serde_json::to_value(&spec).expect("json");
+        assert_eq!(
+            json["redis"],
+            serde_json::json!({"url": "redis://cache:6379/2", "timeout": "80ms"})
+        );
+        let again = parse_json(&serde_json::to_string(&spec).expect("json")).expect("again");
+        assert_eq!(again, spec);
+        let redis = redis_of("redis: { url: \"redis://cache:6379/2\" }\n");
+        assert_eq!(
+            redis.target,
+            RedisTarget::Single {
+                url: "redis://cache:6379/2".into()
+            }
+        );
+        assert_eq!(redis.timeout, std::time::Duration::from_millis(50));
+        assert_eq!(
+            redis.nonce_wait,
+            ReplicaWait {
+                replicas: 0,
+                timeout: std::time::Duration::from_millis(50)
+            }
+        );
+    }
+
+    #[test]
+    fn cluster_and_sentinel_forms() {
+        use meshgate_filters::store::{RedisTarget, ReplicaWait};
+        let redis = redis_of(
+            "redis: { cluster: [\"10.0.0.1:7000\", \"[::1]:7001\"], timeout: 20ms, password: pw }\n",
+        );
+        assert_eq!(
+            redis.target,
+            RedisTarget::Cluster {
+                nodes: vec!["10.0.0.1:7000".into(), "[::1]:7001".into()]
+            }
+        );
+        assert_eq!(redis.password.as_deref(), Some("pw"));
+        assert_eq!(
+            redis.nonce_wait,
+            ReplicaWait {
+                replicas: 1,
+                timeout: std::time::Duration::from_millis(20)
+            },
+            "replicated servers wait for one replica by default"
+        );
+        let redis = redis_of(
+            r#"
+redis:
+  sentinel: { master: mymaster, nodes: ["s1:26379", "s2:26379"], password: spw }
+  nonce_wait: { replicas: 2, timeout: 5ms }
+"#,
+        );
+        assert_eq!(
+            redis.target,
+            RedisTarget::Sentinel {
+                master: "mymaster".into(),
+                nodes: vec!["s1:26379".into(), "s2:26379".into()],
+                sentinel_password: Some("spw".into()),
+            }
+        );
+        assert_eq!(
+            redis.nonce_wait,
+            ReplicaWait {
+                replicas: 2,
+                timeout: std::time::Duration::from_millis(5)
+            }
+        );
+        let off = redis_of("redis: { cluster: [\"h:1\"], nonce_wait: { replicas: 0 } }\n");
+        assert_eq!(off.nonce_wait.replicas, 0);
+    }
+
+    #[test]
+    fn bad_redis_sections_name_the_field() {
+        for (yaml, expected) in [
+            (
+                "redis: { url: \"redis://a/\", cluster: [\"h:1\"] }",
+                "redis: give exactly one of `url`, `cluster` or `sentinel`",
+            ),
+            ("redis: { timeout: 5ms }", "redis: give exactly one of"),
+            (
+                "redis: { cluster: [] }",
+                "redis.cluster: needs at least one host:port",
+            ),
+            ("redis: { cluster: [\"h:1\", \"h\"] }", "redis.cluster[1]:"),
+            ("redis: { cluster: [\"redis://h:1\"] }", "redis.cluster[0]:"),
+            (
+                "redis: { sentinel: { master: m, nodes: [] } }",
+                "redis.sentinel.nodes:",
+            ),
+            (
+                "redis: { sentinel: { master: \"\", nodes: [\"h:1\"] } }",
+                "redis.sentinel.master:",
+            ),
+            (
+                "redis: { sentinel: { master: m } }",
+                "redis.sentinel: missing field `nodes`",
+            ),
+            (
+                "redis: { sentinel: { master: m, nodes: [\"h:1\"], quorum: 2 } }",
+                "redis.sentinel: unknown field `quorum`",
+            ),
+            (
+                "redis: { url: \"redis://a/\", password: x }",
+                "redis.password: with `url`",
+            ),
+            (
+                "redis: { url: \"http://a/\" }",
+                "redis.url: must start with",
+            ),
+            (
+                "redis: { cluster: [\"h:1\"], timeout: 0s }",
+                "redis.timeout: must be greater than zero",
+            ),
+            (
+                "redis: { cluster: [\"h:1\"], nonce_wait: { replicas: 1, timeout: 0s } }",
+                "redis.nonce_wait.timeout: must be greater than zero",
+            ),
+            (
+                "redis: { cluster: [\"h:1\"], nonce_wait: { replica: 1 } }",
+                "redis.nonce_wait: unknown field `replica`",
+            ),
+            (
+                "redis: { clusters: [\"h:1\"] }",
+                "redis: unknown field `clusters`",
+            ),
+        ] {
+            let shown = redis_errors(&format!("{yaml}\n"));
+            assert!(shown.contains(expected), "{yaml}: {shown}");
+        }
+    }
+
+    #[test]
+    fn redis_credentials_are_redacted() {
+        let spec = parse_yaml(
+            r#"
+redis:
+  sentinel: { master: m, nodes: ["h:1"], password: S3cret-sentinel }
+  username: app
+  password: S3cret-data
+"#,
+        )
+        .expect("spec");
+        let dumped = serde_json::to_string(&spec.redacted()).expect("json");
+        assert!(!dumped.contains("S3cret"), "{dumped}");
+        assert!(dumped.contains("\"password\":\"[redacted]\""), "{dumped}");
+        assert!(dumped.contains("\"username\":\"app\""), "{dumped}");
+        let debugged = format!("{spec:?}");
+        assert!(!debugged.contains("S3cret"), "{debugged}");
+        let config = validate(&spec, &ValidateCx::control_plane()).expect("valid");
+        let debugged = format!("{config:?}");
+        assert!(!debugged.contains("S3cret"), "{debugged}");
     }
 }

@@ -224,23 +224,178 @@ impl Default for AdminSpec {
     }
 }
 
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// The top-level `redis:` section: which servers, and how long a command may
+/// take. Written as one of
+/// `{ url: redis://host:port/db }` (one server),
+/// `{ cluster: [host:port, ...] }` (Redis Cluster) or
+/// `{ sentinel: { master: NAME, nodes: [host:port, ...] } }` (Sentinel),
+/// beside `timeout`, `username`/`password` (cluster and Sentinel data nodes)
+/// and `nonce_wait`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RedisFields", into = "RedisFields")]
 pub struct RedisSpec {
-    /// `redis://host:port/db`; credentials in it (userinfo, query values
-    /// such as `pass=`) are redacted in dumps and logs.
-    pub url: String,
+    pub servers: RedisServers,
     /// Per-command timeout; a slow Redis never stalls requests longer.
-    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `WAIT` for replicas on nonce writes; unset: the default of `servers`.
+    pub nonce_wait: Option<NonceWaitSpec>,
 }
 
-/// Shows the URL redacted: a spec reaches logs through `{:?}` too.
+/// Exactly one kind of server set.
+#[derive(Clone, PartialEq)]
+pub enum RedisServers {
+    /// `redis://host:port/db`, `rediss://` or `redis+unix://`; credentials in
+    /// it (userinfo, query values such as `pass=`) are redacted in dumps and logs.
+    Url(String),
+    /// Some nodes of a Redis Cluster (`host:port`); the others are learnt.
+    Cluster(Vec<String>),
+    Sentinel(SentinelSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSpec {
+    /// The monitored master's name (`sentinel monitor NAME ...`).
+    pub master: String,
+    /// Sentinels as `host:port`.
+    pub nodes: Vec<String>,
+    /// The sentinels' own password, if they have one (redacted in dumps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// After a fresh nonce is written, wait until `replicas` replicas have it
+/// (Redis `WAIT`), at most `timeout` (default: `redis.timeout`); fewer in
+/// time refuse the request with 503. `replicas: 0` turns the wait off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonceWaitSpec {
+    pub replicas: u32,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+/// The written form of [`RedisSpec`]: the choice of servers as sibling
+/// fields, as users write it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sentinel: Option<SentinelSpec>,
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nonce_wait: Option<NonceWaitSpec>,
+}
+
+impl TryFrom<RedisFields> for RedisSpec {
+    type Error = String;
+
+    fn try_from(f: RedisFields) -> Result<Self, String> {
+        let servers = match (f.url, f.cluster, f.sentinel) {
+            (Some(url), None, None) => RedisServers::Url(url),
+            (None, Some(nodes), None) => RedisServers::Cluster(nodes),
+            (None, None, Some(sentinel)) => RedisServers::Sentinel(sentinel),
+            _ => return Err("give exactly one of `url`, `cluster` or `sentinel`".into()),
+        };
+        Ok(RedisSpec {
+            servers,
+            timeout: f.timeout,
+            username: f.username,
+            password: f.password,
+            nonce_wait: f.nonce_wait,
+        })
+    }
+}
+
+impl From<RedisSpec> for RedisFields {
+    fn from(s: RedisSpec) -> Self {
+        let (url, cluster, sentinel) = match s.servers {
+            RedisServers::Url(url) => (Some(url), None, None),
+            RedisServers::Cluster(nodes) => (None, Some(nodes), None),
+            RedisServers::Sentinel(sentinel) => (None, None, Some(sentinel)),
+        };
+        RedisFields {
+            url,
+            cluster,
+            sentinel,
+            timeout: s.timeout,
+            username: s.username,
+            password: s.password,
+            nonce_wait: s.nonce_wait,
+        }
+    }
+}
+
+impl RedisSpec {
+    /// One server at `url` with the default timeout (today's form).
+    pub fn url(url: &str) -> Self {
+        RedisSpec {
+            servers: RedisServers::Url(url.to_string()),
+            timeout: default_redis_timeout(),
+            username: None,
+            password: None,
+            nonce_wait: None,
+        }
+    }
+
+    /// The same spec with every credential replaced by [`crate::config::REDACTED`].
+    pub fn redacted(&self) -> RedisSpec {
+        use meshgate_filters::redact::{redact_url, REDACTED};
+        let mut copy = self.clone();
+        match &mut copy.servers {
+            RedisServers::Url(url) => *url = redact_url(url),
+            RedisServers::Cluster(nodes) => nodes.iter_mut().for_each(redact_node),
+            RedisServers::Sentinel(s) => {
+                s.nodes.iter_mut().for_each(redact_node);
+                if s.password.is_some() {
+                    s.password = Some(REDACTED.into());
+                }
+            }
+        }
+        if copy.password.is_some() {
+            copy.password = Some(REDACTED.into());
+        }
+        copy
+    }
+}
+
+/// A node is `host:port`; anything that could carry a credential (a URL,
+/// userinfo) is not shown.
+fn redact_node(node: &mut String) {
+    if node.contains('@') || node.contains('/') {
+        *node = meshgate_filters::redact::REDACTED.to_string();
+    }
+}
+
+/// Shows no credential: a spec reaches logs through `{:?}` too.
 impl std::fmt::Debug for RedisSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSpec")
-            .field("url", &meshgate_filters::redact::redact_url(&self.url))
-            .field("timeout", &self.timeout)
+        let shown = self.redacted();
+        let mut d = f.debug_struct("RedisSpec");
+        match &shown.servers {
+            RedisServers::Url(url) => d.field("url", url),
+            RedisServers::Cluster(nodes) => d.field("cluster", nodes),
+            RedisServers::Sentinel(s) => d.field("sentinel", s),
+        };
+        d.field("timeout", &shown.timeout)
+            .field("username", &shown.username)
+            .field("password", &shown.password)
+            .field("nonce_wait", &shown.nonce_wait)
             .finish()
     }
 }

@@ -79,21 +79,8 @@ pub struct App {
     pub pool_idle_timeout: Duration,
 }
 
-#[derive(Clone)]
-pub struct RedisConfig {
-    pub url: String,
-    pub timeout: Duration,
-}
-
-/// Shows the URL redacted: a config reaches logs through `{:?}` too.
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &meshgate_filters::redact::redact_url(&self.url))
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
+/// The validated `redis:` section: what the sidecar's `RedisStore` is built from.
+pub type RedisConfig = meshgate_filters::store::RedisOptions;
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -151,6 +138,85 @@ fn socket_addr(value: &str, path: &str, errors: &mut FieldErrors) -> Option<Sock
             )
         })
         .ok()
+}
+
+/// The `redis:` section: the servers well-formed, credentials only where
+/// they have a place, the replica wait resolved to its default.
+fn redis_config(r: &RedisSpec, errors: &mut FieldErrors) -> RedisConfig {
+    use meshgate_filters::store::{parse_node, RedisTarget, ReplicaWait};
+    let nodes = |nodes: &[String], path: &str, errors: &mut FieldErrors| {
+        if nodes.is_empty() {
+            errors.push(path, "needs at least one host:port");
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            if let Err(e) = parse_node(node) {
+                errors.push(format!("{path}[{i}]"), e);
+            }
+        }
+        nodes.to_vec()
+    };
+    let target = match &r.servers {
+        RedisServers::Url(url) => {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://"))
+            {
+                errors.push(
+                    "redis.url",
+                    "must start with redis://, rediss:// or redis+unix://",
+                );
+            }
+            for (field, value) in [("username", &r.username), ("password", &r.password)] {
+                if value.is_some() {
+                    errors.push(
+                        format!("redis.{field}"),
+                        "with `url`, credentials go in the URL (redis://user:pass@host/)",
+                    );
+                }
+            }
+            RedisTarget::Single { url: url.clone() }
+        }
+        RedisServers::Cluster(list) => RedisTarget::Cluster {
+            nodes: nodes(list, "redis.cluster", errors),
+        },
+        RedisServers::Sentinel(s) => {
+            if s.master.is_empty() {
+                errors.push("redis.sentinel.master", "must name the monitored master");
+            }
+            RedisTarget::Sentinel {
+                master: s.master.clone(),
+                nodes: nodes(&s.nodes, "redis.sentinel.nodes", errors),
+                sentinel_password: s.password.clone(),
+            }
+        }
+    };
+    let timeout = positive(r.timeout, "redis.timeout", errors);
+    // Replicated servers wait for one replica by default: without it a
+    // nonce the primary accepted can be lost in a failover and replayed.
+    let nonce_wait = match &r.nonce_wait {
+        Some(w) => ReplicaWait {
+            replicas: w.replicas,
+            timeout: match w.timeout {
+                Some(t) => positive(t, "redis.nonce_wait.timeout", errors),
+                None => timeout,
+            },
+        },
+        None => ReplicaWait {
+            replicas: if matches!(target, RedisTarget::Single { .. }) {
+                0
+            } else {
+                1
+            },
+            timeout,
+        },
+    };
+    RedisConfig {
+        target,
+        username: r.username.clone(),
+        password: r.password.clone(),
+        timeout,
+        nonce_wait,
+    }
 }
 
 fn positive(d: Duration, path: &str, errors: &mut FieldErrors) -> Duration {
@@ -259,21 +325,7 @@ pub fn validate(spec: &ConfigSpec, cx: &ValidateCx) -> Result<Config, FieldError
         .as_ref()
         .and_then(|h| socket_addr(h, "admin.health_listen", &mut errors));
 
-    let redis = spec.redis.as_ref().map(|r| {
-        if !(r.url.starts_with("redis://")
-            || r.url.starts_with("rediss://")
-            || r.url.starts_with("redis+unix://"))
-        {
-            errors.push(
-                "redis.url",
-                "must start with redis://, rediss:// or redis+unix://",
-            );
-        }
-        RedisConfig {
-            url: r.url.clone(),
-            timeout: positive(r.timeout, "redis.timeout", &mut errors),
-        }
-    });
+    let redis = spec.redis.as_ref().map(|r| redis_config(r, &mut errors));
 
     // filters
     let mut filters = IndexMap::new();
