@@ -366,30 +366,22 @@ impl AccessLog {
     fn finish(self, bytes_out: u64) {
         let elapsed = self.started.elapsed();
         self.route.record(self.status, elapsed.as_secs_f64());
-        if tracing::enabled!(target: "access", tracing::Level::INFO) {
-            let verdicts: Vec<String> = self
-                .verdicts
-                .iter()
-                .map(|(f, v)| format!("{f}:{v}"))
-                .collect();
-            tracing::info!(
-                target: "access",
-                request_id = %self.request_id,
-                route = %self.route.route(),
-                method = %self.method,
-                path = %self.uri.path(),
-                client = %self.client,
-                status = self.status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0),
-                bytes_in = self
-                    .streamed_in
-                    .as_ref()
-                    .map_or(self.bytes_in, |p| p.bytes()),
-                bytes_out,
-                verdicts = %verdicts.join(","),
-            );
-        }
+        crate::access_log::record(&crate::access_log::Entry {
+            request_id: self.request_id.as_str(),
+            route: self.route.route(),
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            client: self.client,
+            status: self.status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: self.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            bytes_in: self
+                .streamed_in
+                .as_ref()
+                .map_or(self.bytes_in, |p| p.bytes()),
+            bytes_out,
+            verdicts: &self.verdicts,
+        });
         drop(self.guards);
     }
 }
