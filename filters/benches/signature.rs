@@ -2,9 +2,9 @@
 //! policy, rebuild the signature base and verify (no body digest, no nonce
 //! store). Plus the Content-Digest of a 16 KiB body.
 //!
-//! The `verify-ed25519-backend` group times the bare Ed25519 verification
-//! of `ed25519-dalek` (used) against `ring`'s, the measurement behind that
-//! choice.
+//! The `verify-*-backend` groups time bare verification per library
+//! (`ring`, `aws-lc-rs`, `ed25519-dalek`), the measurements behind the
+//! choice of library per algorithm.
 //!
 //! `cargo bench -p meshgate-filters --bench signature -- verify --warm-up-time 1 --measurement-time 3`
 
@@ -121,17 +121,24 @@ fn bench_verify(c: &mut Criterion) {
     });
 }
 
-fn bench_ed25519_backends(c: &mut Criterion) {
+/// Bare verification (no header parsing, no signature base) of the same
+/// 256-byte message by each library: the measurements behind the choice of
+/// library per algorithm (keys.rs).
+fn bench_backends(c: &mut Criterion) {
+    use aws_lc_rs::signature as lc;
     use ed25519_dalek::pkcs8::DecodePrivateKey;
     use ed25519_dalek::Signer as _;
+    use ring::signature as rs;
+    let message = vec![b'm'; 256];
+
     let secret = ed25519_dalek::SigningKey::from_pkcs8_pem(ED25519_PRIVATE).expect("ed25519 key");
     let public = secret.verifying_key();
-    let message = vec![b'm'; 256];
-    let sig = secret.sign(&message);
-    let ring_key =
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public.to_bytes());
+    let sig = secret.sign(&message).to_bytes();
+    let ring_key = rs::UnparsedPublicKey::new(&rs::ED25519, public.to_bytes());
+    let lc_key = lc::ParsedPublicKey::new(&lc::ED25519, public.to_bytes()).expect("aws-lc key");
     let mut group = c.benchmark_group("verify-ed25519-backend");
     group.bench_function("ed25519-dalek-verify-strict", |b| {
+        let sig = ed25519_dalek::Signature::from_bytes(&sig);
         b.iter(|| {
             public
                 .verify_strict(black_box(&message), &sig)
@@ -141,12 +148,85 @@ fn bench_ed25519_backends(c: &mut Criterion) {
     group.bench_function("ring", |b| {
         b.iter(|| {
             ring_key
-                .verify(black_box(&message), &sig.to_bytes())
+                .verify(black_box(&message), &sig)
+                .expect("verifies")
+        })
+    });
+    group.bench_function("aws-lc-rs-parsed", |b| {
+        b.iter(|| {
+            lc_key
+                .verify_sig(black_box(&message), &sig)
+                .expect("verifies")
+        })
+    });
+    group.finish();
+
+    let rng = ring::rand::SystemRandom::new();
+    let Ok(PrivateKey::RsaV15(rsa)) = parse_private(Algorithm::RsaV15Sha256, RSA_PRIVATE_PKCS1)
+    else {
+        panic!("rsa key");
+    };
+    let mut rsa_sig = vec![0u8; rsa.public().modulus_len()];
+    rsa.sign(&rs::RSA_PKCS1_SHA256, &rng, &message, &mut rsa_sig)
+        .expect("rsa sign");
+    let rsa_der = rsa.public().as_ref().to_vec();
+    let ring_rsa = rs::UnparsedPublicKey::new(&rs::RSA_PKCS1_2048_8192_SHA256, rsa_der.clone());
+    let lc_rsa_unparsed =
+        lc::UnparsedPublicKey::new(&lc::RSA_PKCS1_2048_8192_SHA256, rsa_der.clone());
+    let lc_rsa = lc::ParsedPublicKey::new(&lc::RSA_PKCS1_2048_8192_SHA256, &rsa_der).expect("rsa");
+    let mut group = c.benchmark_group("verify-rsa-v1_5-sha256-backend");
+    group.bench_function("ring", |b| {
+        b.iter(|| {
+            ring_rsa
+                .verify(black_box(&message), &rsa_sig)
+                .expect("verifies")
+        })
+    });
+    group.bench_function("aws-lc-rs-unparsed", |b| {
+        b.iter(|| {
+            lc_rsa_unparsed
+                .verify(black_box(&message), &rsa_sig)
+                .expect("verifies")
+        })
+    });
+    group.bench_function("aws-lc-rs-parsed", |b| {
+        b.iter(|| {
+            lc_rsa
+                .verify_sig(black_box(&message), &rsa_sig)
+                .expect("verifies")
+        })
+    });
+    group.finish();
+
+    let Ok(PrivateKey::EcdsaP256(ec)) = parse_private(Algorithm::EcdsaP256Sha256, ECC_P256_PRIVATE)
+    else {
+        panic!("p256 key");
+    };
+    let ec_sig = ec
+        .sign(&rng, &message)
+        .expect("ecdsa sign")
+        .as_ref()
+        .to_vec();
+    let ec_point = ring::signature::KeyPair::public_key(&*ec).as_ref().to_vec();
+    let ring_ec = rs::UnparsedPublicKey::new(&rs::ECDSA_P256_SHA256_FIXED, ec_point.clone());
+    let lc_ec = lc::ParsedPublicKey::new(&lc::ECDSA_P256_SHA256_FIXED, &ec_point).expect("p256");
+    let mut group = c.benchmark_group("verify-ecdsa-p256-sha256-backend");
+    group.bench_function("ring", |b| {
+        b.iter(|| {
+            ring_ec
+                .verify(black_box(&message), &ec_sig)
+                .expect("verifies")
+        })
+    });
+    group.bench_function("aws-lc-rs-parsed", |b| {
+        b.iter(|| {
+            lc_ec
+                .verify_sig(black_box(&message), &ec_sig)
                 .expect("verifies")
         })
     });
     group.finish();
 }
 
-criterion_group!(benches, bench_verify, bench_ed25519_backends);
+criterion_group!(benches, bench_verify, bench_backends);
 criterion_main!(benches);

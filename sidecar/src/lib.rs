@@ -2,6 +2,7 @@
 //! the local app, config sources and the admin API.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod cli;
@@ -74,7 +75,9 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run_async(args, None)) {
+    let result = runtime.block_on(run_async(args, None));
+    access_log::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "meshgate stopped");
@@ -319,6 +322,9 @@ pub async fn run_async(
         "draining: waiting for connections to finish"
     );
     let left = drain.wait_idle(args.drain_timeout).await;
+    // Every request of this process is answered (or cut): its lines go out
+    // before a handed-over process idles or exits.
+    access_log::flush();
     if left > 0 {
         tracing::warn!(
             connections = left,

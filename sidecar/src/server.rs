@@ -245,7 +245,10 @@ pub async fn serve_connection<I>(
         let in_flight = service_activity.begin(version);
         let drain = service_drain.clone();
         async move {
-            let mut rsp = proxy::handle(shared, info, side, req, in_flight).await;
+            // Boxed: hyper keeps room for the service future in every
+            // connection, idle or not; a box makes that room a pointer and
+            // the request's state (several KB) exists only while it is served.
+            let mut rsp = Box::pin(proxy::handle(shared, info, side, req, in_flight)).await;
             // Draining: an HTTP/1 client learns to reconnect (to the new process).
             if drain.is_draining()
                 && version < http::Version::HTTP_2

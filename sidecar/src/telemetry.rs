@@ -46,6 +46,7 @@ pub fn init_logging(directives: &str, json: bool) -> Result<LogLevel, String> {
             .try_init()
     };
     result.map_err(|e| e.to_string())?;
+    crate::access_log::init(json);
     Ok(LogLevel { handle })
 }
 

@@ -13,6 +13,17 @@ ratios to both nginx set-ups and to meshgate pass-through.
 
 Usage: python3 test-harness/bench/compare.py [--duration 10] [--connections 32]
        [--rounds 3] [--write BENCHMARKS.md]
+
+Pinned mode (--pinned; needs 2 CPUs and taskset): one target at a time, each
+with its own minimal fixed-response upstream (bench/fixed_upstream.c, built
+here with gcc, answering a fixed 100-byte body, so the app costs next to
+nothing); wrk `-t1 -c32` on CPU 0, the proxy and the upstream on CPU 1, one
+worker each. Reports req/s and p99 (median of --repeat runs and their spread),
+proxy CPU per request (user+system time of the proxy process over the requests
+served), and RSS idle, with 1,000 open keep-alive connections and idle again
+after the load. Also meshgate pass-through with the access log on (stdout to a
+file). One command to re-run on a quiet machine:
+       python3 test-harness/bench/compare.py --pinned [--write BENCHMARKS.md]
 Only loopback addresses are used; every run is bounded by --duration.
 """
 import argparse
@@ -31,6 +42,12 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BENCH_DIR = os.path.join(ROOT, "test-harness", "bench")
 MARK_BEGIN = "<!-- compare.py:begin -->"
 MARK_END = "<!-- compare.py:end -->"
+PINNED_BEGIN = "<!-- compare.py --pinned:begin -->"
+PINNED_END = "<!-- compare.py --pinned:end -->"
+# CPUs of the pinned mode: the load generator alone on one, the proxy and its
+# upstream together on the other.
+LOAD_CPU = "0"
+PROXY_CPU = "1"
 
 WRK_LUA = """
 done = function(summary, latency, requests)
@@ -63,16 +80,18 @@ def wait_port(port, timeout=15):
 
 def ensure_tools():
     missing = [pkg for tool, pkg in [("wrk", "wrk"), ("h2load", "nghttp2-client"), ("nginx", "nginx-light"),
-                                     ("haproxy", "haproxy")] if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}")]
+                                     ("haproxy", "haproxy"), ("gcc", "gcc"), ("taskset", "util-linux")]
+               if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}")]
     if missing:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     # The chain benchmarks sign their requests with the same Python libraries the interop tests use.
-    if subprocess.run([sys.executable, "-c", "import http_message_signatures, jwt, cryptography"],
+    # The Alipay chain signs with Alipay's own SDK.
+    if subprocess.run([sys.executable, "-c", "import http_message_signatures, jwt, cryptography, alipay"],
                       capture_output=True).returncode != 0:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "http-message-signatures", "PyJWT",
-                        "cryptography"], check=True)
+                        "cryptography", "alipay-sdk-python"], check=True)
 
 
 def proc_stats(pid):
@@ -112,12 +131,31 @@ def total_stats(pids):
     return cpu, rss
 
 
-def headers_lua(headers):
-    return "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
+PASS_THROUGH_REQUEST = {"method": "GET", "path": "/bench", "headers": {}, "body": ""}
 
 
-def run_wrk(port, duration, connections, script):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script,
+def request_lua(req):
+    """wrk settings that make every request of the run `req` (method, path, headers, body)."""
+    lines = [f"wrk.method = {json.dumps(req['method'])}", f"wrk.path = {json.dumps(req['path'])}"]
+    if req["body"]:
+        lines.append(f"wrk.body = {json.dumps(req['body'])}")
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in req["headers"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def chain_request(chain, port):
+    """The request the chain accepts, signed for the authority the load tool sends (host:port of the target)."""
+    if chain is None:
+        return PASS_THROUGH_REQUEST
+    chain_name = os.path.basename(chain)[:-len(".yaml")]
+    return json.loads(subprocess.run(
+        [sys.executable, os.path.join(BENCH_DIR, "chains", "headers.py"), chain_name,
+         f"http://127.0.0.1:{port}/bench"], check=True, capture_output=True, text=True).stdout)
+
+
+def run_wrk(port, duration, connections, script, cpu=None):
+    pin = ["taskset", "-c", cpu] if cpu is not None else []
+    out = subprocess.run([*pin, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script,
                           f"http://127.0.0.1:{port}/bench"], capture_output=True, text=True, timeout=duration + 30).stdout
     m = re.search(r"^JSON (.*)$", out, re.M)
     if not m:
@@ -182,15 +220,21 @@ NGINX_SAME_HEADERS = NGINX_PLAIN + """
       proxy_hide_header x-meshgate-session-set;"""
 
 
-def start_target(kind, chain, port, app_port, tmp, release):
-    if kind == "meshgate":
+def start_target(kind, chain, port, app_port, tmp, release, cpu=None):
+    pin = ["taskset", "-c", cpu] if cpu is not None else []
+    if kind in ("meshgate", "meshgate-access-log"):
         admin = free_port()
         cfg = os.path.join(tmp, f"meshgate-{port}.yaml")
         with open(cfg, "w") as f:
             f.write(meshgate_config(port, admin, app_port, chain))
-        # Filter keys/JWKS referenced by chain configs resolve against the config's directory.
-        return subprocess.Popen([os.path.join(release, "meshgate"), "--config", cfg, "--concurrency", "1",
-                                 "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The access log is target `access` at info; at warn it is off. With it
+        # on, stdout (where it goes) is a file, as a container runtime would collect it.
+        if kind == "meshgate-access-log":
+            level, out = "info", open(os.path.join(tmp, f"meshgate-{port}.log"), "wb")
+        else:
+            level, out = "warn", subprocess.DEVNULL
+        return subprocess.Popen([*pin, os.path.join(release, "meshgate"), "--config", cfg, "--concurrency", "1",
+                                 "--log-level", level], stdout=out, stderr=subprocess.DEVNULL)
     if kind in ("nginx", "nginx-headers"):
         conf = os.path.join(tmp, f"nginx-{port}.conf")
         location = NGINX_PLAIN if kind == "nginx" else NGINX_SAME_HEADERS
@@ -206,7 +250,7 @@ http {{
   }}
 }}
 """)
-        return subprocess.Popen(["nginx", "-c", conf, "-e", f"{tmp}/nginx-{port}.err"],
+        return subprocess.Popen([*pin, "nginx", "-c", conf, "-e", f"{tmp}/nginx-{port}.err"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if kind == "haproxy":
         conf = os.path.join(tmp, f"haproxy-{port}.cfg")
@@ -226,7 +270,7 @@ frontend fe
 backend app
   server app 127.0.0.1:{app_port}
 """)
-        return subprocess.Popen(["haproxy", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen([*pin, "haproxy", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     raise ValueError(kind)
 
 
@@ -246,14 +290,21 @@ def main():
                     help="comma-separated target names to run (default: all), e.g. 'meshgate pass-through,nginx'")
     ap.add_argument("--write", default=None, help="update this markdown file between the compare.py markers")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--pinned", action="store_true",
+                    help="one target at a time, wrk on CPU 0, proxy and a fixed-response upstream on CPU 1")
+    ap.add_argument("--repeat", type=int, default=5, help="pinned mode: measured runs per target (median reported)")
     args = ap.parse_args()
+    if args.pinned and "--duration" not in sys.argv:
+        args.duration = 5
 
     ensure_tools()
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "meshgate", "-p", "meshgate-test-harness", "--bins"],
-                       cwd=ROOT, check=True)
+        packages = ["-p", "meshgate"] if args.pinned else ["-p", "meshgate", "-p", "meshgate-test-harness"]
+        subprocess.run(["cargo", "build", "--release", *packages, "--bins"], cwd=ROOT, check=True)
     release = os.path.join(TARGET, "release")
     tmp = tempfile.mkdtemp(prefix="meshgate-bench-")
+    if args.pinned:
+        return pinned(args, release, tmp)
 
     app_port = free_port()
     app = subprocess.Popen([os.path.join(release, "meshgate-echo-app"), f"127.0.0.1:{app_port}"],
@@ -284,15 +335,13 @@ def main():
                 t["port"] = free_port()
                 t["proc"] = start_target(kind, chain, t["port"], app_port, tmp, release)
                 wait_port(t["port"])
-                if chain is not None:
-                    chain_name = os.path.basename(chain)[:-len(".yaml")]
-                    # Sign for the authority the load tool sends (host:port of the target).
-                    t["headers"] = json.loads(subprocess.run(
-                        [sys.executable, os.path.join(BENCH_DIR, "chains", "headers.py"), chain_name,
-                         f"http://127.0.0.1:{t['port']}/bench"], check=True, capture_output=True, text=True).stdout)
+                t["request"] = chain_request(chain, t["port"])
+            else:
+                t["request"] = PASS_THROUGH_REQUEST
+            t["headers"] = t["request"]["headers"]
             t["script"] = os.path.join(tmp, f"wrk-{t['port']}.lua")
             with open(t["script"], "w") as f:
-                f.write(headers_lua(t["headers"]) + WRK_LUA)
+                f.write(request_lua(t["request"]) + WRK_LUA)
             targets.append(t)
         time.sleep(0.5)
         for t in targets:
@@ -316,7 +365,8 @@ def main():
         results = []
         for t in targets:
             h2 = None
-            if not (t["spec"] and t["spec"][0].startswith("nginx")):  # nginx proxies h2 only with TLS here
+            # nginx proxies h2 only with TLS here; h2load repeats GETs only.
+            if not (t["spec"] and t["spec"][0].startswith("nginx")) and t["request"]["method"] == "GET":
                 try:
                     h2 = run_h2load(t["port"], args.duration, args.connections, t["headers"])
                 except Exception as e:  # noqa: BLE001
@@ -347,14 +397,146 @@ def main():
     report = render(results, args)
     print(report)
     if args.write:
-        path = os.path.join(ROOT, args.write) if not os.path.isabs(args.write) else args.write
-        text = open(path).read() if os.path.exists(path) else ""
-        block = f"{MARK_BEGIN}\n{report}\n{MARK_END}"
-        if MARK_BEGIN in text:
-            text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S)
-        else:
-            text += "\n" + block + "\n"
-        open(path, "w").write(text)
+        write_block(args.write, MARK_BEGIN, MARK_END, report)
+
+
+def pinned_specs():
+    """(name, kind, chain file) of every pinned-mode target."""
+    specs = [("fixed upstream alone", None, None), ("nginx", "nginx", None),
+             ("nginx (same headers)", "nginx-headers", None), ("haproxy", "haproxy", None),
+             ("meshgate pass-through", "meshgate", None),
+             ("meshgate pass-through, access log on", "meshgate-access-log", None)]
+    for chain in sorted(f for f in os.listdir(os.path.join(BENCH_DIR, "chains")) if f.endswith(".yaml")):
+        specs.append((f"meshgate {chain[:-5]}", "meshgate", os.path.join(BENCH_DIR, "chains", chain)))
+    return specs
+
+
+def build_upstream(tmp):
+    binary = os.path.join(tmp, "fixed-upstream")
+    subprocess.run(["gcc", "-O2", "-o", binary, os.path.join(BENCH_DIR, "fixed_upstream.c")], check=True)
+    return binary
+
+
+def stop(proc):
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def pinned(args, release, tmp):
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("--pinned needs 2 CPUs")
+    upstream_bin = build_upstream(tmp)
+    specs = pinned_specs()
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",")}
+        unknown = wanted - {name for name, _, _ in specs}
+        if unknown:
+            sys.exit(f"unknown targets: {', '.join(sorted(unknown))}")
+        specs = [s for s in specs if s[0] in wanted]
+    load = os.getloadavg()
+    results = []
+    for name, kind, chain in specs:
+        upstream_port = free_port()
+        upstream = subprocess.Popen(["taskset", "-c", PROXY_CPU, upstream_bin, str(upstream_port)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = None
+        try:
+            wait_port(upstream_port)
+            port = upstream_port
+            if kind is not None:
+                port = free_port()
+                proc = start_target(kind, chain, port, upstream_port, tmp, release, cpu=PROXY_CPU)
+                wait_port(port)
+            req = chain_request(chain, port)
+            script = os.path.join(tmp, f"wrk-{port}.lua")
+            with open(script, "w") as f:
+                f.write(request_lua(req) + WRK_LUA)
+            time.sleep(0.5)  # nginx forks its worker after it listens
+            pids = pids_of(proc if proc is not None else upstream)
+            _, rss_idle = total_stats(pids)
+            run_wrk(port, 2, args.connections, script, cpu=LOAD_CPU)  # warm-up
+            runs = []
+            for _ in range(args.repeat):
+                cpu0, _ = total_stats(pids)
+                r = run_wrk(port, args.duration, args.connections, script, cpu=LOAD_CPU)
+                cpu1, _ = total_stats(pids)
+                r["cpu_us"] = (cpu1 - cpu0) * 1e6 / max(r["requests"], 1)
+                runs.append(r)
+                print(f"{name:40s} {r['rps']:>9.0f} req/s p99 {r['p99']/1000:.2f}ms cpu {r['cpu_us']:.2f}us/req "
+                      f"errors {r['errors']} non2xx {r['non2xx']}", flush=True)
+            socks = hold_connections(port, 1000)
+            time.sleep(0.5)
+            _, rss_1000 = total_stats(pids)
+            for s in socks:
+                s.close()
+            # Idle again: the connections closed, 5 s for the allocator to give memory back.
+            time.sleep(5)
+            _, rss_after = total_stats(pids)
+        finally:
+            stop(proc)
+            stop(upstream)
+        rps = [r["rps"] for r in runs]
+        results.append({
+            "name": name, "rps": median(rps), "spread": (max(rps) - min(rps)) / median(rps),
+            "p50": median([r["p50"] for r in runs]), "p99": median([r["p99"] for r in runs]),
+            "cpu_us": median([r["cpu_us"] for r in runs]),
+            "errors": sum(r["errors"] + r["non2xx"] for r in runs),
+            "rss_idle_kb": rss_idle, "rss_1000_kb": rss_1000, "rss_after_kb": rss_after})
+    report = render_pinned(results, args, load)
+    print(report)
+    if args.write:
+        write_block(args.write, PINNED_BEGIN, PINNED_END, report)
+
+
+def render_pinned(results, args, load):
+    by = {r["name"]: r for r in results}
+    nginx, nginx_same = by.get("nginx"), by.get("nginx (same headers)")
+    passthrough = by.get("meshgate pass-through")
+
+    def ratio(r, base, only_meshgate=False):
+        if base is None or r is base or (only_meshgate and not r["name"].startswith("meshgate")):
+            return "-"
+        return f"{r['rps'] / base['rps']:.2f}"
+
+    def cpu_delta(r):
+        if passthrough is None or r is passthrough or not r["name"].startswith("meshgate"):
+            return "-"
+        return f"{r['cpu_us'] - passthrough['cpu_us']:+.1f}"
+
+    only = f" --only '{args.only}'" if args.only else ""
+    lines = [f"Command: `python3 test-harness/bench/compare.py --pinned --duration {args.duration} --repeat "
+             f"{args.repeat}{only}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average before the "
+             f"run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs). wrk `-t1 -c{args.connections}` "
+             f"on CPU {LOAD_CPU}; the proxy (one worker) and the fixed 100-byte upstream on CPU {PROXY_CPU}. "
+             f"Median of {args.repeat} runs of {args.duration} s; spread is (max − min) / median of req/s. "
+             f"CPU is the proxy's user+system time per request. RSS: idle before the load, with 1,000 open "
+             f"keep-alive connections, and 5 s after they closed.", "",
+             "| target | req/s | spread | p50 ms | p99 ms | errors | vs nginx | vs nginx (same headers) "
+             "| vs pass-through | proxy CPU µs/req | CPU vs pass-through µs | RSS idle MB | RSS 1k conns MB "
+             "| RSS after load MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        lines.append(f"| {r['name']} | {r['rps']:.0f} | {r['spread'] * 100:.1f}% | {r['p50']/1000:.2f} | "
+                     f"{r['p99']/1000:.2f} | {r['errors']} | {ratio(r, nginx)} | {ratio(r, nginx_same)} | "
+                     f"{ratio(r, passthrough, True)} | {r['cpu_us']:.2f} | {cpu_delta(r)} | "
+                     f"{r['rss_idle_kb']/1024:.1f} | {r['rss_1000_kb']/1024:.1f} | {r['rss_after_kb']/1024:.1f} |")
+    return "\n".join(lines)
+
+
+def write_block(path, begin, end, report):
+    path = os.path.join(ROOT, path) if not os.path.isabs(path) else path
+    text = open(path).read() if os.path.exists(path) else ""
+    block = f"{begin}\n{report}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text += "\n" + block + "\n"
+    open(path, "w").write(text)
 
 
 def render(results, args):

@@ -1,18 +1,22 @@
 //! Signature algorithms and key material.
 //!
 //! The algorithm of a key is fixed by configuration; a request can never
-//! choose it. RSA (PKCS#1 v1.5 and PSS) and ECDSA P-256 sign and verify with
-//! `ring`, whose RSA private-key operation is blinded and constant-time (the
-//! `rsa` crate's is not: RUSTSEC-2023-0071, the Marvin attack). Ed25519 stays
-//! on `ed25519-dalek`, which verifies faster than `ring` here (BENCHMARKS.md),
-//! SM2 on RustCrypto (`ring` has no SM2). HMAC tags are compared in constant
-//! time by the `hmac` crate. Key files are parsed by RustCrypto's DER/PEM
-//! crates and handed to `ring` as DER.
+//! choose it. RSA (PKCS#1 v1.5 and PSS) and ECDSA P-256 sign with `ring`,
+//! whose RSA private-key operation is blinded and constant-time (the `rsa`
+//! crate's is not: RUSTSEC-2023-0071, the Marvin attack), and verify with
+//! `aws-lc-rs`, whose `ParsedPublicKey` is parsed once when the config loads
+//! (`ring` parses the key and recomputes its Montgomery constants on every
+//! verification, which made RSA verification ~2.5x OpenSSL's time;
+//! BENCHMARKS.md). Ed25519 stays on `ed25519-dalek`, which verifies faster
+//! than `ring` here, SM2 on RustCrypto (neither library has SM2). HMAC tags
+//! are compared in constant time by the `hmac` crate. Key files are parsed by
+//! RustCrypto's DER/PEM crates and handed to the libraries as DER.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use aws_lc_rs::signature as lc_sig;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use ring::signature::{self as ring_sig, KeyPair as _};
@@ -257,7 +261,9 @@ impl KeySpec {
             return None;
         }
         let parsed = if source.starts_with("private") {
-            parse_private(alg, &pem).map(|s| KeyMaterial::Private(Box::new(s)))
+            parse_private(alg, &pem)
+                .and_then(|s| s.public().map(|_| s))
+                .map(|s| KeyMaterial::Private(Box::new(s)))
         } else {
             parse_public(alg, &pem).map(|v| KeyMaterial::Public(Box::new(v)))
         };
@@ -305,17 +311,25 @@ impl Drop for HmacSecret {
     }
 }
 
-/// Verification half of an asymmetric key.
+/// Verification half of an asymmetric key, parsed once.
 #[derive(Clone)]
 pub enum PublicKey {
-    /// The uncompressed SEC1 point, for `ECDSA_P256_SHA256_FIXED` (RFC 9421
-    /// signatures are raw `r || s`).
-    EcdsaP256(ring_sig::UnparsedPublicKey<Vec<u8>>),
+    /// From the uncompressed SEC1 point, for `ECDSA_P256_SHA256_FIXED`
+    /// (RFC 9421 signatures are raw `r || s`).
+    EcdsaP256(lc_sig::ParsedPublicKey),
     Ed25519(ed25519_dalek::VerifyingKey),
-    /// The PKCS#1 `RSAPublicKey` DER, checked when loaded (2048 to 8192 bits).
-    RsaPss(ring_sig::UnparsedPublicKey<Vec<u8>>),
-    RsaV15(ring_sig::UnparsedPublicKey<Vec<u8>>),
+    /// From the PKCS#1 `RSAPublicKey` DER, checked when loaded (2048 to 8192 bits).
+    RsaPss(lc_sig::ParsedPublicKey),
+    RsaV15(lc_sig::ParsedPublicKey),
     Sm2(sm2::dsa::VerifyingKey),
+}
+
+/// A public key `aws-lc-rs` verifies with, parsed now rather than per request.
+fn parsed(
+    alg: &'static dyn lc_sig::VerificationAlgorithm,
+    der: &[u8],
+) -> Result<lc_sig::ParsedPublicKey, String> {
+    lc_sig::ParsedPublicKey::new(alg, der).map_err(|e| format!("public key rejected: {e}"))
 }
 
 /// Signing half of an asymmetric key. `ring`'s key pairs are not `Clone`;
@@ -342,8 +356,8 @@ pub struct Key {
     pub id: Arc<str>,
     pub alg: Algorithm,
     material: Arc<KeyMaterial>,
-    /// The public half of private material, derived once rather than per
-    /// verification.
+    /// The public half of private material, derived and parsed once rather
+    /// than per verification.
     derived_public: Option<Arc<PublicKey>>,
 }
 
@@ -371,7 +385,8 @@ pub enum SignError {
 impl Key {
     pub fn new(id: &str, alg: Algorithm, material: KeyMaterial) -> Self {
         let derived_public = match &material {
-            KeyMaterial::Private(sk) => Some(Arc::new(sk.public())),
+            // `validate` refuses a private key whose public half does not parse.
+            KeyMaterial::Private(sk) => sk.public().ok().map(Arc::new),
             KeyMaterial::Hmac(_) | KeyMaterial::Public(_) => None,
         };
         Key {
@@ -403,10 +418,10 @@ impl Key {
                 mac.verify_slice(sig).is_ok()
             }
             KeyMaterial::Public(pk) => verify_public(pk, message, sig),
-            KeyMaterial::Private(sk) => match &self.derived_public {
-                Some(pk) => verify_public(pk, message, sig),
-                None => verify_public(&sk.public(), message, sig),
-            },
+            KeyMaterial::Private(_) => self
+                .derived_public
+                .as_ref()
+                .is_some_and(|pk| verify_public(pk, message, sig)),
         }
     }
 
@@ -452,23 +467,25 @@ impl PrivateKey {
         }
     }
 
-    fn public(&self) -> PublicKey {
-        match self {
-            PrivateKey::EcdsaP256(k) => PublicKey::EcdsaP256(ring_sig::UnparsedPublicKey::new(
-                &ring_sig::ECDSA_P256_SHA256_FIXED,
-                k.public_key().as_ref().to_vec(),
-            )),
+    /// The public half, parsed for verification. Fails only if `aws-lc-rs`
+    /// refuses a public key `ring` derived (then the key is a config error).
+    fn public(&self) -> Result<PublicKey, String> {
+        Ok(match self {
+            PrivateKey::EcdsaP256(k) => PublicKey::EcdsaP256(parsed(
+                &lc_sig::ECDSA_P256_SHA256_FIXED,
+                k.public_key().as_ref(),
+            )?),
             PrivateKey::Ed25519(k) => PublicKey::Ed25519(k.verifying_key()),
-            PrivateKey::RsaPss(k) => PublicKey::RsaPss(ring_sig::UnparsedPublicKey::new(
-                &ring_sig::RSA_PSS_2048_8192_SHA512,
-                k.public().as_ref().to_vec(),
-            )),
-            PrivateKey::RsaV15(k) => PublicKey::RsaV15(ring_sig::UnparsedPublicKey::new(
-                &ring_sig::RSA_PKCS1_2048_8192_SHA256,
-                k.public().as_ref().to_vec(),
-            )),
+            PrivateKey::RsaPss(k) => PublicKey::RsaPss(parsed(
+                &lc_sig::RSA_PSS_2048_8192_SHA512,
+                k.public().as_ref(),
+            )?),
+            PrivateKey::RsaV15(k) => PublicKey::RsaV15(parsed(
+                &lc_sig::RSA_PKCS1_2048_8192_SHA256,
+                k.public().as_ref(),
+            )?),
             PrivateKey::Sm2(k) => PublicKey::Sm2(k.verifying_key().clone()),
-        }
+        })
     }
 }
 
@@ -488,7 +505,7 @@ fn rsa_sign(
 fn verify_public(pk: &PublicKey, message: &[u8], sig: &[u8]) -> bool {
     match pk {
         PublicKey::EcdsaP256(k) | PublicKey::RsaPss(k) | PublicKey::RsaV15(k) => {
-            k.verify(message, sig).is_ok()
+            k.verify_sig(message, sig).is_ok()
         }
         PublicKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
             .map(|s| k.verify_strict(message, &s).is_ok())
@@ -583,28 +600,23 @@ pub fn parse_public(alg: Algorithm, pem: &str) -> Result<PublicKey, String> {
         // p256 parses the SPKI (compressed points too) and checks the point is
         // on the curve; ring verifies with the uncompressed encoding.
         Algorithm::EcdsaP256Sha256 => p256::PublicKey::from_public_key_pem(pem.trim())
-            .map(|k| {
-                PublicKey::EcdsaP256(ring_sig::UnparsedPublicKey::new(
-                    &ring_sig::ECDSA_P256_SHA256_FIXED,
-                    k.to_encoded_point(false).as_bytes().to_vec(),
-                ))
-            })
-            .map_err(|e| format!("not a P-256 public key (SPKI PEM): {e}")),
+            .map_err(|e| format!("not a P-256 public key (SPKI PEM): {e}"))
+            .and_then(|k| {
+                parsed(
+                    &lc_sig::ECDSA_P256_SHA256_FIXED,
+                    k.to_encoded_point(false).as_bytes(),
+                )
+                .map(PublicKey::EcdsaP256)
+            }),
         Algorithm::Ed25519 => ed25519_dalek::VerifyingKey::from_public_key_pem(pem)
             .map(PublicKey::Ed25519)
             .map_err(|e| format!("not an Ed25519 public key (SPKI PEM): {e}")),
-        Algorithm::RsaPssSha512 => rsa_public_der(pem).map(|der| {
-            PublicKey::RsaPss(ring_sig::UnparsedPublicKey::new(
-                &ring_sig::RSA_PSS_2048_8192_SHA512,
-                der,
-            ))
-        }),
-        Algorithm::RsaV15Sha256 => rsa_public_der(pem).map(|der| {
-            PublicKey::RsaV15(ring_sig::UnparsedPublicKey::new(
-                &ring_sig::RSA_PKCS1_2048_8192_SHA256,
-                der,
-            ))
-        }),
+        Algorithm::RsaPssSha512 => rsa_public_der(pem)
+            .and_then(|der| parsed(&lc_sig::RSA_PSS_2048_8192_SHA512, &der))
+            .map(PublicKey::RsaPss),
+        Algorithm::RsaV15Sha256 => rsa_public_der(pem)
+            .and_then(|der| parsed(&lc_sig::RSA_PKCS1_2048_8192_SHA256, &der))
+            .map(PublicKey::RsaV15),
         Algorithm::Sm2Sm3 => sm2::PublicKey::from_public_key_pem(pem)
             .map_err(|e| format!("not an SM2 public key (SPKI PEM): {e}"))
             .and_then(|pk| {

@@ -101,34 +101,25 @@ impl Exchange {
     fn log(self, bytes_out: u64) {
         let elapsed = self.started.elapsed();
         self.route.record(self.status, elapsed.as_secs_f64());
-        if tracing::enabled!(target: "access", tracing::Level::INFO) {
-            let verdicts: Vec<String> = self
-                .filters
-                .verdicts
-                .iter()
-                .map(|(f, v)| format!("{f}:{v}"))
-                .collect();
-            // A body of announced length is counted from Content-Length; a
-            // streamed one by its idle guard as it went.
-            let bytes_in = match (&self.body_progress, self.content_length) {
-                (Some(progress), 0) => progress.bytes(),
-                (_, announced) => announced,
-            };
-            tracing::info!(
-                target: "access",
-                request_id = %self.request_id,
-                route = %self.route.route(),
-                method = %self.method,
-                path = %self.uri.path(),
-                client = %self.filters.client_ip,
-                status = self.status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-                bytes_in,
-                bytes_out,
-                verdicts = %verdicts.join(","),
-            );
-        }
+        // A body of announced length is counted from Content-Length; a
+        // streamed one by its idle guard as it went.
+        let bytes_in = match (&self.body_progress, self.content_length) {
+            (Some(progress), 0) => progress.bytes(),
+            (_, announced) => announced,
+        };
+        crate::access_log::record(&crate::access_log::Entry {
+            request_id: self.request_id.as_str(),
+            route: self.route.route(),
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            client: self.filters.client_ip,
+            status: self.status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: self.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            bytes_in,
+            bytes_out,
+            verdicts: &self.filters.verdicts,
+        });
     }
 }
 

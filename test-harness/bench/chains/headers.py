@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Prints, as JSON, the headers of one request that the chain CHAIN accepts.
-Usage: headers.py CHAIN URL   (CHAIN is a chains/*.yaml name without .yaml)
+"""Prints, as JSON, one request that the chain CHAIN accepts:
+{"method": "GET", "path": "/bench", "headers": {...}, "body": ""}.
+Usage: headers.py CHAIN URL   (CHAIN is a chains/*.yaml name without .yaml;
+URL the target's http://host:port/bench, whose authority is signed)
 
 The load generator repeats this request, so signatures carry no nonce and stay
 valid for the chain's max_age. Keys here are benchmark-only test keys."""
@@ -15,6 +17,8 @@ import jwt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIGNER = os.path.join(HERE, "..", "..", "scripts", "sign_request.py")
+ALIPAY_SIGNER = os.path.join(HERE, "..", "..", "scripts", "alipay_sign.py")
+ALIPAY_KEY = os.path.join(HERE, "..", "..", "..", "filters", "src", "signature", "testdata", "rsa-2048-private.pem")
 HMAC_SECRET = "bWVzaGdhdGUtYmVuY2gtaG1hYy1zZWNyZXQtMzItYnl0ZXMh"
 JWT_SECRET = "bWVzaGdhdGUtYmVuY2gtand0LWhzMjU2LXNlY3JldC0zMi1ieXRlcyEh"
 
@@ -34,8 +38,21 @@ def bearer():
     return f"Bearer {token}"
 
 
+def alipay():
+    """An alipay.trade.query signed by Alipay's SDK (its timestamp in +08:00, the filter's default)."""
+    out = subprocess.run([sys.executable, ALIPAY_SIGNER, "--app-id", "2014072300007148", "--private-key-file",
+                          ALIPAY_KEY], check=True, capture_output=True, text=True,
+                         env={**os.environ, "TZ": "CST-8"}).stdout
+    signed = json.loads(out)
+    return {"method": "POST", "path": f"/gateway.do?{signed['query']}",
+            "headers": {"content-type": signed["content_type"]}, "body": signed["body"]}
+
+
 def main():
     chain, url = sys.argv[1], sys.argv[2]
+    if chain == "alipay-rsa2":
+        print(json.dumps(alipay()))
+        return
     headers = {}
     if chain in ("full-chain", "signature-hmac"):
         headers.update(signed(url, "bench-app", "hmac-sha256", ["--secret-b64", HMAC_SECRET]))
@@ -44,7 +61,7 @@ def main():
                               ["--private-key-file", os.path.join(HERE, "bench-ed25519.key.pem")]))
     if chain == "full-chain":
         headers["authorization"] = bearer()
-    print(json.dumps(headers))
+    print(json.dumps({"method": "GET", "path": "/bench", "headers": headers, "body": ""}))
 
 
 if __name__ == "__main__":
