@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use meshgate_test_harness::etcd::EtcdCluster;
+use meshgate_test_harness::which_config::{bootstrap, pushed};
 use meshgate_test_harness::{
     bin, free_port, get, request, wait_until, EchoApp, HttpResult, Proc, Sidecar,
 };
@@ -128,32 +129,6 @@ impl Replica {
             .filter_map(|s| s["node_id"].as_str().map(str::to_string))
             .collect()
     }
-}
-
-fn bootstrap(app: &str) -> String {
-    format!(
-        r#"
-inbound: {{ listen: "${{INBOUND}}" }}
-admin: {{ listen: "${{ADMIN}}" }}
-app: {{ address: "{app}" }}
-routes:
-  - name: which
-    match: {{ path: /which }}
-    respond: {{ status: 200, body: bootstrap }}
-"#
-    )
-}
-
-fn pushed(label: &str) -> String {
-    format!(
-        r#"
-inbound: {{ listen: "0.0.0.0:15006" }}
-routes:
-  - name: which
-    match: {{ path: /which }}
-    respond: {{ status: 200, body: {label} }}
-"#
-    )
 }
 
 struct Node {

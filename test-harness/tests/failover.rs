@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
+use meshgate_test_harness::which_config::{bootstrap, pushed};
 use meshgate_test_harness::{
     bin, free_port, get, request, wait_until, EchoApp, HttpResult, Proc, Sidecar,
 };
@@ -124,37 +125,6 @@ impl Replica {
             .map(str::to_string)
             .collect()
     }
-}
-
-fn bootstrap(app: &str) -> String {
-    format!(
-        r#"
-inbound: {{ listen: "${{INBOUND}}" }}
-admin: {{ listen: "${{ADMIN}}" }}
-app: {{ address: "{app}" }}
-routes:
-  - name: which
-    match: {{ path: /which }}
-    respond: {{ status: 200, body: bootstrap }}
-  - name: app
-    match: {{ path_prefix: / }}
-"#
-    )
-}
-
-/// A pushed config; `/which` answers `label`.
-fn pushed(label: &str) -> String {
-    format!(
-        r#"
-inbound: {{ listen: "0.0.0.0:15006" }}
-routes:
-  - name: which
-    match: {{ path: /which }}
-    respond: {{ status: 200, body: {label} }}
-  - name: app
-    match: {{ path_prefix: / }}
-"#
-    )
 }
 
 struct Node {
