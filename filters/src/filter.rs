@@ -9,15 +9,6 @@ use crate::body::{Body, BodyStalled, BufferError};
 use crate::context::RequestCtx;
 use crate::error::Rejection;
 
-/// A filter's answer for the request phase.
-#[derive(Debug)]
-pub enum Verdict {
-    /// Go on with the next filter (or the app).
-    Continue,
-    /// Answer the client now; the app is not called.
-    Reject(Rejection),
-}
-
 /// The request as a filter sees it: the head, and the body behind a bounded
 /// buffer.
 pub struct RequestView<'a> {
@@ -122,12 +113,13 @@ fn body_rejection(err: BufferError) -> Rejection {
 /// The sidecar dispatches statically through [`crate::AnyFilter`], so these
 /// futures are never boxed.
 pub trait Filter: Send + Sync {
-    /// Runs before the app is called.
+    /// Runs before the app is called. `Ok` goes on with the next filter (or
+    /// the app); `Err` answers the client now and the app is not called.
     fn on_request(
         &self,
         req: &mut RequestView<'_>,
         cx: &mut RequestCtx,
-    ) -> impl Future<Output = Verdict> + Send;
+    ) -> impl Future<Output = Result<(), Rejection>> + Send;
 
     /// Runs on the app's response, in reverse chain order. An error replaces
     /// the app's response with the rejection.

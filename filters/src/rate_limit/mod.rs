@@ -39,7 +39,7 @@ pub use spec::{
 use crate::chain::BuildCx;
 use crate::context::RequestCtx;
 use crate::error::Rejection;
-use crate::filter::{Filter, RequestView, Verdict};
+use crate::filter::{Filter, RequestView};
 use crate::store::RedisStore;
 use global::{GlobalOutcome, GlobalRule, LeaseCell, Peers};
 use keymap::KeyMap;
@@ -208,7 +208,11 @@ impl RateLimitFilter {
 }
 
 impl Filter for RateLimitFilter {
-    async fn on_request(&self, req: &mut RequestView<'_>, cx: &mut RequestCtx) -> Verdict {
+    async fn on_request(
+        &self,
+        req: &mut RequestView<'_>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
         let now = now_ns();
         let now_s = now / 1_000_000_000;
         let mut taken: Vec<Taken> = Vec::new();
@@ -261,7 +265,7 @@ impl Filter for RateLimitFilter {
                         GlobalOutcome::StoreUnavailable => {
                             rule.metrics.limited.increment(1);
                             Self::refund(taken, now);
-                            return Verdict::Reject(Rejection::new(
+                            return Err(Rejection::new(
                                 "rate_limit_store_unavailable",
                                 format!(
                                     "rate limit {:?} cannot be checked right now",
@@ -313,7 +317,7 @@ impl Filter for RateLimitFilter {
                     for (name, value) in headers::fields(&[report]) {
                         rejection = rejection.with_header(name, value);
                     }
-                    return Verdict::Reject(rejection);
+                    return Err(rejection);
                 }
             }
         }
@@ -335,7 +339,7 @@ impl Filter for RateLimitFilter {
         if self.response_headers {
             cx.response_headers.extend(headers::fields(&reports));
         }
-        Verdict::Continue
+        Ok(())
     }
 }
 

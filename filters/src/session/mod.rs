@@ -58,7 +58,7 @@ use self::store::{unix_now, Backend, Lookup, MemoryStore, SessionRecord, StoreFa
 use crate::chain::BuildCx;
 use crate::context::RequestCtx;
 use crate::error::Rejection;
-use crate::filter::{Filter, RequestView, ResponseView, Verdict};
+use crate::filter::{Filter, RequestView, ResponseView};
 
 /// Response header by which the app asks for a new session.
 pub const SESSION_SET_HEADER: &str = "x-meshgate-session-set";
@@ -171,11 +171,11 @@ impl SessionFilter {
     /// A refusal, or anonymous continuation on `optional` routes (for
     /// session-mode refusals only: a stale cookie must not block the login
     /// route that replaces it).
-    fn refuse_session(&self, reason: &'static str, message: &'static str) -> Verdict {
+    fn refuse_session(&self, reason: &'static str, message: &'static str) -> Result<(), Rejection> {
         if self.optional {
-            Verdict::Continue
+            Ok(())
         } else {
-            Verdict::Reject(Rejection::new(reason, message))
+            Err(Rejection::new(reason, message))
         }
     }
 
@@ -204,12 +204,12 @@ impl SessionFilter {
         verifier: &JwtVerifier,
         keys: &Keys,
         cx: &mut RequestCtx,
-    ) -> Verdict {
+    ) -> Result<(), Rejection> {
         let result = match keys {
             Keys::Static(keys) => verifier.verify(token, keys),
             Keys::Remote(remote, settings) => {
                 let Some(keys) = remote.keys(settings).await else {
-                    return Verdict::Reject(Rejection::new(
+                    return Err(Rejection::new(
                         "session_store_unavailable",
                         "token signing keys are unavailable",
                     ));
@@ -230,19 +230,20 @@ impl SessionFilter {
         match result {
             Ok(claims) => {
                 self.set_identity(cx, claims.sub.as_deref(), &claims.all);
-                Verdict::Continue
+                Ok(())
             }
-            Err(JwtError::Expired) => {
-                Verdict::Reject(Rejection::new("token_expired", "the token has expired"))
-            }
-            Err(JwtError::UnknownKid) => {
-                Verdict::Reject(Rejection::new("token_invalid", "unknown key id"))
-            }
-            Err(JwtError::Invalid(why)) => Verdict::Reject(Rejection::new("token_invalid", why)),
+            Err(JwtError::Expired) => Err(Rejection::new("token_expired", "the token has expired")),
+            Err(JwtError::UnknownKid) => Err(Rejection::new("token_invalid", "unknown key id")),
+            Err(JwtError::Invalid(why)) => Err(Rejection::new("token_invalid", why)),
         }
     }
 
-    async fn check_session(&self, id: String, rt: &SessionRuntime, cx: &mut RequestCtx) -> Verdict {
+    async fn check_session(
+        &self,
+        id: String,
+        rt: &SessionRuntime,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
         if !token::plausible_session_id(&id) {
             return self.refuse_session("session_expired", "unknown or expired session");
         }
@@ -256,7 +257,7 @@ impl SessionFilter {
                 let sub = (!record.sub.is_empty()).then_some(record.sub.as_str());
                 self.set_identity(cx, sub, &record.claims);
                 cx.extensions.insert(CurrentSession(id));
-                Verdict::Continue
+                Ok(())
             }
             Ok(Lookup::Active(_)) => {
                 self.refuse_session("session_expired", "the session has expired")
@@ -268,8 +269,8 @@ impl SessionFilter {
             Err(StoreFailure(e)) => {
                 tracing::warn!(error = %e, "session store lookup failed");
                 match rt.config.on_store_error {
-                    OnStoreError::AllowAnonymous => Verdict::Continue,
-                    OnStoreError::FailClosed => Verdict::Reject(store_unavailable()),
+                    OnStoreError::AllowAnonymous => Ok(()),
+                    OnStoreError::FailClosed => Err(store_unavailable()),
                 }
             }
         }
@@ -447,12 +448,16 @@ fn claim_header_value(value: &Value) -> Option<HeaderValue> {
 }
 
 impl Filter for SessionFilter {
-    async fn on_request(&self, req: &mut RequestView<'_>, cx: &mut RequestCtx) -> Verdict {
+    async fn on_request(
+        &self,
+        req: &mut RequestView<'_>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
         let Some(credential) = token::extract(&req.head.headers, &self.token) else {
             return if self.optional {
-                Verdict::Continue
+                Ok(())
             } else {
-                Verdict::Reject(Rejection::new("login_required", "this route needs a login"))
+                Err(Rejection::new("login_required", "this route needs a login"))
             };
         };
         if !self.forward {

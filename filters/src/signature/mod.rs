@@ -49,7 +49,7 @@ use crate::chain::BuildCx;
 use crate::config::{FieldErrors, ValidateCx};
 use crate::context::RequestCtx;
 use crate::error::Rejection;
-use crate::filter::{Filter, RequestView, ResponseView, Verdict};
+use crate::filter::{Filter, RequestView, ResponseView};
 
 pub use base::{Message, RequestParts};
 pub use keys::{Algorithm, Key, KeySpec, SignError};
@@ -596,7 +596,11 @@ fn unix_now() -> u64 {
 }
 
 impl Filter for SignatureFilter {
-    async fn on_request(&self, req: &mut RequestView<'_>, cx: &mut RequestCtx) -> Verdict {
+    async fn on_request(
+        &self,
+        req: &mut RequestView<'_>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
         let outcome = match self.config.scheme {
             Scheme::Rfc9421 => self.verify_rfc9421(req, cx).await,
             Scheme::AlipayRsa2 => self.verify_alipay(req).await,
@@ -605,7 +609,7 @@ impl Filter for SignatureFilter {
             Ok(v) => v,
             Err(rejection) => {
                 tracing::debug!(reason = rejection.reason, message = %rejection.message, "signature rejected");
-                return Verdict::Reject(rejection);
+                return Err(rejection);
             }
         };
         if self
@@ -631,7 +635,7 @@ impl Filter for SignatureFilter {
             cx.set_upstream_header(HeaderName::from_static(CLIENT_ID_HEADER), value);
         }
         tracing::trace!(key_id = %key_id, "signature verified");
-        Verdict::Continue
+        Ok(())
     }
 
     async fn on_response(
