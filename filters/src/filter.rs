@@ -45,7 +45,7 @@ impl<'a> RequestView<'a> {
         match tokio::time::timeout(self.body_timeout, self.body.buffer(self.max_body)).await {
             Ok(buffered) => buffered.map_err(body_rejection),
             Err(_) => Err(Rejection::new(
-                "request_timeout",
+                &crate::error::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within {:?}",
                     self.body_timeout
@@ -94,15 +94,18 @@ impl<'a> ResponseView<'a> {
 
 fn body_rejection(err: BufferError) -> Rejection {
     match err {
-        BufferError::TooLarge => {
-            Rejection::new("body_too_large", "body exceeds the configured limit")
-        }
-        BufferError::Read(e) if e.is::<BodyStalled>() => {
-            Rejection::new("request_timeout", format!("the request body stalled: {e}"))
-        }
-        BufferError::Read(e) => {
-            Rejection::new("bad_request", format!("reading the body failed: {e}"))
-        }
+        BufferError::TooLarge => Rejection::new(
+            &crate::error::BODY_TOO_LARGE,
+            "body exceeds the configured limit",
+        ),
+        BufferError::Read(e) if e.is::<BodyStalled>() => Rejection::new(
+            &crate::error::REQUEST_TIMEOUT,
+            format!("the request body stalled: {e}"),
+        ),
+        BufferError::Read(e) => Rejection::new(
+            &crate::error::BAD_REQUEST,
+            format!("reading the body failed: {e}"),
+        ),
     }
 }
 

@@ -18,8 +18,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FieldErrors, ValidateCx};
 use crate::context::RequestCtx;
-use crate::error::Rejection;
+use crate::error::{Reason, Rejection};
 use crate::filter::{Filter, RequestView, ResponseView};
+
+// The reasons this filter answers with (listed in `crate::error::REASONS`).
+pub const HEADER_REQUIRED: Reason = Reason::new("header_required", 400, 40002);
+pub const HEADER_FORBIDDEN: Reason = Reason::new("header_forbidden", 403, 40301);
+pub const METHOD_NOT_ALLOWED: Reason = Reason::new("method_not_allowed", 405, 40501);
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -147,7 +152,7 @@ impl Filter for HeaderFilter {
         let c = &self.config;
         if !c.methods.is_empty() && !c.methods.contains(&req.head.method) {
             return Err(Rejection::new(
-                "method_not_allowed",
+                &METHOD_NOT_ALLOWED,
                 format!("method {} is not allowed on this route", req.head.method),
             ));
         }
@@ -157,13 +162,13 @@ impl Filter for HeaderFilter {
             .find(|h| !req.head.headers.contains_key(*h))
         {
             return Err(Rejection::new(
-                "header_required",
+                &HEADER_REQUIRED,
                 format!("header {missing} is required"),
             ));
         }
         if let Some(present) = c.deny.iter().find(|h| req.head.headers.contains_key(*h)) {
             return Err(Rejection::new(
-                "header_forbidden",
+                &HEADER_FORBIDDEN,
                 format!("header {present} is not allowed"),
             ));
         }

@@ -38,13 +38,18 @@ pub use spec::{
 
 use crate::chain::BuildCx;
 use crate::context::RequestCtx;
-use crate::error::Rejection;
+use crate::error::{Reason, Rejection};
 use crate::filter::{Filter, RequestView};
 use crate::store::RedisStore;
 use global::{GlobalOutcome, GlobalRule, LeaseCell, Peers};
 use keymap::KeyMap;
 use local::{Cell, ConcurrencyPermit, Outcome};
 use state::RuleState;
+
+// The reasons this filter answers with (listed in `crate::error::REASONS`).
+pub const RATE_LIMITED: Reason = Reason::new("rate_limited", 429, 42901);
+pub const RATE_LIMIT_STORE_UNAVAILABLE: Reason =
+    Reason::new("rate_limit_store_unavailable", 503, 50321);
 
 /// Wall-clock nanoseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ns() -> u64 {
@@ -266,7 +271,7 @@ impl Filter for RateLimitFilter {
                             rule.metrics.limited.increment(1);
                             Self::refund(taken, now);
                             return Err(Rejection::new(
-                                "rate_limit_store_unavailable",
+                                &RATE_LIMIT_STORE_UNAVAILABLE,
                                 format!(
                                     "rate limit {:?} cannot be checked right now",
                                     rule.config.name
@@ -308,7 +313,7 @@ impl Filter for RateLimitFilter {
                     rule.metrics.limited.increment(1);
                     Self::refund(taken, now);
                     let mut rejection = Rejection::new(
-                        "rate_limited",
+                        &RATE_LIMITED,
                         format!("rate limit {:?} exceeded", rule.config.name),
                     );
                     let retry_s = retry_ns.div_ceil(1_000_000_000).max(1);

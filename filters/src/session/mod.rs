@@ -57,8 +57,16 @@ use self::jwt::{JwtError, JwtVerifier, KeySet};
 use self::store::{unix_now, Backend, Lookup, MemoryStore, SessionRecord, StoreFailure};
 use crate::chain::BuildCx;
 use crate::context::RequestCtx;
-use crate::error::Rejection;
+use crate::error::{Reason, Rejection};
 use crate::filter::{Filter, RequestView, ResponseView};
+
+// The reasons this filter answers with (listed in `crate::error::REASONS`).
+pub const LOGIN_REQUIRED: Reason = Reason::new("login_required", 401, 40111);
+pub const TOKEN_INVALID: Reason = Reason::new("token_invalid", 401, 40112);
+pub const TOKEN_EXPIRED: Reason = Reason::new("token_expired", 401, 40113);
+pub const SESSION_EXPIRED: Reason = Reason::new("session_expired", 401, 40114);
+pub const SESSION_REVOKED: Reason = Reason::new("session_revoked", 401, 40115);
+pub const SESSION_STORE_UNAVAILABLE: Reason = Reason::new("session_store_unavailable", 503, 50311);
 
 /// Response header by which the app asks for a new session.
 pub const SESSION_SET_HEADER: &str = "x-meshgate-session-set";
@@ -171,7 +179,11 @@ impl SessionFilter {
     /// A refusal, or anonymous continuation on `optional` routes (for
     /// session-mode refusals only: a stale cookie must not block the login
     /// route that replaces it).
-    fn refuse_session(&self, reason: &'static str, message: &'static str) -> Result<(), Rejection> {
+    fn refuse_session(
+        &self,
+        reason: &'static Reason,
+        message: &'static str,
+    ) -> Result<(), Rejection> {
         if self.optional {
             Ok(())
         } else {
@@ -210,7 +222,7 @@ impl SessionFilter {
             Keys::Remote(remote, settings) => {
                 let Some(keys) = remote.keys(settings).await else {
                     return Err(Rejection::new(
-                        "session_store_unavailable",
+                        &SESSION_STORE_UNAVAILABLE,
                         "token signing keys are unavailable",
                     ));
                 };
@@ -232,9 +244,9 @@ impl SessionFilter {
                 self.set_identity(cx, claims.sub.as_deref(), &claims.all);
                 Ok(())
             }
-            Err(JwtError::Expired) => Err(Rejection::new("token_expired", "the token has expired")),
-            Err(JwtError::UnknownKid) => Err(Rejection::new("token_invalid", "unknown key id")),
-            Err(JwtError::Invalid(why)) => Err(Rejection::new("token_invalid", why)),
+            Err(JwtError::Expired) => Err(Rejection::new(&TOKEN_EXPIRED, "the token has expired")),
+            Err(JwtError::UnknownKid) => Err(Rejection::new(&TOKEN_INVALID, "unknown key id")),
+            Err(JwtError::Invalid(why)) => Err(Rejection::new(&TOKEN_INVALID, why)),
         }
     }
 
@@ -245,7 +257,7 @@ impl SessionFilter {
         cx: &mut RequestCtx,
     ) -> Result<(), Rejection> {
         if !token::plausible_session_id(&id) {
-            return self.refuse_session("session_expired", "unknown or expired session");
+            return self.refuse_session(&SESSION_EXPIRED, "unknown or expired session");
         }
         let lookup = if rt.backend.is_remote() {
             rt.cache.get(&id, &rt.backend, &rt.cache_settings).await
@@ -260,11 +272,11 @@ impl SessionFilter {
                 Ok(())
             }
             Ok(Lookup::Active(_)) => {
-                self.refuse_session("session_expired", "the session has expired")
+                self.refuse_session(&SESSION_EXPIRED, "the session has expired")
             }
-            Ok(Lookup::Revoked) => self.refuse_session("session_revoked", "the session was ended"),
+            Ok(Lookup::Revoked) => self.refuse_session(&SESSION_REVOKED, "the session was ended"),
             Ok(Lookup::Missing) => {
-                self.refuse_session("session_expired", "unknown or expired session")
+                self.refuse_session(&SESSION_EXPIRED, "unknown or expired session")
             }
             Err(StoreFailure(e)) => {
                 tracing::warn!(error = %e, "session store lookup failed");
@@ -290,7 +302,7 @@ impl SessionFilter {
         let instruction = match &set {
             Some(value) => Some(parse_instruction(value).ok_or_else(|| {
                 Rejection::new(
-                    "upstream_error",
+                    &crate::error::UPSTREAM_ERROR,
                     "the app sent an invalid x-meshgate-session-set instruction",
                 )
             })?),
@@ -335,8 +347,12 @@ impl SessionFilter {
             .ttl
             .unwrap_or(rt.config.absolute_timeout)
             .min(rt.config.absolute_timeout);
-        let id = new_session_id()
-            .ok_or_else(|| Rejection::new("internal_error", "no randomness for a session id"))?;
+        let id = new_session_id().ok_or_else(|| {
+            Rejection::new(
+                &crate::error::INTERNAL_ERROR,
+                "no randomness for a session id",
+            )
+        })?;
         let now = unix_now();
         let record = SessionRecord {
             sub: instruction.sub,
@@ -378,7 +394,7 @@ impl SessionFilter {
             Ok(())
         } else {
             Err(Rejection::new(
-                "internal_error",
+                &crate::error::INTERNAL_ERROR,
                 "the session id could not be delivered",
             ))
         }
@@ -424,7 +440,7 @@ fn parse_instruction(value: &HeaderValue) -> Option<Instruction> {
 
 fn store_unavailable() -> Rejection {
     Rejection::new(
-        "session_store_unavailable",
+        &SESSION_STORE_UNAVAILABLE,
         "the session store is unavailable",
     )
 }
@@ -457,7 +473,7 @@ impl Filter for SessionFilter {
             return if self.optional {
                 Ok(())
             } else {
-                Err(Rejection::new("login_required", "this route needs a login"))
+                Err(Rejection::new(&LOGIN_REQUIRED, "this route needs a login"))
             };
         };
         if !self.forward {
