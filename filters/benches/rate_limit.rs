@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
 use meshgate_filters::rate_limit::{RateLimitFilter, RateLimitSpec};
-use meshgate_filters::{
-    Body, BuildCx, Filter, RequestCtx, RequestView, State, ValidateCx, Verdict,
-};
+use meshgate_filters::{Body, BuildCx, Filter, RequestCtx, RequestView, State, ValidateCx};
 
 fn filter() -> RateLimitFilter {
     let spec: RateLimitSpec = serde_json::from_value(serde_json::json!({"rules": [
@@ -42,10 +40,7 @@ fn check(f: &RateLimitFilter, head: &mut http::request::Parts, cx: &mut RequestC
     let mut body = Body::Empty;
     let mut req = RequestView::new(head, &mut body, 0);
     // Local rules never wait, so the future completes on the first poll.
-    matches!(
-        f.on_request(&mut req, cx).now_or_never(),
-        Some(Verdict::Continue)
-    )
+    matches!(f.on_request(&mut req, cx).now_or_never(), Some(Ok(())))
 }
 
 fn bench(c: &mut Criterion) {

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use futures_util::FutureExt;
 use meshgate_filters::session::SessionFilter;
-use meshgate_filters::{
-    Body, BuildCx, Filter, FilterConfig, RequestView, State, ValidateCx, Verdict,
-};
+use meshgate_filters::{Body, BuildCx, Filter, FilterConfig, RequestView, State, ValidateCx};
 
 fn bench(c: &mut Criterion) {
     let specs = common::full_chain_specs();
@@ -52,8 +50,8 @@ fn bench(c: &mut Criterion) {
             |(head, cx)| {
                 let mut body = Body::Empty;
                 let mut req = RequestView::new(head, &mut body, 0);
-                let verdict = filter.on_request(&mut req, cx).now_or_never();
-                assert!(matches!(verdict, Some(Verdict::Continue)));
+                let result = filter.on_request(&mut req, cx).now_or_never();
+                assert!(matches!(result, Some(Ok(()))));
                 black_box(&cx.user);
             },
             BatchSize::SmallInput,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::config::FilterConfig;
 use crate::context::RequestCtx;
 use crate::error::Rejection;
-use crate::filter::{Filter, RequestView, ResponseView, Verdict};
+use crate::filter::{Filter, RequestView, ResponseView};
 use crate::header::HeaderFilter;
 use crate::rate_limit::RateLimitFilter;
 use crate::session::SessionFilter;
@@ -47,7 +47,11 @@ impl AnyFilter {
         }
     }
 
-    async fn on_request(&self, req: &mut RequestView<'_>, cx: &mut RequestCtx) -> Verdict {
+    async fn on_request(
+        &self,
+        req: &mut RequestView<'_>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
         dispatch!(self, f => f.on_request(req, cx).await)
     }
 
@@ -111,8 +115,8 @@ impl Chain {
     ) -> Result<(), Rejection> {
         for f in &self.filters {
             match f.filter.on_request(req, cx).await {
-                Verdict::Continue => cx.verdicts.push((f.name.clone(), "pass")),
-                Verdict::Reject(rejection) => {
+                Ok(()) => cx.verdicts.push((f.name.clone(), "pass")),
+                Err(rejection) => {
                     cx.verdicts.push((f.name.clone(), rejection.reason));
                     record_rejection(&f.name, rejection.reason);
                     return Err(rejection);

@@ -18,66 +18,92 @@ pub struct Reason {
     pub default_code: u32,
 }
 
-const fn r(name: &'static str, status: u16, default_code: u32) -> Reason {
-    Reason {
-        name,
-        status,
-        default_code,
+impl Reason {
+    pub const fn new(name: &'static str, status: u16, default_code: u32) -> Reason {
+        Reason {
+            name,
+            status,
+            default_code,
+        }
     }
 }
 
-/// Every reason the sidecar and its filters can answer with. Filters add their
-/// reasons here so the config can validate `error_codes` keys.
+// Reasons of the data path, admission and the admin API; each filter declares
+// its own in its module.
+// data path
+pub const ROUTE_NOT_FOUND: Reason = Reason::new("route_not_found", 404, 40401);
+pub const HEADER_TOO_LARGE: Reason = Reason::new("header_too_large", 431, 43101);
+pub const BODY_TOO_LARGE: Reason = Reason::new("body_too_large", 413, 41301);
+pub const BAD_REQUEST: Reason = Reason::new("bad_request", 400, 40001);
+// admission: the request is refused before routing
+pub const BAD_PATH: Reason = Reason::new("bad_path", 400, 40010);
+pub const BAD_AUTHORITY: Reason = Reason::new("bad_authority", 400, 40011);
+pub const BAD_HEADER_NAME: Reason = Reason::new("bad_header_name", 400, 40012);
+pub const REQUEST_TIMEOUT: Reason = Reason::new("request_timeout", 408, 40801);
+pub const UPSTREAM_UNREACHABLE: Reason = Reason::new("upstream_unreachable", 502, 50201);
+pub const UPSTREAM_ERROR: Reason = Reason::new("upstream_error", 502, 50202);
+pub const APP_UNHEALTHY: Reason = Reason::new("app_unhealthy", 503, 50301);
+pub const UPSTREAM_TIMEOUT: Reason = Reason::new("upstream_timeout", 504, 50401);
+pub const DRAINING: Reason = Reason::new("draining", 503, 50302);
+pub const INTERNAL_ERROR: Reason = Reason::new("internal_error", 500, 50001);
+// admin API (refused before any endpoint runs)
+pub const ADMIN_HOST_NOT_ALLOWED: Reason = Reason::new("admin_host_not_allowed", 403, 40331);
+pub const ADMIN_ORIGIN_NOT_ALLOWED: Reason = Reason::new("admin_origin_not_allowed", 403, 40332);
+pub const ADMIN_HEADER_REQUIRED: Reason = Reason::new("admin_header_required", 403, 40333);
+
+/// Every reason the sidecar and its filters can answer with, so the config can
+/// validate `error_codes` keys. A filter's new reason constant must be added
+/// here too.
 pub const REASONS: &[Reason] = &[
     // data path
-    r("route_not_found", 404, 40401),
-    r("header_too_large", 431, 43101),
-    r("body_too_large", 413, 41301),
-    r("bad_request", 400, 40001),
+    ROUTE_NOT_FOUND,
+    HEADER_TOO_LARGE,
+    BODY_TOO_LARGE,
+    BAD_REQUEST,
     // admission: the request is refused before routing
-    r("bad_path", 400, 40010),
-    r("bad_authority", 400, 40011),
-    r("bad_header_name", 400, 40012),
-    r("request_timeout", 408, 40801),
-    r("upstream_unreachable", 502, 50201),
-    r("upstream_error", 502, 50202),
-    r("app_unhealthy", 503, 50301),
-    r("upstream_timeout", 504, 50401),
-    r("draining", 503, 50302),
-    r("internal_error", 500, 50001),
+    BAD_PATH,
+    BAD_AUTHORITY,
+    BAD_HEADER_NAME,
+    REQUEST_TIMEOUT,
+    UPSTREAM_UNREACHABLE,
+    UPSTREAM_ERROR,
+    APP_UNHEALTHY,
+    UPSTREAM_TIMEOUT,
+    DRAINING,
+    INTERNAL_ERROR,
     // header filter
-    r("header_required", 400, 40002),
-    r("header_forbidden", 403, 40301),
-    r("method_not_allowed", 405, 40501),
+    crate::header::HEADER_REQUIRED,
+    crate::header::HEADER_FORBIDDEN,
+    crate::header::METHOD_NOT_ALLOWED,
     // signature filter
-    r("signature_missing", 401, 40101),
-    r("signature_invalid", 401, 40102),
-    r("signature_expired", 401, 40103),
-    r("signature_replayed", 401, 40104),
-    r("unknown_key", 401, 40105),
-    r("algorithm_not_allowed", 401, 40106),
-    r("component_missing", 401, 40107),
-    r("digest_mismatch", 401, 40108),
-    r("signature_malformed", 400, 40003),
-    r("replay_store_unavailable", 503, 50303),
-    r("nonce_invalid", 400, 40030),
-    r("nonce_limit_reached", 429, 42930),
-    r("unsigned_body", 415, 41501),
-    r("parameters_ambiguous", 400, 40041),
+    crate::signature::SIGNATURE_MISSING,
+    crate::signature::SIGNATURE_INVALID,
+    crate::signature::SIGNATURE_EXPIRED,
+    crate::signature::SIGNATURE_REPLAYED,
+    crate::signature::UNKNOWN_KEY,
+    crate::signature::ALGORITHM_NOT_ALLOWED,
+    crate::signature::COMPONENT_MISSING,
+    crate::signature::DIGEST_MISMATCH,
+    crate::signature::SIGNATURE_MALFORMED,
+    crate::signature::REPLAY_STORE_UNAVAILABLE,
+    crate::signature::NONCE_INVALID,
+    crate::signature::NONCE_LIMIT_REACHED,
+    crate::signature::UNSIGNED_BODY,
+    crate::signature::PARAMETERS_AMBIGUOUS,
     // session filter
-    r("login_required", 401, 40111),
-    r("token_invalid", 401, 40112),
-    r("token_expired", 401, 40113),
-    r("session_expired", 401, 40114),
-    r("session_revoked", 401, 40115),
-    r("session_store_unavailable", 503, 50311),
+    crate::session::LOGIN_REQUIRED,
+    crate::session::TOKEN_INVALID,
+    crate::session::TOKEN_EXPIRED,
+    crate::session::SESSION_EXPIRED,
+    crate::session::SESSION_REVOKED,
+    crate::session::SESSION_STORE_UNAVAILABLE,
     // rate-limit filter
-    r("rate_limited", 429, 42901),
-    r("rate_limit_store_unavailable", 503, 50321),
+    crate::rate_limit::RATE_LIMITED,
+    crate::rate_limit::RATE_LIMIT_STORE_UNAVAILABLE,
     // admin API (refused before any endpoint runs)
-    r("admin_host_not_allowed", 403, 40331),
-    r("admin_origin_not_allowed", 403, 40332),
-    r("admin_header_required", 403, 40333),
+    ADMIN_HOST_NOT_ALLOWED,
+    ADMIN_ORIGIN_NOT_ALLOWED,
+    ADMIN_HEADER_REQUIRED,
 ];
 
 /// Looks a reason up by name.
@@ -90,7 +116,7 @@ pub fn reason(name: &str) -> Option<&'static Reason> {
 #[derive(Debug, Clone)]
 pub struct Rejection {
     pub status: StatusCode,
-    /// Stable snake_case reason; must be listed in [`REASONS`].
+    /// The name of the [`Reason`] it was built from.
     pub reason: &'static str,
     /// Human-readable detail. Never contains secrets or raw credentials.
     pub message: Cow<'static, str>,
@@ -100,18 +126,13 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// A rejection with the status registered for `reason`.
-    pub fn new(reason: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        let status = self::reason(reason)
-            .and_then(|r| StatusCode::from_u16(r.status).ok())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        debug_assert!(
-            self::reason(reason).is_some(),
-            "unregistered reason {reason}"
-        );
+    /// A rejection with `reason`'s status. Taking the constant (not a name)
+    /// means an unregistered reason cannot compile.
+    pub fn new(reason: &'static Reason, message: impl Into<Cow<'static, str>>) -> Self {
         Rejection {
-            status,
-            reason,
+            status: StatusCode::from_u16(reason.status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            reason: reason.name,
             message: message.into(),
             headers: Box::default(),
         }
@@ -146,11 +167,11 @@ mod tests {
     #[test]
     fn rejection_takes_registered_status() {
         assert_eq!(
-            Rejection::new("rate_limited", "slow down").status,
+            Rejection::new(&crate::rate_limit::RATE_LIMITED, "slow down").status,
             StatusCode::TOO_MANY_REQUESTS
         );
         assert_eq!(
-            Rejection::new("unknown_key", "x").status,
+            Rejection::new(&crate::signature::UNKNOWN_KEY, "x").status,
             StatusCode::UNAUTHORIZED
         );
     }

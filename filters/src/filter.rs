@@ -9,15 +9,6 @@ use crate::body::{Body, BodyStalled, BufferError};
 use crate::context::RequestCtx;
 use crate::error::Rejection;
 
-/// A filter's answer for the request phase.
-#[derive(Debug)]
-pub enum Verdict {
-    /// Go on with the next filter (or the app).
-    Continue,
-    /// Answer the client now; the app is not called.
-    Reject(Rejection),
-}
-
 /// The request as a filter sees it: the head, and the body behind a bounded
 /// buffer.
 pub struct RequestView<'a> {
@@ -54,7 +45,7 @@ impl<'a> RequestView<'a> {
         match tokio::time::timeout(self.body_timeout, self.body.buffer(self.max_body)).await {
             Ok(buffered) => buffered.map_err(body_rejection),
             Err(_) => Err(Rejection::new(
-                "request_timeout",
+                &crate::error::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within {:?}",
                     self.body_timeout
@@ -103,15 +94,18 @@ impl<'a> ResponseView<'a> {
 
 fn body_rejection(err: BufferError) -> Rejection {
     match err {
-        BufferError::TooLarge => {
-            Rejection::new("body_too_large", "body exceeds the configured limit")
-        }
-        BufferError::Read(e) if e.is::<BodyStalled>() => {
-            Rejection::new("request_timeout", format!("the request body stalled: {e}"))
-        }
-        BufferError::Read(e) => {
-            Rejection::new("bad_request", format!("reading the body failed: {e}"))
-        }
+        BufferError::TooLarge => Rejection::new(
+            &crate::error::BODY_TOO_LARGE,
+            "body exceeds the configured limit",
+        ),
+        BufferError::Read(e) if e.is::<BodyStalled>() => Rejection::new(
+            &crate::error::REQUEST_TIMEOUT,
+            format!("the request body stalled: {e}"),
+        ),
+        BufferError::Read(e) => Rejection::new(
+            &crate::error::BAD_REQUEST,
+            format!("reading the body failed: {e}"),
+        ),
     }
 }
 
@@ -122,12 +116,13 @@ fn body_rejection(err: BufferError) -> Rejection {
 /// The sidecar dispatches statically through [`crate::AnyFilter`], so these
 /// futures are never boxed.
 pub trait Filter: Send + Sync {
-    /// Runs before the app is called.
+    /// Runs before the app is called. `Ok` goes on with the next filter (or
+    /// the app); `Err` answers the client now and the app is not called.
     fn on_request(
         &self,
         req: &mut RequestView<'_>,
         cx: &mut RequestCtx,
-    ) -> impl Future<Output = Verdict> + Send;
+    ) -> impl Future<Output = Result<(), Rejection>> + Send;
 
     /// Runs on the app's response, in reverse chain order. An error replaces
     /// the app's response with the rejection.

@@ -18,8 +18,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FieldErrors, ValidateCx};
 use crate::context::RequestCtx;
-use crate::error::Rejection;
-use crate::filter::{Filter, RequestView, ResponseView, Verdict};
+use crate::error::{Reason, Rejection};
+use crate::filter::{Filter, RequestView, ResponseView};
+
+// The reasons this filter answers with (listed in `crate::error::REASONS`).
+pub const HEADER_REQUIRED: Reason = Reason::new("header_required", 400, 40002);
+pub const HEADER_FORBIDDEN: Reason = Reason::new("header_forbidden", 403, 40301);
+pub const METHOD_NOT_ALLOWED: Reason = Reason::new("method_not_allowed", 405, 40501);
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -139,11 +144,15 @@ impl HeaderFilter {
 }
 
 impl Filter for HeaderFilter {
-    async fn on_request(&self, req: &mut RequestView<'_>, cx: &mut RequestCtx) -> Verdict {
+    async fn on_request(
+        &self,
+        req: &mut RequestView<'_>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
         let c = &self.config;
         if !c.methods.is_empty() && !c.methods.contains(&req.head.method) {
-            return Verdict::Reject(Rejection::new(
-                "method_not_allowed",
+            return Err(Rejection::new(
+                &METHOD_NOT_ALLOWED,
                 format!("method {} is not allowed on this route", req.head.method),
             ));
         }
@@ -152,21 +161,21 @@ impl Filter for HeaderFilter {
             .iter()
             .find(|h| !req.head.headers.contains_key(*h))
         {
-            return Verdict::Reject(Rejection::new(
-                "header_required",
+            return Err(Rejection::new(
+                &HEADER_REQUIRED,
                 format!("header {missing} is required"),
             ));
         }
         if let Some(present) = c.deny.iter().find(|h| req.head.headers.contains_key(*h)) {
-            return Verdict::Reject(Rejection::new(
-                "header_forbidden",
+            return Err(Rejection::new(
+                &HEADER_FORBIDDEN,
                 format!("header {present} is not allowed"),
             ));
         }
         for (name, value) in &c.add_request_headers {
             cx.set_upstream_header(name.clone(), value.clone());
         }
-        Verdict::Continue
+        Ok(())
     }
 
     async fn on_response(
@@ -203,7 +212,7 @@ mod tests {
         )
     }
 
-    async fn run(f: &HeaderFilter, req: http::Request<()>) -> (Verdict, RequestCtx) {
+    async fn run(f: &HeaderFilter, req: http::Request<()>) -> (Result<(), Rejection>, RequestCtx) {
         let (mut head, ()) = req.into_parts();
         let mut body = Body::Empty;
         let mut cx = RequestCtx::new(Arc::from("route"), [127, 0, 0, 1].into(), false);
@@ -223,7 +232,7 @@ mod tests {
             .body(())
             .expect("req");
         let (v, cx) = run(&f, ok).await;
-        assert!(matches!(v, Verdict::Continue));
+        assert!(matches!(v, Ok(())));
         assert_eq!(cx.upstream_headers[0].1, "prod");
 
         let post = http::Request::post("/")
@@ -231,20 +240,16 @@ mod tests {
             .body(())
             .expect("req");
         assert!(
-            matches!(run(&f, post).await.0, Verdict::Reject(r) if r.reason == "method_not_allowed" && r.status == 405)
+            matches!(run(&f, post).await.0, Err(r) if r.reason == "method_not_allowed" && r.status == 405)
         );
         let missing = http::Request::get("/").body(()).expect("req");
-        assert!(
-            matches!(run(&f, missing).await.0, Verdict::Reject(r) if r.reason == "header_required")
-        );
+        assert!(matches!(run(&f, missing).await.0, Err(r) if r.reason == "header_required"));
         let denied = http::Request::get("/")
             .header("x-app", "1")
             .header("x-debug", "1")
             .body(())
             .expect("req");
-        assert!(
-            matches!(run(&f, denied).await.0, Verdict::Reject(r) if r.reason == "header_forbidden")
-        );
+        assert!(matches!(run(&f, denied).await.0, Err(r) if r.reason == "header_forbidden"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! A route names an ordered list of filter instances. For every request the
 //! sidecar builds a [`RequestCtx`], runs each filter's [`Filter::on_request`]
-//! in order and stops at the first [`Verdict::Reject`]. After the app answered,
+//! in order and stops at the first rejection (`Err`). After the app answered,
 //! [`Filter::on_response`] runs in reverse order.
 //!
 //! This crate knows nothing about listeners, routing or xDS. Each filter is one
@@ -30,7 +30,7 @@ pub use chain::{AnyFilter, BuildCx, Chain, NamedFilter};
 pub use config::{FieldError, FieldErrors, FilterConfig, FilterSpec, ValidateCx};
 pub use context::RequestCtx;
 pub use error::Rejection;
-pub use filter::{Filter, RequestView, ResponseView, Verdict};
+pub use filter::{Filter, RequestView, ResponseView};
 pub use state::State;
 
 /// Prefix of the headers that carry verified identity to the app. Any copy a

@@ -7,7 +7,8 @@ use bytes::Bytes;
 
 use crate::body::Body;
 use crate::context::RequestCtx;
-use crate::filter::{Filter, RequestView, Verdict};
+use crate::error::Rejection;
+use crate::filter::{Filter, RequestView};
 
 /// A request as the chain hands it to a filter, with its context.
 pub struct TestRequest {
@@ -66,7 +67,7 @@ impl TestRequest {
     }
 
     /// Runs `filter`'s request phase.
-    pub async fn run<F: Filter>(&mut self, filter: &F) -> Verdict {
+    pub async fn run<F: Filter>(&mut self, filter: &F) -> Result<(), Rejection> {
         let mut view = RequestView::new(&mut self.head, &mut self.body, self.max_body);
         filter.on_request(&mut view, &mut self.cx).await
     }
@@ -87,9 +88,9 @@ mod tests {
             .expect("valid");
         let filter = HeaderFilter::new(config);
         let without = TestRequest::get("/").run(&filter).await;
-        assert!(matches!(without, Verdict::Reject(r) if r.reason == "header_required"));
+        assert!(matches!(without, Err(r) if r.reason == "header_required"));
         let mut with = TestRequest::get("/").header("x-app", "a").user("u-1");
-        assert!(matches!(with.run(&filter).await, Verdict::Continue));
+        assert!(matches!(with.run(&filter).await, Ok(())));
         assert_eq!(with.cx.user.as_deref(), Some("u-1"));
     }
 }

@@ -25,6 +25,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use meshgate_filters::error::Reason;
 use meshgate_filters::{Rejection, IDENTITY_HEADER_PREFIX};
 use meshgate_xds::config::{normalize_path, Inbound, UnderscoreHeaders};
 
@@ -95,7 +96,7 @@ const MANAGED_HEADERS: &[&str] = &[
     "x-request-id",
 ];
 
-fn reject(reason: &'static str, message: impl Into<Cow<'static, str>>) -> Rejection {
+fn reject(reason: &'static Reason, message: impl Into<Cow<'static, str>>) -> Rejection {
     Rejection::new(reason, message)
 }
 
@@ -108,19 +109,22 @@ pub fn admit<B>(
     // CONNECT would turn the connection into a tunnel past every filter
     // (HTTP/2 extended CONNECT, RFC 8441, is refused by the HTTP/2 layer).
     if req.method() == Method::CONNECT {
-        return Err(reject("method_not_allowed", "CONNECT is not supported"));
+        return Err(reject(
+            &meshgate_filters::header::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported",
+        ));
     }
     if let Some(s) = req.uri().scheme_str() {
         if !(s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https")) {
             return Err(reject(
-                "bad_authority",
+                &meshgate_filters::error::BAD_AUTHORITY,
                 "the request target's scheme must be http or https",
             ));
         }
     }
 
     let path = normalize_path(req.uri().path(), &inbound.path_normalization)
-        .map_err(|e| reject("bad_path", e.to_string()))?;
+        .map_err(|e| reject(&meshgate_filters::error::BAD_PATH, e.to_string()))?;
     let path_changed = path != req.uri().path();
     let path = path.into_owned();
 
@@ -134,11 +138,16 @@ pub fn admit<B>(
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
-        let path_and_query = PathAndQuery::try_from(path_and_query)
-            .map_err(|_| reject("bad_path", "the normalised target is not a valid URI"))?;
+        let path_and_query = PathAndQuery::try_from(path_and_query).map_err(|_| {
+            reject(
+                &meshgate_filters::error::BAD_PATH,
+                "the normalised target is not a valid URI",
+            )
+        })?;
         let uri = if req.uri().authority().is_some() {
-            let authority = Authority::try_from(authority.as_bytes())
-                .map_err(|_| reject("bad_authority", "invalid authority"))?;
+            let authority = Authority::try_from(authority.as_bytes()).map_err(|_| {
+                reject(&meshgate_filters::error::BAD_AUTHORITY, "invalid authority")
+            })?;
             Uri::builder()
                 .scheme(if conn.tls {
                     Scheme::HTTPS
@@ -151,13 +160,14 @@ pub fn admit<B>(
         } else {
             Uri::builder().path_and_query(path_and_query).build()
         };
-        *req.uri_mut() = uri.map_err(|_| reject("bad_path", "invalid request target"))?;
+        *req.uri_mut() =
+            uri.map_err(|_| reject(&meshgate_filters::error::BAD_PATH, "invalid request target"))?;
     }
 
     let headers = req.headers_mut();
     if headers.get(HOST).map(HeaderValue::as_bytes) != Some(authority.as_bytes()) {
         let value = HeaderValue::try_from(authority.as_str())
-            .map_err(|_| reject("bad_authority", "invalid authority"))?;
+            .map_err(|_| reject(&meshgate_filters::error::BAD_AUTHORITY, "invalid authority"))?;
         headers.insert(HOST, value);
     }
 
@@ -204,7 +214,10 @@ pub fn authority<B>(req: &Request<B>, tls: bool) -> Result<(String, String), Rej
     let mut hosts = req.headers().get_all(HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
-        return Err(reject("bad_authority", "repeated Host header"));
+        return Err(reject(
+            &meshgate_filters::error::BAD_AUTHORITY,
+            "repeated Host header",
+        ));
     }
     let default_port = if tls { 443 } else { 80 };
     let from_header = host_header
@@ -212,27 +225,40 @@ pub fn authority<B>(req: &Request<B>, tls: bool) -> Result<(String, String), Rej
             v.to_str()
                 .ok()
                 .and_then(|s| canonical_authority(s, default_port))
-                .ok_or_else(|| reject("bad_authority", "invalid Host header"))
+                .ok_or_else(|| {
+                    reject(
+                        &meshgate_filters::error::BAD_AUTHORITY,
+                        "invalid Host header",
+                    )
+                })
         })
         .transpose()?;
     let from_uri = req
         .uri()
         .authority()
         .map(|a| {
-            canonical_authority(a.as_str(), default_port)
-                .ok_or_else(|| reject("bad_authority", "invalid authority in the request target"))
+            canonical_authority(a.as_str(), default_port).ok_or_else(|| {
+                reject(
+                    &meshgate_filters::error::BAD_AUTHORITY,
+                    "invalid authority in the request target",
+                )
+            })
         })
         .transpose()?;
     match (from_header, from_uri) {
         (Some(h), Some(u)) if h != u => Err(reject(
-            "bad_authority",
+            &meshgate_filters::error::BAD_AUTHORITY,
             "the Host header and the request target name different authorities",
         )),
-        (None, _) if req.version() == Version::HTTP_11 => {
-            Err(reject("bad_authority", "HTTP/1.1 request without Host"))
-        }
+        (None, _) if req.version() == Version::HTTP_11 => Err(reject(
+            &meshgate_filters::error::BAD_AUTHORITY,
+            "HTTP/1.1 request without Host",
+        )),
         (Some(a), _) | (None, Some(a)) => Ok(a),
-        (None, None) => Err(reject("bad_authority", "the request names no authority")),
+        (None, None) => Err(reject(
+            &meshgate_filters::error::BAD_AUTHORITY,
+            "the request names no authority",
+        )),
     }
 }
 
@@ -313,7 +339,7 @@ fn underscore_headers(headers: &mut HeaderMap, action: UnderscoreHeaders) -> Res
     if action == UnderscoreHeaders::Reject {
         if let Some(name) = names.first() {
             return Err(reject(
-                "bad_header_name",
+                &meshgate_filters::error::BAD_HEADER_NAME,
                 format!("header name {:?} contains '_'", name.as_str()),
             ));
         }

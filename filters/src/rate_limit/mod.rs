@@ -38,13 +38,18 @@ pub use spec::{
 
 use crate::chain::BuildCx;
 use crate::context::RequestCtx;
-use crate::error::Rejection;
-use crate::filter::{Filter, RequestView, Verdict};
+use crate::error::{Reason, Rejection};
+use crate::filter::{Filter, RequestView};
 use crate::store::RedisStore;
 use global::{GlobalOutcome, GlobalRule, LeaseCell, Peers};
 use keymap::KeyMap;
 use local::{Cell, ConcurrencyPermit, Outcome};
 use state::RuleState;
+
+// The reasons this filter answers with (listed in `crate::error::REASONS`).
+pub const RATE_LIMITED: Reason = Reason::new("rate_limited", 429, 42901);
+pub const RATE_LIMIT_STORE_UNAVAILABLE: Reason =
+    Reason::new("rate_limit_store_unavailable", 503, 50321);
 
 /// Wall-clock nanoseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ns() -> u64 {
@@ -208,7 +213,11 @@ impl RateLimitFilter {
 }
 
 impl Filter for RateLimitFilter {
-    async fn on_request(&self, req: &mut RequestView<'_>, cx: &mut RequestCtx) -> Verdict {
+    async fn on_request(
+        &self,
+        req: &mut RequestView<'_>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
         let now = now_ns();
         let now_s = now / 1_000_000_000;
         let mut taken: Vec<Taken> = Vec::new();
@@ -261,8 +270,8 @@ impl Filter for RateLimitFilter {
                         GlobalOutcome::StoreUnavailable => {
                             rule.metrics.limited.increment(1);
                             Self::refund(taken, now);
-                            return Verdict::Reject(Rejection::new(
-                                "rate_limit_store_unavailable",
+                            return Err(Rejection::new(
+                                &RATE_LIMIT_STORE_UNAVAILABLE,
                                 format!(
                                     "rate limit {:?} cannot be checked right now",
                                     rule.config.name
@@ -304,7 +313,7 @@ impl Filter for RateLimitFilter {
                     rule.metrics.limited.increment(1);
                     Self::refund(taken, now);
                     let mut rejection = Rejection::new(
-                        "rate_limited",
+                        &RATE_LIMITED,
                         format!("rate limit {:?} exceeded", rule.config.name),
                     );
                     let retry_s = retry_ns.div_ceil(1_000_000_000).max(1);
@@ -313,7 +322,7 @@ impl Filter for RateLimitFilter {
                     for (name, value) in headers::fields(&[report]) {
                         rejection = rejection.with_header(name, value);
                     }
-                    return Verdict::Reject(rejection);
+                    return Err(rejection);
                 }
             }
         }
@@ -335,7 +344,7 @@ impl Filter for RateLimitFilter {
         if self.response_headers {
             cx.response_headers.extend(headers::fields(&reports));
         }
-        Verdict::Continue
+        Ok(())
     }
 }
 

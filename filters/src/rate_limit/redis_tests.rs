@@ -68,7 +68,7 @@ async fn admits(f: &RateLimitFilter) -> bool {
     matches!(
         f.on_request(&mut RequestView::new(&mut head, &mut body, 0), &mut cx)
             .await,
-        Verdict::Continue
+        Ok(())
     )
 }
 

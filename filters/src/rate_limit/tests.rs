@@ -33,7 +33,7 @@ fn client(id: &'static str) -> Req {
 }
 
 /// Runs the filter once; returns the verdict and the context.
-async fn run(f: &RateLimitFilter, r: &Req) -> (Verdict, RequestCtx) {
+async fn run(f: &RateLimitFilter, r: &Req) -> (Result<(), Rejection>, RequestCtx) {
     let mut builder = http::Request::builder().uri("/x");
     if let Some(h) = r.header {
         builder = builder.header("x-tenant", h);
@@ -49,7 +49,7 @@ async fn run(f: &RateLimitFilter, r: &Req) -> (Verdict, RequestCtx) {
 }
 
 async fn admits(f: &RateLimitFilter, r: &Req) -> bool {
-    matches!(run(f, r).await.0, Verdict::Continue)
+    matches!(run(f, r).await.0, Ok(()))
 }
 
 async fn count_admitted(f: &RateLimitFilter, r: &Req, n: usize) -> usize {
@@ -181,7 +181,7 @@ async fn strictest_rule_wins_without_spending_the_others() {
     assert_eq!(count_admitted(&f, &client("a"), 6).await, 2);
     let (v, _) = run(&f, &client("a")).await;
     match v {
-        Verdict::Reject(r) => {
+        Err(r) => {
             assert_eq!(r.reason, "rate_limited");
             assert_eq!(r.status, http::StatusCode::TOO_MANY_REQUESTS);
             assert!(r.message.contains("strict"));
@@ -199,7 +199,7 @@ async fn strictest_rule_wins_without_spending_the_others() {
                 "{state:?}"
             );
         }
-        Verdict::Continue => panic!("expected rejection"),
+        Ok(()) => panic!("expected rejection"),
     }
     // The route rule spent only the 2 admitted requests: 8 left for others.
     assert_eq!(count_admitted(&f, &client("b"), 20).await, 2);
@@ -279,17 +279,17 @@ async fn concurrency_permit_held_until_request_ends() {
         ]}),
     );
     let (v1, mut cx1) = run(&f, &client("a")).await;
-    assert!(matches!(v1, Verdict::Continue));
+    assert!(matches!(v1, Ok(())));
     // Rejected by the second rule: its concurrency slot is given back.
     let (v2, _cx2) = run(&f, &client("a")).await;
-    assert!(matches!(v2, Verdict::Reject(_)));
+    assert!(v2.is_err());
     let (v3, _cx3) = run(&f, &client("b")).await;
-    assert!(matches!(v3, Verdict::Continue));
+    assert!(matches!(v3, Ok(())));
     let (v4, _cx4) = run(&f, &client("c")).await;
-    assert!(matches!(v4, Verdict::Reject(_)), "two in flight");
+    assert!(v4.is_err(), "two in flight");
     drop(cx1.take_guards());
     let (v5, _cx5) = run(&f, &client("d")).await;
-    assert!(matches!(v5, Verdict::Continue), "slot released");
+    assert!(matches!(v5, Ok(())), "slot released");
 }
 
 #[tokio::test]
@@ -365,8 +365,8 @@ async fn fail_closed_answers_503_without_store() {
         ]}),
     );
     match run(&f, &ANON).await.0 {
-        Verdict::Reject(r) => assert_eq!(r.reason, "rate_limit_store_unavailable"),
-        Verdict::Continue => panic!("expected 503"),
+        Err(r) => assert_eq!(r.reason, "rate_limit_store_unavailable"),
+        Ok(()) => panic!("expected 503"),
     }
 }
 
@@ -376,7 +376,7 @@ async fn run_with_identity(
     f: &RateLimitFilter,
     tenant: Option<&'static str>,
     client_sent: Option<&'static str>,
-) -> Verdict {
+) -> Result<(), Rejection> {
     let mut builder = http::Request::builder().uri("/x");
     if let Some(h) = client_sent {
         builder = builder.header("x-meshgate-tenant", h);
@@ -414,12 +414,12 @@ async fn identity_header_keys_read_the_filter_set_value_only() {
     ] {
         let state = State::new();
         let f = build(&state, rules(key.clone()));
-        let limited = |v: &Verdict| matches!(v, Verdict::Reject(r) if r.reason == "rate_limited");
+        let limited = |v: &Result<(), Rejection>| matches!(v, Err(r) if r.reason == "rate_limited");
         // each tenant has its own budget, whatever the client claims
         for _ in 0..2 {
             assert!(matches!(
                 run_with_identity(&f, Some("t1"), Some("t2")).await,
-                Verdict::Continue
+                Ok(())
             ));
         }
         assert!(
@@ -431,13 +431,13 @@ async fn identity_header_keys_read_the_filter_set_value_only() {
         ));
         assert!(matches!(
             run_with_identity(&f, Some("t2"), None).await,
-            Verdict::Continue
+            Ok(())
         ));
         // a client-sent value alone is not a key: the rule does not apply
         for _ in 0..5 {
             assert!(matches!(
                 run_with_identity(&f, None, Some("t1")).await,
-                Verdict::Continue
+                Ok(())
             ));
         }
     }

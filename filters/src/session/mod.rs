@@ -57,8 +57,16 @@ use self::jwt::{JwtError, JwtVerifier, KeySet};
 use self::store::{unix_now, Backend, Lookup, MemoryStore, SessionRecord, StoreFailure};
 use crate::chain::BuildCx;
 use crate::context::RequestCtx;
-use crate::error::Rejection;
-use crate::filter::{Filter, RequestView, ResponseView, Verdict};
+use crate::error::{Reason, Rejection};
+use crate::filter::{Filter, RequestView, ResponseView};
+
+// The reasons this filter answers with (listed in `crate::error::REASONS`).
+pub const LOGIN_REQUIRED: Reason = Reason::new("login_required", 401, 40111);
+pub const TOKEN_INVALID: Reason = Reason::new("token_invalid", 401, 40112);
+pub const TOKEN_EXPIRED: Reason = Reason::new("token_expired", 401, 40113);
+pub const SESSION_EXPIRED: Reason = Reason::new("session_expired", 401, 40114);
+pub const SESSION_REVOKED: Reason = Reason::new("session_revoked", 401, 40115);
+pub const SESSION_STORE_UNAVAILABLE: Reason = Reason::new("session_store_unavailable", 503, 50311);
 
 /// Response header by which the app asks for a new session.
 pub const SESSION_SET_HEADER: &str = "x-meshgate-session-set";
@@ -171,11 +179,15 @@ impl SessionFilter {
     /// A refusal, or anonymous continuation on `optional` routes (for
     /// session-mode refusals only: a stale cookie must not block the login
     /// route that replaces it).
-    fn refuse_session(&self, reason: &'static str, message: &'static str) -> Verdict {
+    fn refuse_session(
+        &self,
+        reason: &'static Reason,
+        message: &'static str,
+    ) -> Result<(), Rejection> {
         if self.optional {
-            Verdict::Continue
+            Ok(())
         } else {
-            Verdict::Reject(Rejection::new(reason, message))
+            Err(Rejection::new(reason, message))
         }
     }
 
@@ -204,13 +216,13 @@ impl SessionFilter {
         verifier: &JwtVerifier,
         keys: &Keys,
         cx: &mut RequestCtx,
-    ) -> Verdict {
+    ) -> Result<(), Rejection> {
         let result = match keys {
             Keys::Static(keys) => verifier.verify(token, keys),
             Keys::Remote(remote, settings) => {
                 let Some(keys) = remote.keys(settings).await else {
-                    return Verdict::Reject(Rejection::new(
-                        "session_store_unavailable",
+                    return Err(Rejection::new(
+                        &SESSION_STORE_UNAVAILABLE,
                         "token signing keys are unavailable",
                     ));
                 };
@@ -230,21 +242,22 @@ impl SessionFilter {
         match result {
             Ok(claims) => {
                 self.set_identity(cx, claims.sub.as_deref(), &claims.all);
-                Verdict::Continue
+                Ok(())
             }
-            Err(JwtError::Expired) => {
-                Verdict::Reject(Rejection::new("token_expired", "the token has expired"))
-            }
-            Err(JwtError::UnknownKid) => {
-                Verdict::Reject(Rejection::new("token_invalid", "unknown key id"))
-            }
-            Err(JwtError::Invalid(why)) => Verdict::Reject(Rejection::new("token_invalid", why)),
+            Err(JwtError::Expired) => Err(Rejection::new(&TOKEN_EXPIRED, "the token has expired")),
+            Err(JwtError::UnknownKid) => Err(Rejection::new(&TOKEN_INVALID, "unknown key id")),
+            Err(JwtError::Invalid(why)) => Err(Rejection::new(&TOKEN_INVALID, why)),
         }
     }
 
-    async fn check_session(&self, id: String, rt: &SessionRuntime, cx: &mut RequestCtx) -> Verdict {
+    async fn check_session(
+        &self,
+        id: String,
+        rt: &SessionRuntime,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
         if !token::plausible_session_id(&id) {
-            return self.refuse_session("session_expired", "unknown or expired session");
+            return self.refuse_session(&SESSION_EXPIRED, "unknown or expired session");
         }
         let lookup = if rt.backend.is_remote() {
             rt.cache.get(&id, &rt.backend, &rt.cache_settings).await
@@ -256,20 +269,20 @@ impl SessionFilter {
                 let sub = (!record.sub.is_empty()).then_some(record.sub.as_str());
                 self.set_identity(cx, sub, &record.claims);
                 cx.extensions.insert(CurrentSession(id));
-                Verdict::Continue
+                Ok(())
             }
             Ok(Lookup::Active(_)) => {
-                self.refuse_session("session_expired", "the session has expired")
+                self.refuse_session(&SESSION_EXPIRED, "the session has expired")
             }
-            Ok(Lookup::Revoked) => self.refuse_session("session_revoked", "the session was ended"),
+            Ok(Lookup::Revoked) => self.refuse_session(&SESSION_REVOKED, "the session was ended"),
             Ok(Lookup::Missing) => {
-                self.refuse_session("session_expired", "unknown or expired session")
+                self.refuse_session(&SESSION_EXPIRED, "unknown or expired session")
             }
             Err(StoreFailure(e)) => {
                 tracing::warn!(error = %e, "session store lookup failed");
                 match rt.config.on_store_error {
-                    OnStoreError::AllowAnonymous => Verdict::Continue,
-                    OnStoreError::FailClosed => Verdict::Reject(store_unavailable()),
+                    OnStoreError::AllowAnonymous => Ok(()),
+                    OnStoreError::FailClosed => Err(store_unavailable()),
                 }
             }
         }
@@ -289,7 +302,7 @@ impl SessionFilter {
         let instruction = match &set {
             Some(value) => Some(parse_instruction(value).ok_or_else(|| {
                 Rejection::new(
-                    "upstream_error",
+                    &crate::error::UPSTREAM_ERROR,
                     "the app sent an invalid x-meshgate-session-set instruction",
                 )
             })?),
@@ -334,8 +347,12 @@ impl SessionFilter {
             .ttl
             .unwrap_or(rt.config.absolute_timeout)
             .min(rt.config.absolute_timeout);
-        let id = new_session_id()
-            .ok_or_else(|| Rejection::new("internal_error", "no randomness for a session id"))?;
+        let id = new_session_id().ok_or_else(|| {
+            Rejection::new(
+                &crate::error::INTERNAL_ERROR,
+                "no randomness for a session id",
+            )
+        })?;
         let now = unix_now();
         let record = SessionRecord {
             sub: instruction.sub,
@@ -377,7 +394,7 @@ impl SessionFilter {
             Ok(())
         } else {
             Err(Rejection::new(
-                "internal_error",
+                &crate::error::INTERNAL_ERROR,
                 "the session id could not be delivered",
             ))
         }
@@ -423,7 +440,7 @@ fn parse_instruction(value: &HeaderValue) -> Option<Instruction> {
 
 fn store_unavailable() -> Rejection {
     Rejection::new(
-        "session_store_unavailable",
+        &SESSION_STORE_UNAVAILABLE,
         "the session store is unavailable",
     )
 }
@@ -447,12 +464,16 @@ fn claim_header_value(value: &Value) -> Option<HeaderValue> {
 }
 
 impl Filter for SessionFilter {
-    async fn on_request(&self, req: &mut RequestView<'_>, cx: &mut RequestCtx) -> Verdict {
+    async fn on_request(
+        &self,
+        req: &mut RequestView<'_>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
         let Some(credential) = token::extract(&req.head.headers, &self.token) else {
             return if self.optional {
-                Verdict::Continue
+                Ok(())
             } else {
-                Verdict::Reject(Rejection::new("login_required", "this route needs a login"))
+                Err(Rejection::new(&LOGIN_REQUIRED, "this route needs a login"))
             };
         };
         if !self.forward {

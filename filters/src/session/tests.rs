@@ -131,13 +131,9 @@ async fn run(
     let (mut head, ()) = builder.body(()).expect("request").into_parts();
     let mut body = Body::Empty;
     let mut cx = ctx();
-    let verdict = filter
+    let result = filter
         .on_request(&mut RequestView::new(&mut head, &mut body, 1024), &mut cx)
         .await;
-    let result = match verdict {
-        Verdict::Continue => Ok(()),
-        Verdict::Reject(r) => Err(r),
-    };
     (result, head, cx)
 }
 

@@ -129,11 +129,12 @@ pub struct AlipayRequest {
 }
 
 fn malformed(msg: impl Into<String>) -> Rejection {
-    Rejection::new("signature_malformed", msg.into()).with_status(http::StatusCode::BAD_REQUEST)
+    Rejection::new(&super::SIGNATURE_MALFORMED, msg.into())
+        .with_status(http::StatusCode::BAD_REQUEST)
 }
 
 fn ambiguous(msg: impl Into<String>) -> Rejection {
-    Rejection::new("parameters_ambiguous", msg.into())
+    Rejection::new(&super::PARAMETERS_AMBIGUOUS, msg.into())
 }
 
 /// Characters of a parameter name. Alipay's names are snake_case; a name
@@ -210,14 +211,14 @@ impl AlipayParams {
         };
         let Some(sign) = get("sign") else {
             return Err(Rejection::new(
-                "signature_missing",
+                &super::SIGNATURE_MISSING,
                 "the sign parameter is required",
             ));
         };
         if let Some(t) = get("sign_type") {
             if t != "RSA2" {
                 return Err(Rejection::new(
-                    "algorithm_not_allowed",
+                    &super::ALGORITHM_NOT_ALLOWED,
                     format!("sign_type {t} is not accepted; use RSA2"),
                 ));
             }
@@ -290,13 +291,13 @@ pub fn check_fresh(
     let now = i64::try_from(now).unwrap_or(i64::MAX);
     if ts > now.saturating_add(i64::try_from(skew.as_secs()).unwrap_or(i64::MAX)) {
         return Err(Rejection::new(
-            "signature_expired",
+            &super::SIGNATURE_EXPIRED,
             "timestamp is in the future",
         ));
     }
     if now.saturating_sub(ts) > i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX) {
         return Err(Rejection::new(
-            "signature_expired",
+            &super::SIGNATURE_EXPIRED,
             format!("timestamp is older than {}s", max_age.as_secs()),
         ));
     }

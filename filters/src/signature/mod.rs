@@ -48,8 +48,8 @@ use sfv::{BareItem, Item};
 use crate::chain::BuildCx;
 use crate::config::{FieldErrors, ValidateCx};
 use crate::context::RequestCtx;
-use crate::error::Rejection;
-use crate::filter::{Filter, RequestView, ResponseView, Verdict};
+use crate::error::{Reason, Rejection};
+use crate::filter::{Filter, RequestView, ResponseView};
 
 pub use base::{Message, RequestParts};
 pub use keys::{Algorithm, Key, KeySpec, SignError};
@@ -59,6 +59,22 @@ pub use verify::{Policy, VerifyKey};
 
 use alipay::{AlipayConfig, AlipayParams, AlipaySpec};
 use digest::{verify_content_digest, DigestError};
+
+// The reasons this filter answers with (listed in `crate::error::REASONS`).
+pub const SIGNATURE_MISSING: Reason = Reason::new("signature_missing", 401, 40101);
+pub const SIGNATURE_INVALID: Reason = Reason::new("signature_invalid", 401, 40102);
+pub const SIGNATURE_EXPIRED: Reason = Reason::new("signature_expired", 401, 40103);
+pub const SIGNATURE_REPLAYED: Reason = Reason::new("signature_replayed", 401, 40104);
+pub const UNKNOWN_KEY: Reason = Reason::new("unknown_key", 401, 40105);
+pub const ALGORITHM_NOT_ALLOWED: Reason = Reason::new("algorithm_not_allowed", 401, 40106);
+pub const COMPONENT_MISSING: Reason = Reason::new("component_missing", 401, 40107);
+pub const DIGEST_MISMATCH: Reason = Reason::new("digest_mismatch", 401, 40108);
+pub const SIGNATURE_MALFORMED: Reason = Reason::new("signature_malformed", 400, 40003);
+pub const REPLAY_STORE_UNAVAILABLE: Reason = Reason::new("replay_store_unavailable", 503, 50303);
+pub const NONCE_INVALID: Reason = Reason::new("nonce_invalid", 400, 40030);
+pub const NONCE_LIMIT_REACHED: Reason = Reason::new("nonce_limit_reached", 429, 42930);
+pub const UNSIGNED_BODY: Reason = Reason::new("unsigned_body", 415, 41501);
+pub const PARAMETERS_AMBIGUOUS: Reason = Reason::new("parameters_ambiguous", 400, 40041);
 
 /// Header that carries the verified client id to the app.
 pub const CLIENT_ID_HEADER: &str = "x-meshgate-client-id";
@@ -446,11 +462,11 @@ impl SignatureFilter {
         match outcome {
             NonceCheck::Fresh => Ok(()),
             NonceCheck::Replayed => Err(Rejection::new(
-                "signature_replayed",
+                &SIGNATURE_REPLAYED,
                 "this nonce was already used",
             )),
             NonceCheck::KeyLimit { retry_after_secs } => Err(Rejection::new(
-                "nonce_limit_reached",
+                &NONCE_LIMIT_REACHED,
                 "this key has too many live nonces; retry later",
             )
             .with_header(
@@ -458,7 +474,7 @@ impl SignatureFilter {
                 HeaderValue::from(retry_after_secs),
             )),
             NonceCheck::Unavailable => Err(Rejection::new(
-                "replay_store_unavailable",
+                &REPLAY_STORE_UNAVAILABLE,
                 "replay protection is unavailable",
             )),
         }
@@ -489,7 +505,7 @@ impl SignatureFilter {
             .is_some_and(|n| n.len() > self.config.max_nonce_length)
         {
             return Err(Rejection::new(
-                "nonce_invalid",
+                &NONCE_INVALID,
                 format!(
                     "the nonce is longer than {} bytes",
                     self.config.max_nonce_length
@@ -506,7 +522,7 @@ impl SignatureFilter {
                 .map(|v| v.as_bytes())
                 .collect();
             verify_content_digest(&values, &body).map_err(|e| {
-                let r = Rejection::new("digest_mismatch", e.to_string());
+                let r = Rejection::new(&DIGEST_MISMATCH, e.to_string());
                 if e == DigestError::Malformed {
                     r.with_status(http::StatusCode::BAD_REQUEST)
                 } else {
@@ -525,7 +541,10 @@ impl SignatureFilter {
         req: &mut RequestView<'_>,
     ) -> Result<(Arc<str>, Arc<str>, String), Rejection> {
         let Some(config) = &self.config.alipay else {
-            return Err(Rejection::new("internal_error", "alipay settings missing"));
+            return Err(Rejection::new(
+                &crate::error::INTERNAL_ERROR,
+                "alipay settings missing",
+            ));
         };
         let mut content_types = req.head.headers.get_all(http::header::CONTENT_TYPE).iter();
         let content_type = content_types.next();
@@ -546,7 +565,7 @@ impl SignatureFilter {
             // or HTTP/2 body announces no length.
             if !req.body().await?.is_empty() {
                 return Err(Rejection::new(
-                    "unsigned_body",
+                    &UNSIGNED_BODY,
                     "alipay-rsa2 signs form parameters only; this body is not application/x-www-form-urlencoded",
                 ));
             }
@@ -561,7 +580,7 @@ impl SignatureFilter {
             .unwrap_or(&prepared.app_id);
         let Some(vk) = self.config.policy.keys.get(key_id) else {
             return Err(Rejection::new(
-                "unknown_key",
+                &UNKNOWN_KEY,
                 format!("unknown app_id {:?}", prepared.app_id),
             ));
         };
@@ -572,7 +591,7 @@ impl SignatureFilter {
             self.config.policy.clock_skew,
         )?;
         if !vk.key.verify(prepared.content.as_bytes(), &prepared.sign) {
-            return Err(Rejection::new("signature_invalid", "sign does not verify"));
+            return Err(Rejection::new(&SIGNATURE_INVALID, "sign does not verify"));
         }
         if self.config.policy.require_nonce {
             // No nonce in this scheme: each signature is accepted once.
@@ -585,7 +604,7 @@ impl SignatureFilter {
 }
 
 fn malformed_request(msg: &'static str) -> Rejection {
-    Rejection::new("signature_malformed", msg).with_status(http::StatusCode::BAD_REQUEST)
+    Rejection::new(&SIGNATURE_MALFORMED, msg).with_status(http::StatusCode::BAD_REQUEST)
 }
 
 fn unix_now() -> u64 {
@@ -596,7 +615,11 @@ fn unix_now() -> u64 {
 }
 
 impl Filter for SignatureFilter {
-    async fn on_request(&self, req: &mut RequestView<'_>, cx: &mut RequestCtx) -> Verdict {
+    async fn on_request(
+        &self,
+        req: &mut RequestView<'_>,
+        cx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
         let outcome = match self.config.scheme {
             Scheme::Rfc9421 => self.verify_rfc9421(req, cx).await,
             Scheme::AlipayRsa2 => self.verify_alipay(req).await,
@@ -605,7 +628,7 @@ impl Filter for SignatureFilter {
             Ok(v) => v,
             Err(rejection) => {
                 tracing::debug!(reason = rejection.reason, message = %rejection.message, "signature rejected");
-                return Verdict::Reject(rejection);
+                return Err(rejection);
             }
         };
         if self
@@ -631,7 +654,7 @@ impl Filter for SignatureFilter {
             cx.set_upstream_header(HeaderName::from_static(CLIENT_ID_HEADER), value);
         }
         tracing::trace!(key_id = %key_id, "signature verified");
-        Verdict::Continue
+        Ok(())
     }
 
     async fn on_response(
@@ -660,7 +683,7 @@ impl Filter for SignatureFilter {
         });
         signer.sign_response(rsp.head, &body, request).map_err(|e| {
             tracing::warn!(error = %e, "response signing failed");
-            Rejection::new("internal_error", "response signing failed")
+            Rejection::new(&crate::error::INTERNAL_ERROR, "response signing failed")
         })
     }
 

@@ -15,7 +15,7 @@ use super::keys::Key;
 use super::sign::{
     CONTENT_DIGEST, CONTENT_DIGEST_HEADER, SIGNATURE_HEADER, SIGNATURE_INPUT_HEADER,
 };
-use crate::error::Rejection;
+use crate::error::{Reason, Rejection};
 
 /// The verification policy of one filter instance.
 #[derive(Debug, Clone)]
@@ -52,12 +52,12 @@ pub struct Verified {
     pub covers_digest: bool,
 }
 
-fn reject(reason: &'static str, msg: impl Into<String>) -> Rejection {
+fn reject(reason: &'static Reason, msg: impl Into<String>) -> Rejection {
     Rejection::new(reason, msg.into())
 }
 
 fn malformed(msg: impl Into<String>) -> Rejection {
-    Rejection::new("signature_malformed", msg.into()).with_status(StatusCode::BAD_REQUEST)
+    Rejection::new(&super::SIGNATURE_MALFORMED, msg.into()).with_status(StatusCode::BAD_REQUEST)
 }
 
 /// The field's lines joined with ", " (borrowed when there is one line).
@@ -107,7 +107,7 @@ impl Policy {
             combined(req, &SIGNATURE_HEADER),
         ) else {
             return Err(reject(
-                "signature_missing",
+                &super::SIGNATURE_MISSING,
                 "Signature-Input and Signature headers are required",
             ));
         };
@@ -144,11 +144,12 @@ impl Policy {
         }
         let Some((label, list, vk)) = chosen else {
             return Err(match (first_unknown, &self.label) {
-                (Some(id), _) => reject("unknown_key", format!("unknown keyid {id:?}")),
-                (None, Some(l)) => {
-                    reject("signature_missing", format!("no signature labelled {l}"))
-                }
-                (None, None) => reject("signature_missing", "Signature-Input is empty"),
+                (Some(id), _) => reject(&super::UNKNOWN_KEY, format!("unknown keyid {id:?}")),
+                (None, Some(l)) => reject(
+                    &super::SIGNATURE_MISSING,
+                    format!("no signature labelled {l}"),
+                ),
+                (None, None) => reject(&super::SIGNATURE_MISSING, "Signature-Input is empty"),
             });
         };
         let key = &vk.key;
@@ -157,7 +158,7 @@ impl Policy {
         if let Some(alg) = param_str(list, "alg")? {
             if alg != key.alg.name() {
                 return Err(reject(
-                    "algorithm_not_allowed",
+                    &super::ALGORITHM_NOT_ALLOWED,
                     format!("key {} is {}, not {alg}", key.id, key.alg),
                 ));
             }
@@ -170,23 +171,26 @@ impl Policy {
         let skew = i64::try_from(self.clock_skew.as_secs()).unwrap_or(i64::MAX);
         let max_age = i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX);
         if created > now_i.saturating_add(skew) {
-            return Err(reject("signature_expired", "created is in the future"));
+            return Err(reject(
+                &super::SIGNATURE_EXPIRED,
+                "created is in the future",
+            ));
         }
         if now_i.saturating_sub(created) > max_age {
             return Err(reject(
-                "signature_expired",
+                &super::SIGNATURE_EXPIRED,
                 format!("signature is older than {}s", self.max_age.as_secs()),
             ));
         }
         if let Some(expires) = param_int(list, "expires")? {
             if expires.saturating_add(skew) < now_i {
-                return Err(reject("signature_expired", "signature has expired"));
+                return Err(reject(&super::SIGNATURE_EXPIRED, "signature has expired"));
             }
         }
         let nonce = param_str(list, "nonce")?.map(str::to_string);
         if self.require_nonce && nonce.is_none() {
             return Err(reject(
-                "component_missing",
+                &super::COMPONENT_MISSING,
                 "the nonce parameter is required",
             ));
         }
@@ -200,7 +204,7 @@ impl Policy {
         for required in &self.required_components {
             if !covers(required) {
                 return Err(reject(
-                    "component_missing",
+                    &super::COMPONENT_MISSING,
                     format!("signature must cover {required}"),
                 ));
             }
@@ -208,13 +212,13 @@ impl Policy {
         let covers_digest = covers(CONTENT_DIGEST);
         if self.require_digest_with_body && !covers_digest && body_present {
             return Err(reject(
-                "component_missing",
+                &super::COMPONENT_MISSING,
                 "a request with a body must cover content-digest",
             ));
         }
         if covers_digest && !req.headers.contains_key(CONTENT_DIGEST_HEADER) {
             return Err(reject(
-                "digest_mismatch",
+                &super::DIGEST_MISMATCH,
                 "content-digest is covered but the header is missing",
             ));
         }
@@ -231,7 +235,7 @@ impl Policy {
             }
             None => {
                 return Err(reject(
-                    "signature_missing",
+                    &super::SIGNATURE_MISSING,
                     format!("no Signature member for {label}"),
                 ))
             }
@@ -239,13 +243,16 @@ impl Policy {
 
         let base = signature_base(&Message::Request(*req), list).map_err(|e| match e {
             BaseError::Missing(c) => reject(
-                "component_missing",
+                &super::COMPONENT_MISSING,
                 format!("covered component {c} is not in the request"),
             ),
             BaseError::Malformed(m) => malformed(m),
         })?;
         if !key.verify(&base, signature) {
-            return Err(reject("signature_invalid", "signature does not verify"));
+            return Err(reject(
+                &super::SIGNATURE_INVALID,
+                "signature does not verify",
+            ));
         }
         Ok(Verified {
             key_id: key.id.clone(),

@@ -54,7 +54,7 @@ pub(super) async fn run(
 ) -> Result<Response<Body>, Rejection> {
     let Some(config) = &snapshot.config.egress else {
         return Err(Rejection::new(
-            "route_not_found",
+            &meshgate_filters::error::ROUTE_NOT_FOUND,
             "egress is not configured",
         ));
     };
@@ -67,8 +67,9 @@ pub(super) async fn run(
     // authority as Host, also when the app spoke HTTP/2.
     head.headers.insert(
         HOST,
-        HeaderValue::try_from(authority)
-            .map_err(|_| Rejection::new("bad_authority", "invalid authority"))?,
+        HeaderValue::try_from(authority).map_err(|_| {
+            Rejection::new(&meshgate_filters::error::BAD_AUTHORITY, "invalid authority")
+        })?,
     );
     let inbound = &snapshot.config.inbound;
     let (mut body, progress) =
@@ -80,9 +81,12 @@ pub(super) async fn run(
         &destination.destination.upstream,
         config.connect_timeout,
     ));
-    head.uri = upstream
-        .uri(&path)
-        .map_err(|_| Rejection::new("bad_request", "request target cannot be forwarded"))?;
+    head.uri = upstream.uri(&path).map_err(|_| {
+        Rejection::new(
+            &meshgate_filters::error::BAD_REQUEST,
+            "request target cannot be forwarded",
+        )
+    })?;
     head.version = Version::HTTP_11;
     let limits = Limits {
         response: config.timeout,
@@ -107,7 +111,7 @@ pub(super) async fn run(
 fn admit<B>(req: &mut Request<B>) -> Result<(String, String), Rejection> {
     if req.method() == http::Method::CONNECT {
         return Err(Rejection::new(
-            "method_not_allowed",
+            &meshgate_filters::header::METHOD_NOT_ALLOWED,
             "CONNECT is not supported",
         ));
     }
@@ -129,9 +133,12 @@ async fn sign(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    head.uri = path
-        .parse()
-        .map_err(|_| Rejection::new("bad_request", "request target cannot be forwarded"))?;
+    head.uri = path.parse().map_err(|_| {
+        Rejection::new(
+            &meshgate_filters::error::BAD_REQUEST,
+            "request target cannot be forwarded",
+        )
+    })?;
     let bytes = RequestView::new(head, body, config.max_body_bytes)
         .with_body_timeout(config.timeout)
         .body()
@@ -142,7 +149,7 @@ async fn sign(
         .sign_request(head, &bytes, "http")
         .map_err(|e| {
             tracing::warn!(error = %e, host = %destination.destination.host, "egress signing failed");
-            Rejection::new("internal_error", "signing the request failed")
+            Rejection::new(&meshgate_filters::error::INTERNAL_ERROR, "signing the request failed")
         })?;
     Ok(path)
 }

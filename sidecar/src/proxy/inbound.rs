@@ -36,7 +36,7 @@ pub(super) async fn run(
     };
     if !shared.health.is_healthy() {
         return Err(Rejection::new(
-            "app_unhealthy",
+            &meshgate_filters::error::APP_UNHEALTHY,
             "the app is failing its health check",
         ));
     }
@@ -93,7 +93,7 @@ fn admit<B>(
 ) -> Result<Admitted, Rejection> {
     if headers::head_size(req.method(), req.uri(), req.headers()) > inbound.max_header_bytes {
         return Err(Rejection::new(
-            "header_too_large",
+            &meshgate_filters::error::HEADER_TOO_LARGE,
             format!("request head exceeds {} bytes", inbound.max_header_bytes),
         ));
     }
@@ -170,9 +170,12 @@ fn upstream_request(
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        head.uri = upstream
-            .uri_from(path)
-            .map_err(|_| Rejection::new("bad_request", "request target cannot be forwarded"))?;
+        head.uri = upstream.uri_from(path).map_err(|_| {
+            Rejection::new(
+                &meshgate_filters::error::BAD_REQUEST,
+                "request target cannot be forwarded",
+            )
+        })?;
     }
     if head.version == Version::HTTP_2 {
         // HTTP/2 carries the authority in the URI; a Host header would be a duplicate.
@@ -194,7 +197,7 @@ fn switch_protocols(
         client_upgrade.filter(|_| headers::response_is_websocket(rsp.headers()))
     else {
         return Err(Rejection::new(
-            "upstream_error",
+            &meshgate_filters::error::UPSTREAM_ERROR,
             "the app switched protocols without a WebSocket upgrade request",
         ));
     };

@@ -58,18 +58,18 @@ pub async fn send(
     match result {
         Ok(Ok(rsp)) => Ok(rsp),
         Err(_) if client_slow => Err(Rejection::new(
-            "request_timeout",
+            &meshgate_filters::error::REQUEST_TIMEOUT,
             format!(
                 "the request body did not arrive within {:?}",
                 limits.response
             ),
         )),
         Err(_) => Err(Rejection::new(
-            "upstream_timeout",
+            &meshgate_filters::error::UPSTREAM_TIMEOUT,
             format!("{peer} did not answer within {:?}", limits.response),
         )),
         Ok(Err(_)) if client_stalled => Err(Rejection::new(
-            "request_timeout",
+            &meshgate_filters::error::REQUEST_TIMEOUT,
             format!("the request body stalled for {:?}", limits.body_idle),
         )),
         Ok(Err(e)) => {
@@ -89,17 +89,19 @@ pub async fn send(
 fn failure_answer(e: &SendError, failure: ForwardFailure, peer: Peer<'_>) -> Rejection {
     match failure {
         ForwardFailure::ConnectTimeout if e.is_connect() => Rejection::new(
-            "upstream_timeout",
+            &meshgate_filters::error::UPSTREAM_TIMEOUT,
             format!("connecting to {peer} timed out"),
         ),
-        ForwardFailure::ConnectTimeout => {
-            Rejection::new("upstream_timeout", format!("{peer} timed out"))
-        }
-        ForwardFailure::Unreachable => {
-            Rejection::new("upstream_unreachable", format!("{peer} is not reachable"))
-        }
+        ForwardFailure::ConnectTimeout => Rejection::new(
+            &meshgate_filters::error::UPSTREAM_TIMEOUT,
+            format!("{peer} timed out"),
+        ),
+        ForwardFailure::Unreachable => Rejection::new(
+            &meshgate_filters::error::UPSTREAM_UNREACHABLE,
+            format!("{peer} is not reachable"),
+        ),
         ForwardFailure::Protocol => Rejection::new(
-            "upstream_error",
+            &meshgate_filters::error::UPSTREAM_ERROR,
             format!("{peer}'s response was not valid HTTP"),
         ),
     }

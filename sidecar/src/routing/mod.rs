@@ -95,7 +95,10 @@ impl RouteTable {
             .iter()
             .find(|r| matches(&r.route.matcher, method, path, Some(host)))
             .ok_or_else(|| {
-                Rejection::new("route_not_found", format!("no route for {method} {path}"))
+                Rejection::new(
+                    &meshgate_filters::error::ROUTE_NOT_FOUND,
+                    format!("no route for {method} {path}"),
+                )
             })
     }
 
@@ -107,7 +110,7 @@ impl RouteTable {
             .find(|d| d.destination.host.eq_ignore_ascii_case(host))
             .ok_or_else(|| {
                 Rejection::new(
-                    "route_not_found",
+                    &meshgate_filters::error::ROUTE_NOT_FOUND,
                     format!("no egress destination for host {host:?}"),
                 )
             })
