@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use meshgate_filters::error::{self, Reason};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -55,11 +56,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> &'static Reason {
         match self {
-            Refusal::Host => "admin_host_not_allowed",
-            Refusal::Origin => "admin_origin_not_allowed",
-            Refusal::Header => "admin_header_required",
+            Refusal::Host => &error::ADMIN_HOST_NOT_ALLOWED,
+            Refusal::Origin => &error::ADMIN_ORIGIN_NOT_ALLOWED,
+            Refusal::Header => &error::ADMIN_HEADER_REQUIRED,
         }
     }
 
@@ -160,18 +161,17 @@ fn loopback_origin(origin: &http::HeaderValue) -> bool {
 
 fn refused(admin: &Admin, refusal: Refusal) -> Response<Full<Bytes>> {
     let reason = refusal.reason();
-    metrics::counter!("meshgate_admin_refused_total", "reason" => reason).increment(1);
+    metrics::counter!("meshgate_admin_refused_total", "reason" => reason.name).increment(1);
     let code = admin
         .store
         .load()
         .error_codes
-        .get(reason)
+        .get(reason.name)
         .copied()
-        .or_else(|| meshgate_filters::error::reason(reason).map(|r| r.default_code))
-        .unwrap_or_default();
+        .unwrap_or(reason.default_code);
     json(
-        StatusCode::FORBIDDEN,
-        serde_json::json!({ "code": code, "error": reason, "message": refusal.message() }),
+        StatusCode::from_u16(reason.status).unwrap_or(StatusCode::FORBIDDEN),
+        serde_json::json!({ "code": code, "error": reason.name, "message": refusal.message() }),
     )
 }
 
@@ -198,7 +198,7 @@ pub async fn serve(listener: Arc<TcpListener>, admin: Arc<Admin>, health_only: b
                         Ok(()) => route(&admin, req, health_only).await,
                         Err(refusal) => {
                             tracing::warn!(
-                                reason = refusal.reason(),
+                                reason = refusal.reason().name,
                                 method = %req.method(),
                                 path = req.uri().path(),
                                 "admin request refused"

@@ -84,7 +84,7 @@ fn no_line_is_lost_when_the_process_drains_and_exits() {
     send(&sidecar, "/drain/", 300);
     // Straight after the burst, most of it is still in the buffer.
     let rsp = request(sidecar.admin_post("/drain")).expect("drain");
-    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(rsp.status, 202, "{}", rsp.text());
     let status = sidecar.proc.wait_exit(Duration::from_secs(20));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let lines = lines_for(&sidecar.proc, "/drain/");
