@@ -4,7 +4,8 @@
 # a warm-up of 500 requests, dumped after `h2load --h1 -n 4000 -c 16`.
 #
 # Usage: callgrind.sh MESHGATE_BINARY ECHO_APP_BINARY [CHAIN]
-#   CHAIN: a chains/*.yaml name (e.g. full-chain); none means pass-through.
+#   CHAIN: a chains/*.yaml name of a GET chain (e.g. full-chain); none means
+#   pass-through.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 meshgate=$1 echo_app=$2 chain=${3:-}
@@ -33,7 +34,7 @@ url="http://127.0.0.1:$inbound/bench"
 headers=()
 if [ -n "$chain" ]; then
   while IFS= read -r h; do headers+=(-H "$h"); done < <(python3 "$here/chains/headers.py" "$chain" "$url" |
-    python3 -c 'import json,sys; [print(f"{k}: {v}") for k,v in json.load(sys.stdin).items()]')
+    python3 -c 'import json,sys; r=json.load(sys.stdin); [print(f"{k}: {v}") for k,v in r["headers"].items()]')
 fi
 h2load --h1 -n 500 -c 16 "${headers[@]}" "$url" | grep -E "^status codes" >&2
 callgrind_control -z "$vg" >/dev/null
