@@ -248,12 +248,7 @@ pub async fn serve_connection<I>(
             // Boxed: hyper keeps room for the service future in every
             // connection, idle or not; a box makes that room a pointer and
             // the request's state (several KB) exists only while it is served.
-            // The box holds an async block that creates `handle`'s future in
-            // place on its first poll, so only the arguments are copied into
-            // it, not the whole state (about 700 instructions per request).
-            let mut rsp =
-                Box::pin(async move { proxy::handle(shared, info, side, req, in_flight).await })
-                    .await;
+            let mut rsp = Box::pin(proxy::handle(shared, info, side, req, in_flight)).await;
             // Draining: an HTTP/1 client learns to reconnect (to the new process).
             if drain.is_draining()
                 && version < http::Version::HTTP_2
