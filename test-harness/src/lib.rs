@@ -32,6 +32,7 @@ pub mod raw_http;
 pub mod redis;
 pub mod redis_ha;
 pub mod rejection;
+pub mod session_app;
 pub mod which_config;
 
 use std::path::{Path, PathBuf};

@@ -6,7 +6,6 @@
 //! state survives, that no accepted nonce can be replayed afterwards (the
 //! replica `WAIT`), and print the measured windows.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::Request;
 use meshgate_test_harness::redis_ha::{cli, RedisCluster, RedisSentinel, SENTINEL_MASTER};
-use meshgate_test_harness::{free_port, request, wait_until, HttpResult, Proc, Sidecar};
+use meshgate_test_harness::session_app::SessionApp;
+use meshgate_test_harness::{hmac_args, py_sign, request, HttpResult, Sidecar};
 
 const SECRET: &str = "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=";
 const COMPONENTS: &str = "@method,@authority,@path,@query,content-digest";
@@ -83,38 +83,6 @@ fn sentinel_section(group: &RedisSentinel) -> String {
     )
 }
 
-/// The login app of the session tests (it also answers POST).
-struct SessionApp {
-    _proc: Proc,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl SessionApp {
-    fn start() -> SessionApp {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/session_app.py");
-        let mut cmd = Command::new("python3");
-        cmd.arg(script).arg(port.to_string());
-        let proc = Proc::spawn("session-app", &mut cmd, dir.path().join("app.log"));
-        assert!(
-            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "session app did not start"
-        );
-        SessionApp {
-            _proc: proc,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
 fn get_with(url: &str, headers: &[(&str, &str)]) -> HttpResult {
     let mut builder = Request::get(url);
     for (k, v) in headers {
@@ -150,27 +118,9 @@ fn with_session(sidecar: &Sidecar, path: &str, id: &str) -> HttpResult {
 
 /// Headers of a POST to `url` signed by the Python package with `nonce`.
 fn signed(url: &str, nonce: &str) -> Vec<(String, String)> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sign_request.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args(["--method", "POST", "--url", url, "--body", "x"])
-        .args(["--key-id", "app-1", "--alg", "hmac-sha256"])
-        .args(["--secret-b64", SECRET, "--components", COMPONENTS])
-        .args(["--nonce", nonce])
-        .output()
-        .expect("python3 signer");
-    assert!(
-        out.status.success(),
-        "signer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("signer json");
-    v["headers"]
-        .as_object()
-        .expect("headers")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
+    let mut args = hmac_args("app-1", SECRET, COMPONENTS).to_vec();
+    args.extend(["--nonce", nonce]);
+    py_sign("POST", url, Some("x"), &args)
 }
 
 fn post(url: &str, headers: &[(String, String)]) -> HttpResult {

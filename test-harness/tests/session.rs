@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use meshgate_test_harness::session_app::SessionApp;
 use meshgate_test_harness::{
     assert_error, free_port, port_open, scripts_dir, send_request, wait_until, EchoApp, HttpResult,
     Proc, Redis, Sidecar,
@@ -282,31 +283,6 @@ fn remote_jwks_over_https_with_a_private_ca() {
 }
 
 // ---------------------------------------------------------------- sessions
-
-struct SessionApp {
-    _proc: Proc,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl SessionApp {
-    fn start() -> SessionApp {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let mut cmd = Command::new("python3");
-        cmd.arg(script("session_app.py")).arg(port.to_string());
-        let proc = Proc::spawn("session-app", &mut cmd, dir.path().join("app.log"));
-        assert!(
-            wait_until(Duration::from_secs(10), || port_open(port)),
-            "session app did not start"
-        );
-        SessionApp {
-            _proc: proc,
-            port,
-            _dir: dir,
-        }
-    }
-}
 
 const BUDGET: Duration = Duration::from_secs(3);
 
