@@ -464,3 +464,67 @@ fn an_oversized_node_id_does_not_stop_status_publication() {
     wait_listed(&b, &["node-normal"]);
     assert_eq!(a.node_ids().len(), 2, "the replica itself lists both");
 }
+
+#[test]
+fn a_canary_is_chosen_from_the_sidecars_of_every_replica_and_is_the_same_on_both() {
+    let etcd = EtcdCluster::start(3);
+    let files = Files::new();
+    let a = Replica::start(&etcd, &files, "a", true);
+    let b = Replica::start(&etcd, &files, "b", false);
+    // One sidecar on A, three on B: a 50% canary pushed through A has two
+    // members, so it must take sidecars of B too.
+    let nodes = [
+        start_node(&files, &a.xds_url(), "node-a1"),
+        start_node(&files, &b.xds_url(), "node-b1"),
+        start_node(&files, &b.xds_url(), "node-b2"),
+        start_node(&files, &b.xds_url(), "node-b3"),
+    ];
+    assert_eq!(a.push("one"), "v1");
+    for node in &nodes {
+        node.wait_version("v1");
+    }
+    let ids = ["node-a1", "node-b1", "node-b2", "node-b3"];
+    wait_listed(&a, &ids);
+    wait_listed(&b, &ids);
+
+    let rsp = a.call(
+        "PUT",
+        "/v1/services/orders/config?canary=50",
+        &pushed("canary"),
+    );
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(rsp.json()["version"], "v2", "{}", rsp.text());
+
+    let canary_of = |replica: &Replica| -> BTreeSet<String> {
+        replica
+            .status()
+            .iter()
+            .filter(|s| s["track"] == "canary")
+            .filter_map(|s| s["node_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let same = wait_until(Duration::from_secs(15), || {
+        let on_a = canary_of(&a);
+        on_a.len() == 2 && on_a == canary_of(&b)
+    });
+    assert!(
+        same,
+        "canary members: {:?} from A, {:?} from B",
+        canary_of(&a),
+        canary_of(&b)
+    );
+    let members = canary_of(&a);
+    assert!(
+        members.iter().any(|id| id.starts_with("node-b")),
+        "{members:?}"
+    );
+    // What the sidecars run is what both replicas report.
+    for node in nodes.iter().filter(|n| members.contains(&n.id)) {
+        node.wait_version("v2");
+        assert_eq!(node.which(), "canary");
+    }
+    for node in nodes.iter().filter(|n| !members.contains(&n.id)) {
+        assert_eq!(node.sidecar.version(), "v1", "{}", node.id);
+        assert_eq!(node.which(), "one", "{}", node.id);
+    }
+}
