@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 
@@ -16,9 +16,14 @@ pub struct RequestCtx {
     pub client_ip: IpAddr,
     /// The client connected over TLS (decides the `Secure` cookie flag).
     pub tls: bool,
-    /// Wall-clock time of the request, read once when it arrived; filters
-    /// take "now" from here rather than the clock.
+    /// The request's time: wall-clock, read once when it arrived (absolute
+    /// expiry, issuance). Filters read this and [`RequestCtx::instant`],
+    /// never the clocks, so a test can run a filter at any time.
     pub now: SystemTime,
+    /// The request's time: the monotonic clock, read together with
+    /// [`RequestCtx::now`] (idle timers, cache ages). Filters read these,
+    /// never the clocks.
+    pub instant: Instant,
     /// Verified calling application (signature key id).
     pub client_id: Option<String>,
     /// Verified end user (session subject).
@@ -43,6 +48,7 @@ impl RequestCtx {
             client_ip,
             tls,
             now: SystemTime::now(),
+            instant: Instant::now(),
             client_id: None,
             user: None,
             upstream_headers: Vec::new(),
@@ -51,6 +57,15 @@ impl RequestCtx {
             extensions: http::Extensions::new(),
             guards: Vec::new(),
         }
+    }
+
+    /// The same context at another time: `now` and `instant` replace the
+    /// clock readings taken by [`RequestCtx::new`] (tests run a filter "later"
+    /// this way instead of sleeping).
+    pub fn at(mut self, now: SystemTime, instant: Instant) -> Self {
+        self.now = now;
+        self.instant = instant;
+        self
     }
 
     /// Keeps `guard` alive until the request is finished (response body sent

@@ -66,6 +66,14 @@ impl TestRequest {
         self
     }
 
+    /// Runs the request `later` than now: the context's `now` and `instant`
+    /// are moved forward by that much (filters take the time from there).
+    pub fn later(mut self, later: std::time::Duration) -> Self {
+        self.cx.now += later;
+        self.cx.instant += later;
+        self
+    }
+
     /// Runs `filter`'s request phase.
     pub async fn run<F: Filter>(&mut self, filter: &F) -> Result<(), Rejection> {
         let mut view = RequestView::new(&mut self.head, &mut self.body, self.max_body);

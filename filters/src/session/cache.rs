@@ -13,12 +13,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::store::{Backend, Lookup, SessionRecord, StoreFailure};
+use super::store::{unix_now, Backend, Lookup, Now, SessionRecord, StoreFailure};
 use crate::state::Handover;
 
 struct Entry {
     lookup: Lookup,
+    /// The time of the request whose lookup fetched the answer.
     fetched: Instant,
+}
+
+impl Entry {
+    fn fresh(&self, ttl: Duration, now: Instant) -> bool {
+        now.saturating_duration_since(self.fetched) < ttl
+    }
 }
 
 type Flight = Arc<OnceCell<Result<Lookup, StoreFailure>>>;
@@ -39,19 +46,20 @@ pub struct CacheSettings {
 }
 
 impl SessionCache {
-    fn cached(&self, id: &str, ttl: Duration) -> Option<Lookup> {
+    fn cached(&self, id: &str, ttl: Duration, now: Instant) -> Option<Lookup> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(id)
-            .filter(|e| e.fetched.elapsed() < ttl)
+            .filter(|e| e.fresh(ttl, now))
             .map(|e| e.lookup.clone())
     }
 
-    /// Records an answer (also used for sessions created or revoked here).
-    pub fn insert(&self, id: &str, lookup: Lookup, s: &CacheSettings) {
+    /// Records an answer (also used for sessions created or revoked here),
+    /// fetched at `now`.
+    pub fn insert(&self, id: &str, lookup: Lookup, s: &CacheSettings, now: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= s.max_entries && !entries.contains_key(id) {
-            entries.retain(|_, e| e.fetched.elapsed() < s.ttl);
+            entries.retain(|_, e| e.fresh(s.ttl, now));
             if entries.len() >= s.max_entries {
                 return; // full of live entries: answer uncached
             }
@@ -60,20 +68,21 @@ impl SessionCache {
             id.to_string(),
             Entry {
                 lookup,
-                fetched: Instant::now(),
+                fetched: now,
             },
         );
     }
 
-    /// The cached answer for `id`, or one store lookup shared by every
-    /// concurrent caller asking for the same id.
+    /// The cached answer for `id` at `now`, or one store lookup shared by
+    /// every concurrent caller asking for the same id.
     pub async fn get(
         &self,
         id: &str,
         backend: &Backend,
         s: &CacheSettings,
+        now: Now,
     ) -> Result<Lookup, StoreFailure> {
-        if let Some(hit) = self.cached(id, s.ttl) {
+        if let Some(hit) = self.cached(id, s.ttl, now.instant) {
             metrics::counter!("meshgate_session_cache_total", "result" => "hit").increment(1);
             return Ok(hit);
         }
@@ -95,13 +104,13 @@ impl SessionCache {
             .get_or_init(|| async {
                 // A flight that finished between the cache check and joining
                 // left its answer in the cache.
-                if let Some(hit) = self.cached(id, s.ttl) {
+                if let Some(hit) = self.cached(id, s.ttl, now.instant) {
                     return Ok(hit);
                 }
                 metrics::counter!("meshgate_session_cache_total", "result" => "miss").increment(1);
-                let result = backend.get(id, s.idle).await;
+                let result = backend.get(id, s.idle, now).await;
                 if let Ok(lookup) = &result {
-                    self.insert(id, lookup.clone(), s);
+                    self.insert(id, lookup.clone(), s, now.instant);
                 }
                 result
             })
@@ -166,10 +175,15 @@ impl Handover for SessionCache {
                 id: id.clone(),
                 record: match &e.lookup {
                     Lookup::Active(r) => Some((**r).clone()),
-                    Lookup::Revoked => Some(SessionRecord::tombstone()),
+                    Lookup::Revoked => Some(SessionRecord::tombstone(unix_now())),
                     Lookup::Missing => None,
                 },
-                age_ms: u64::try_from(e.fetched.elapsed().as_millis()).unwrap_or(u64::MAX),
+                age_ms: u64::try_from(
+                    Instant::now()
+                        .saturating_duration_since(e.fetched)
+                        .as_millis(),
+                )
+                .unwrap_or(u64::MAX),
             })
             .collect();
         if list.is_empty() {

@@ -5,6 +5,9 @@
 //! triggers a fetch at most once per `jwks_min_refresh` (key rotation without
 //! letting random kids hammer the identity provider). When fetches fail the
 //! last good keys serve for up to `jwks_max_stale` after their fetch.
+//!
+//! Ages are measured at the request's time (`RequestCtx::instant`); a fetch
+//! is stamped with that time plus however long the fetch itself took.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -33,6 +36,17 @@ struct Current {
     raw: Option<Value>,
     fetched_at: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// Fetches started so far (a caller that waited for the refresh lock
+    /// skips its own fetch if one started meanwhile).
+    attempts: u64,
+}
+
+impl Current {
+    /// Whether a fetch may start at `now` (at most one per `min_refresh`).
+    fn attempt_allowed(&self, s: &RemoteSettings, now: Instant) -> bool {
+        self.last_attempt
+            .is_none_or(|t| now.saturating_duration_since(t) >= s.config.min_refresh)
+    }
 }
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -94,16 +108,16 @@ impl RemoteJwks {
         self.current.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Usable keys: fresh ones, stale ones within `max_stale` (refreshed in the
-    /// background), or freshly fetched ones. `None` when no usable keys exist.
-    pub async fn keys(self: &Arc<Self>, s: &RemoteSettings) -> Option<Arc<KeySet>> {
+    /// Usable keys at `now` (the request's time): fresh ones, stale ones
+    /// within `max_stale` (refreshed in the background), or freshly fetched
+    /// ones. `None` when no usable keys exist.
+    pub async fn keys(self: &Arc<Self>, s: &RemoteSettings, now: Instant) -> Option<Arc<KeySet>> {
         let (keys, age, attempt_allowed) = {
             let c = self.read();
             (
                 c.keys.clone(),
-                c.fetched_at.map(|t| t.elapsed()),
-                c.last_attempt
-                    .is_none_or(|t| t.elapsed() >= s.config.min_refresh),
+                c.fetched_at.map(|t| now.saturating_duration_since(t)),
+                c.attempt_allowed(s, now),
             )
         };
         match (keys, age) {
@@ -112,48 +126,55 @@ impl RemoteJwks {
                 if attempt_allowed {
                     let this = Arc::clone(self);
                     let s = s.clone();
-                    tokio::spawn(async move { this.refresh(&s).await });
+                    tokio::spawn(async move { this.refresh(&s, now).await });
                 }
                 Some(keys)
             }
             _ => {
                 if attempt_allowed {
-                    self.refresh(s).await;
+                    self.refresh(s, now).await;
                 }
                 let c = self.read();
                 c.keys.clone().filter(|_| {
                     c.fetched_at
-                        .is_some_and(|t| t.elapsed() < s.config.max_stale)
+                        .is_some_and(|t| now.saturating_duration_since(t) < s.config.max_stale)
                 })
             }
         }
     }
 
-    /// A fetch because a token named an unknown key id; rate-limited. Returns
-    /// the new keys when a fetch happened.
-    pub async fn refresh_for_unknown_kid(&self, s: &RemoteSettings) -> Option<Arc<KeySet>> {
-        let allowed = self
-            .read()
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= s.config.min_refresh);
-        if !allowed {
+    /// A fetch because a token named an unknown key id; rate-limited (at
+    /// `now`, the request's time). Returns the new keys when a fetch happened.
+    pub async fn refresh_for_unknown_kid(
+        &self,
+        s: &RemoteSettings,
+        now: Instant,
+    ) -> Option<Arc<KeySet>> {
+        if !self.read().attempt_allowed(s, now) {
             return None;
         }
-        self.refresh(s).await;
+        self.refresh(s, now).await;
         self.read().keys.clone()
     }
 
     /// Fetches the JWKS once; concurrent callers wait for the one fetch.
-    async fn refresh(&self, s: &RemoteSettings) {
-        let asked_at = Instant::now();
+    /// `now` is the time of the request that asked; the fetch is stamped
+    /// with it plus the time spent waiting here and fetching.
+    async fn refresh(&self, s: &RemoteSettings, now: Instant) {
+        // Only a duration is read from the clock: how long this call waits
+        // and fetches, added to the request's time.
+        let started = Instant::now();
+        let stamp = || now + started.elapsed();
+        let asked = self.read().attempts;
         let _guard = self.refresh_lock.lock().await;
-        if self.read().last_attempt.is_some_and(|t| t >= asked_at) {
-            return; // another caller fetched while this one waited
+        {
+            let mut c = self.current.write().unwrap_or_else(|e| e.into_inner());
+            if c.attempts != asked {
+                return; // another caller fetched while this one waited
+            }
+            c.attempts += 1;
+            c.last_attempt = Some(stamp());
         }
-        self.current
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_attempt = Some(Instant::now());
         match self.fetch(&s.config).await {
             Ok(raw) => match KeySet::parse_lenient(&raw, &s.algorithms) {
                 Ok((keys, skipped)) => {
@@ -164,7 +185,7 @@ impl RemoteJwks {
                     let mut c = self.current.write().unwrap_or_else(|e| e.into_inner());
                     c.keys = Some(Arc::new(keys));
                     c.raw = Some(raw);
-                    c.fetched_at = Some(Instant::now());
+                    c.fetched_at = Some(stamp());
                 }
                 Err(e) => self.failed(s, &e),
             },
@@ -208,7 +229,10 @@ impl Handover for RemoteJwks {
     fn export(&self) -> Option<Value> {
         let c = self.read();
         let raw = c.raw.clone()?;
-        let age = c.fetched_at.map(|t| t.elapsed()).unwrap_or(Duration::MAX);
+        let age = c
+            .fetched_at
+            .map(|t| Instant::now().saturating_duration_since(t))
+            .unwrap_or(Duration::MAX);
         Some(serde_json::json!({ "jwks": raw, "age_ms": age.as_millis() as u64 }))
     }
 

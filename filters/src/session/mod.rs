@@ -54,7 +54,7 @@ pub use spec::{
 use self::cache::{CacheSettings, SessionCache};
 use self::jwks::{RemoteJwks, RemoteSettings};
 use self::jwt::{JwtError, JwtVerifier, KeySet};
-use self::store::{unix_now, Backend, Lookup, MemoryStore, SessionRecord, StoreFailure};
+use self::store::{Backend, Lookup, MemoryStore, Now, SessionRecord, StoreFailure};
 use crate::chain::BuildCx;
 use crate::context::RequestCtx;
 use crate::error::{Reason, Rejection};
@@ -220,7 +220,7 @@ impl SessionFilter {
         let result = match keys {
             Keys::Static(keys) => verifier.verify(token, keys),
             Keys::Remote(remote, settings) => {
-                let Some(keys) = remote.keys(settings).await else {
+                let Some(keys) = remote.keys(settings, cx.instant).await else {
                     return Err(Rejection::new(
                         &SESSION_STORE_UNAVAILABLE,
                         "token signing keys are unavailable",
@@ -230,7 +230,7 @@ impl SessionFilter {
                     // A rotation at the identity provider shows up as an
                     // unknown kid first.
                     Err(JwtError::UnknownKid) => {
-                        match remote.refresh_for_unknown_kid(settings).await {
+                        match remote.refresh_for_unknown_kid(settings, cx.instant).await {
                             Some(fresh) => verifier.verify(token, &fresh),
                             None => Err(JwtError::UnknownKid),
                         }
@@ -259,13 +259,16 @@ impl SessionFilter {
         if !token::plausible_session_id(&id) {
             return self.refuse_session(&SESSION_EXPIRED, "unknown or expired session");
         }
+        let now = Now::of(cx);
         let lookup = if rt.backend.is_remote() {
-            rt.cache.get(&id, &rt.backend, &rt.cache_settings).await
+            rt.cache
+                .get(&id, &rt.backend, &rt.cache_settings, now)
+                .await
         } else {
-            rt.backend.get(&id, rt.config.idle_timeout).await
+            rt.backend.get(&id, rt.config.idle_timeout, now).await
         };
         match lookup {
-            Ok(Lookup::Active(record)) if record.exp > unix_now() => {
+            Ok(Lookup::Active(record)) if record.exp > now.unix => {
                 let sub = (!record.sub.is_empty()).then_some(record.sub.as_str());
                 self.set_identity(cx, sub, &record.claims);
                 cx.extensions.insert(CurrentSession(id));
@@ -308,23 +311,25 @@ impl SessionFilter {
             })?),
             None => None,
         };
+        let now = Now::of(cx);
         // Logout ends the current session; login replaces it (a fresh id at
         // every login defeats session fixation).
         if let Some(CurrentSession(old)) = cx.extensions.remove::<CurrentSession>() {
             rt.backend
-                .revoke(&old, rt.config.idle_timeout)
+                .revoke(&old, rt.config.idle_timeout, now)
                 .await
                 .map_err(|StoreFailure(e)| {
                     tracing::warn!(error = %e, "revoking a session failed");
                     store_unavailable()
                 })?;
             if rt.backend.is_remote() {
-                rt.cache.insert(&old, Lookup::Revoked, &rt.cache_settings);
+                rt.cache
+                    .insert(&old, Lookup::Revoked, &rt.cache_settings, now.instant);
             }
             metrics::counter!("meshgate_sessions_ended_total").increment(1);
         }
         match instruction {
-            Some(instruction) => self.create_session(rt, instruction, rsp, cx.tls).await,
+            Some(instruction) => self.create_session(rt, instruction, rsp, cx.tls, now).await,
             None => {
                 if let TokenSource::Cookie(name) = &self.token {
                     if let Some(v) = token::session_cookie(name, "", None, &rt.config, cx.tls) {
@@ -342,6 +347,7 @@ impl SessionFilter {
         instruction: Instruction,
         rsp: &mut ResponseView<'_>,
         tls: bool,
+        now: Now,
     ) -> Result<(), Rejection> {
         let lifetime = instruction
             .ttl
@@ -353,12 +359,11 @@ impl SessionFilter {
                 "no randomness for a session id",
             )
         })?;
-        let now = unix_now();
         let record = SessionRecord {
             sub: instruction.sub,
             claims: instruction.claims,
-            iat: now,
-            exp: now.saturating_add(lifetime.as_secs()),
+            iat: now.unix,
+            exp: now.unix.saturating_add(lifetime.as_secs()),
             revoked: false,
         };
         rt.backend
@@ -368,6 +373,7 @@ impl SessionFilter {
                 lifetime.min(rt.config.idle_timeout),
                 rt.config.max_sessions_per_subject,
                 rt.config.idle_timeout,
+                now,
             )
             .await
             .map_err(|StoreFailure(e)| {
@@ -375,8 +381,12 @@ impl SessionFilter {
                 store_unavailable()
             })?;
         if rt.backend.is_remote() {
-            rt.cache
-                .insert(&id, Lookup::Active(Arc::new(record)), &rt.cache_settings);
+            rt.cache.insert(
+                &id,
+                Lookup::Active(Arc::new(record)),
+                &rt.cache_settings,
+                now.instant,
+            );
         }
         metrics::counter!("meshgate_sessions_created_total").increment(1);
         let delivered = match (&self.token, &rt.config.issue_header) {

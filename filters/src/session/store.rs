@@ -14,6 +14,7 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::context::RequestCtx;
 use crate::state::Handover;
 use crate::store::RedisStore;
 
@@ -35,22 +36,47 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
-    pub fn tombstone() -> Self {
+    /// The record of an ended session, stamped `iat` (unix seconds).
+    pub fn tombstone(iat: u64) -> Self {
         SessionRecord {
             sub: String::new(),
             claims: Map::new(),
-            iat: unix_now(),
+            iat,
             exp: 0,
             revoked: true,
         }
     }
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// The time of the request a store call serves, taken from its
+/// [`RequestCtx`]: the store reads no clock on the request path.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Wall clock, unix seconds (issuance, absolute expiry).
+    pub unix: u64,
+    /// Monotonic clock (idle expiry, cache age).
+    pub instant: Instant,
+}
+
+impl Now {
+    pub fn of(cx: &RequestCtx) -> Self {
+        Now {
+            unix: unix_secs(cx.now),
+            instant: cx.instant,
+        }
+    }
+}
+
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The wall clock in unix seconds, for work that serves no request
+/// (handover).
+pub fn unix_now() -> u64 {
+    unix_secs(SystemTime::now())
 }
 
 /// The store's answer for one id.
@@ -139,10 +165,10 @@ impl Backend {
         }
     }
 
-    /// Looks `id` up and slides its idle expiry.
-    pub async fn get(&self, id: &str, idle: Duration) -> Result<Lookup, StoreFailure> {
+    /// Looks `id` up and slides its idle expiry (from `now`).
+    pub async fn get(&self, id: &str, idle: Duration, now: Now) -> Result<Lookup, StoreFailure> {
         match self {
-            Backend::Memory(m) => Ok(m.get(id, idle)),
+            Backend::Memory(m) => Ok(m.get(id, idle, now)),
             Backend::Redis { store, prefix } => {
                 let store = store.as_ref().ok_or_else(no_redis)?;
                 let prefix = redis_prefix(store, prefix);
@@ -188,10 +214,11 @@ impl Backend {
         ttl: Duration,
         max_per_subject: usize,
         tombstone_ttl: Duration,
+        now: Now,
     ) -> Result<(), StoreFailure> {
         match self {
             Backend::Memory(m) => {
-                m.put(id, record.clone(), ttl, max_per_subject);
+                m.put(id, record.clone(), ttl, max_per_subject, now);
                 Ok(())
             }
             Backend::Redis { store, prefix } => {
@@ -200,7 +227,7 @@ impl Backend {
                 let key = store_key(&prefix, id);
                 let value = serde_json::to_string(record)
                     .map_err(|e| StoreFailure(format!("encoding the session: {e}")))?;
-                let tombstone = serde_json::to_string(&SessionRecord::tombstone())
+                let tombstone = serde_json::to_string(&SessionRecord::tombstone(now.unix))
                     .map_err(|e| StoreFailure(format!("encoding a tombstone: {e}")))?;
                 let sub = record.sub.clone();
                 let revoked: u64 = store
@@ -235,17 +262,17 @@ impl Backend {
     }
 
     /// Replaces the session with a tombstone kept for `ttl`.
-    pub async fn revoke(&self, id: &str, ttl: Duration) -> Result<(), StoreFailure> {
+    pub async fn revoke(&self, id: &str, ttl: Duration, now: Now) -> Result<(), StoreFailure> {
         match self {
             Backend::Memory(m) => {
-                m.put(id, SessionRecord::tombstone(), ttl, usize::MAX);
+                m.put(id, SessionRecord::tombstone(now.unix), ttl, usize::MAX, now);
                 Ok(())
             }
             Backend::Redis { store, prefix } => {
                 let store = store.as_ref().ok_or_else(no_redis)?;
                 let prefix = redis_prefix(store, prefix);
                 let key = store_key(&prefix, id);
-                let tombstone = serde_json::to_string(&SessionRecord::tombstone())
+                let tombstone = serde_json::to_string(&SessionRecord::tombstone(now.unix))
                     .map_err(|e| StoreFailure(format!("encoding a tombstone: {e}")))?;
                 store
                     .run(|mut conn| async move {
@@ -266,7 +293,7 @@ impl Backend {
                 if f.down.load(std::sync::atomic::Ordering::SeqCst) {
                     return Err(StoreFailure("fake store is down".into()));
                 }
-                f.put(id, SessionRecord::tombstone());
+                f.put(id, SessionRecord::tombstone(now.unix));
                 Ok(())
             }
         }
@@ -438,15 +465,16 @@ impl Sessions {
         }
     }
 
-    /// Drops least recently used entries until there is room for one more.
-    fn make_room(&mut self, max: usize) -> u64 {
+    /// Drops least recently used entries until there is room for one more
+    /// (`now`: the time of the request that needs the room).
+    fn make_room(&mut self, max: usize, now: Instant) -> u64 {
         let mut evicted = 0;
         while max > 0 && self.entries().len() >= max {
             let Some((id, entry)) = self.entries().pop_lru() else {
                 break;
             };
             self.unlink(&id, &entry);
-            if !entry.expired(Instant::now()) {
+            if !entry.expired(now) {
                 evicted += 1;
             }
         }
@@ -454,8 +482,8 @@ impl Sessions {
     }
 
     /// Revokes the least recently used live sessions of `sub` until it has
-    /// room for one more.
-    fn cap_subject(&mut self, sub: &str, max: usize) -> u64 {
+    /// room for one more (tombstones stamped `now`, unix seconds).
+    fn cap_subject(&mut self, sub: &str, max: usize, now: u64) -> u64 {
         let mut revoked = 0;
         loop {
             let Some(ids) = self.by_subject.get(sub) else {
@@ -474,7 +502,7 @@ impl Sessions {
             // A tombstone, so that the revoked id answers session_revoked,
             // kept as long as the session would have lived without use.
             let tombstone = self.entries().peek(&oldest).map(|e| MemEntry {
-                record: SessionRecord::tombstone(),
+                record: SessionRecord::tombstone(now),
                 idle: e.idle,
                 last_seen: e.last_seen,
             });
@@ -520,13 +548,14 @@ impl MemoryStore {
         self.lock().entries().len()
     }
 
-    fn get(&self, id: &str, idle: Duration) -> Lookup {
-        let now = Instant::now();
+    fn get(&self, id: &str, idle: Duration, now: Now) -> Lookup {
+        let now = now.instant;
         let mut sessions = self.lock();
         match sessions.entries().get_mut(id) {
             None => return Lookup::Missing,
             Some(e) if !e.expired(now) => {
-                e.last_seen = now;
+                // concurrent requests may come in out of their arrival order
+                e.last_seen = e.last_seen.max(now);
                 if !e.record.revoked {
                     e.idle = idle;
                 }
@@ -538,22 +567,28 @@ impl MemoryStore {
         Lookup::Missing
     }
 
-    fn put(&self, id: &str, record: SessionRecord, ttl: Duration, max_per_subject: usize) {
-        let now = Instant::now();
+    fn put(
+        &self,
+        id: &str,
+        record: SessionRecord,
+        ttl: Duration,
+        max_per_subject: usize,
+        now: Now,
+    ) {
         let max = self.max_entries.load(std::sync::atomic::Ordering::Relaxed);
         let mut sessions = self.lock();
         sessions.remove(id);
         let mut revoked = 0;
         if !record.revoked && !record.sub.is_empty() {
-            revoked = sessions.cap_subject(&record.sub, max_per_subject);
+            revoked = sessions.cap_subject(&record.sub, max_per_subject, now.unix);
         }
-        let evicted = sessions.make_room(max);
+        let evicted = sessions.make_room(max, now.instant);
         sessions.insert(
             id.to_string(),
             MemEntry {
                 record,
                 idle: ttl,
-                last_seen: now,
+                last_seen: now.instant,
             },
         );
         drop(sessions);

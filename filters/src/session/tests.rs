@@ -120,9 +120,27 @@ fn ctx() -> RequestCtx {
     RequestCtx::new(Arc::from("route"), [127, 0, 0, 1].into(), false)
 }
 
+/// A context `later` than now: the filter sees the time a test that slept
+/// for `later` would have read. Tests move through time this way instead of
+/// sleeping (filters take the time from the context, never the clocks).
+fn ctx_at(later: Duration) -> RequestCtx {
+    let cx = ctx();
+    let (now, instant) = (cx.now + later, cx.instant + later);
+    cx.at(now, instant)
+}
+
 async fn run(
     filter: &SessionFilter,
     headers: &[(&str, &str)],
+) -> (Result<(), Rejection>, http::request::Parts, RequestCtx) {
+    run_at(filter, headers, Duration::ZERO).await
+}
+
+/// [`run`] `later` than now (see [`ctx_at`]).
+async fn run_at(
+    filter: &SessionFilter,
+    headers: &[(&str, &str)],
+    later: Duration,
 ) -> (Result<(), Rejection>, http::request::Parts, RequestCtx) {
     let mut builder = http::Request::builder().uri("/x");
     for (k, v) in headers {
@@ -130,7 +148,7 @@ async fn run(
     }
     let (mut head, ()) = builder.body(()).expect("request").into_parts();
     let mut body = Body::Empty;
-    let mut cx = ctx();
+    let mut cx = ctx_at(later);
     let result = filter
         .on_request(&mut RequestView::new(&mut head, &mut body, 1024), &mut cx)
         .await;
@@ -754,7 +772,17 @@ fn cookie_value(set_cookie: &str) -> String {
 
 /// Logs in through the filter (app instruction) and returns the session id.
 async fn login(filter: &SessionFilter, instruction: &str, tls: bool) -> (String, Vec<String>) {
-    let mut cx = ctx();
+    login_at(filter, instruction, tls, Duration::ZERO).await
+}
+
+/// [`login`] `later` than now (see [`ctx_at`]).
+async fn login_at(
+    filter: &SessionFilter,
+    instruction: &str,
+    tls: bool,
+    later: Duration,
+) -> (String, Vec<String>) {
+    let mut cx = ctx_at(later);
     cx.tls = tls;
     let (result, head) = respond(filter, &mut cx, &[(SESSION_SET_HEADER, instruction)]).await;
     result.expect("login accepted");
@@ -961,28 +989,30 @@ async fn idle_and_absolute_timeouts() {
     let cookie = format!("meshgate_session={id}");
     // Used every 600ms the idle timer slides; the absolute expiry (whole
     // seconds, so 2-3s after login) ends the session regardless.
+    let step = Duration::from_millis(600);
+    let mut t = Duration::ZERO;
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        t += step;
         assert_eq!(
-            reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+            reason(&run_at(&filter, &[("cookie", &cookie)], t).await.0),
             "pass"
         );
     }
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let _ = run(&filter, &[("cookie", &cookie)]).await;
+        t += step;
+        let _ = run_at(&filter, &[("cookie", &cookie)], t).await;
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    t += step;
     assert_eq!(
-        reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+        reason(&run_at(&filter, &[("cookie", &cookie)], t).await.0),
         "session_expired"
     );
 
-    let (id, _) = login(&filter, r#"{"sub":"u"}"#, false).await;
+    let (id, _) = login_at(&filter, r#"{"sub":"u"}"#, false, t).await;
     let cookie = format!("meshgate_session={id}");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    t += Duration::from_millis(1200);
     assert_eq!(
-        reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+        reason(&run_at(&filter, &[("cookie", &cookie)], t).await.0),
         "session_expired",
         "idled out"
     );
@@ -1085,14 +1115,14 @@ async fn unknown_ids_are_negatively_cached_and_revocation_lands_within_the_budge
         "pass"
     );
     // revoked elsewhere (another pod): still served from cache, then refused
-    fake.put(&id, SessionRecord::tombstone());
+    fake.put(&id, SessionRecord::tombstone(store::unix_now()));
     assert_eq!(
         reason(&run(&filter, &[("cookie", &cookie)]).await.0),
         "pass"
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut t = Duration::from_millis(250);
     assert_eq!(
-        reason(&run(&filter, &[("cookie", &cookie)]).await.0),
+        reason(&run_at(&filter, &[("cookie", &cookie)], t).await.0),
         "session_revoked"
     );
     // deleted in the store: refused after the budget too
@@ -1109,13 +1139,13 @@ async fn unknown_ids_are_negatively_cached_and_revocation_lands_within_the_budge
     );
     let cookie2 = format!("meshgate_session={id2}");
     assert_eq!(
-        reason(&run(&filter, &[("cookie", &cookie2)]).await.0),
+        reason(&run_at(&filter, &[("cookie", &cookie2)], t).await.0),
         "pass"
     );
     fake.remove(&id2);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    t += Duration::from_millis(250);
     assert_eq!(
-        reason(&run(&filter, &[("cookie", &cookie2)]).await.0),
+        reason(&run_at(&filter, &[("cookie", &cookie2)], t).await.0),
         "session_expired"
     );
 }
@@ -1156,9 +1186,9 @@ async fn store_down_cached_sessions_keep_working_uncached_fail_closed() {
         "session_store_unavailable"
     );
     // after the cache TTL the cached one needs the store as well
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    let t = Duration::from_millis(350);
     assert_eq!(
-        reason(&run(&filter, &[("cookie", &c1)]).await.0),
+        reason(&run_at(&filter, &[("cookie", &c1)], t).await.0),
         "session_store_unavailable"
     );
     // allow_anonymous
@@ -1167,13 +1197,19 @@ async fn store_down_cached_sessions_keep_working_uncached_fail_closed() {
         &state,
         &fake,
     );
-    let (result, _, cx) = run(&anon, &[("cookie", &c2)]).await;
+    let (result, _, cx) = run_at(&anon, &[("cookie", &c2)], t).await;
     assert_eq!(reason(&result), "pass");
     assert!(cx.user.is_none());
     // recovery
     fake.down.store(false, Ordering::SeqCst);
-    assert_eq!(reason(&run(&filter, &[("cookie", &c2)]).await.0), "pass");
-    assert_eq!(reason(&run(&filter, &[("cookie", &c1)]).await.0), "pass");
+    assert_eq!(
+        reason(&run_at(&filter, &[("cookie", &c2)], t).await.0),
+        "pass"
+    );
+    assert_eq!(
+        reason(&run_at(&filter, &[("cookie", &c1)], t).await.0),
+        "pass"
+    );
 }
 
 #[tokio::test]
@@ -1317,10 +1353,10 @@ async fn remote_jwks_rotation_is_rate_limited_and_outages_are_bounded() {
     assert_eq!(server.fetches.load(Ordering::SeqCst), 1);
 
     // Unknown kid: at most one fetch per jwks_min_refresh.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut t = Duration::from_millis(250);
     for _ in 0..5 {
         assert_eq!(
-            reason(&run(&filter, &[("authorization", &ed)]).await.0),
+            reason(&run_at(&filter, &[("authorization", &ed)], t).await.0),
             "token_invalid"
         );
     }
@@ -1328,35 +1364,39 @@ async fn remote_jwks_rotation_is_rate_limited_and_outages_are_bounded() {
 
     // Rotation: the new key appears and is picked up on the next unknown kid.
     *server.body.lock().expect("body") = only(&jwks(), "ed").to_string();
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    t += Duration::from_millis(250);
     assert_eq!(
-        reason(&run(&filter, &[("authorization", &ed)]).await.0),
+        reason(&run_at(&filter, &[("authorization", &ed)], t).await.0),
         "pass"
     );
     assert_eq!(server.fetches.load(Ordering::SeqCst), 3);
 
     // The endpoint fails: keys keep serving up to jwks_max_stale, then 503.
     server.fail.store(true, Ordering::SeqCst);
-    let failing_since = std::time::Instant::now();
-    while failing_since.elapsed() < Duration::from_millis(700) {
+    for _ in 0..7 {
         assert_eq!(
-            reason(&run(&filter, &[("authorization", &ed)]).await.0),
+            reason(&run_at(&filter, &[("authorization", &ed)], t).await.0),
             "pass"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        t += Duration::from_millis(100);
     }
-    assert!(
-        server.fetches.load(Ordering::SeqCst) >= 4,
-        "background refreshes were tried"
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (result, _, _) = run(&filter, &[("authorization", &ed)]).await;
+    // The stale keys started background refreshes: real fetches in spawned
+    // tasks, waited for here (this waits for the tasks, not for the clock).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while server.fetches.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("background refreshes were tried");
+    t += Duration::from_millis(500);
+    let (result, _, _) = run_at(&filter, &[("authorization", &ed)], t).await;
     assert_eq!(reason(&result), "session_store_unavailable");
     // ...and recovers when the endpoint does.
     server.fail.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    t += Duration::from_millis(250);
     assert_eq!(
-        reason(&run(&filter, &[("authorization", &ed)]).await.0),
+        reason(&run_at(&filter, &[("authorization", &ed)], t).await.0),
         "pass"
     );
 }
@@ -1385,14 +1425,29 @@ async fn a_cancelled_lookup_leaves_no_flight_behind() {
     };
     let task = {
         let (cache, backend, id) = (cache.clone(), backend.clone(), id.clone());
-        tokio::spawn(async move { cache.get(&id, &backend, &settings).await })
+        tokio::spawn(async move {
+            cache
+                .get(&id, &backend, &settings, store::Now::of(&ctx()))
+                .await
+        })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Let the spawned lookup start (it then waits in the slow store); the
+    // test runs on one thread, so a yield hands it the thread.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while cache.flights() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the lookup started");
     assert_eq!(cache.flights(), 1);
     task.abort();
     let _ = task.await;
     assert_eq!(cache.flights(), 0, "the abandoned flight is gone");
-    let found = cache.get(&id, &backend, &settings).await.expect("lookup");
+    let found = cache
+        .get(&id, &backend, &settings, store::Now::of(&ctx()))
+        .await
+        .expect("lookup");
     assert!(matches!(found, store::Lookup::Active(_)));
     assert_eq!(cache.flights(), 0);
 }
