@@ -6,6 +6,7 @@
 # Usage: callgrind.sh MESHGATE_BINARY ECHO_APP_BINARY [CHAIN]
 #   CHAIN: a chains/*.yaml name of a GET chain (e.g. full-chain); none means
 #   pass-through.
+# CALLGRIND_KEEP=DIR keeps the callgrind output there, for callgrind_annotate.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 meshgate=$1 echo_app=$2 chain=${3:-}
@@ -42,4 +43,5 @@ h2load --h1 -n 4000 -c 16 "${headers[@]}" "$url" | grep -E "^status codes" >&2
 callgrind_control -d "$vg" >/dev/null
 sleep 1
 ir=$(grep -h "^summary:\|^totals:" "$tmp"/cg.out.* | awk '{print $2}' | sort -n | tail -1)
+if [ -n "${CALLGRIND_KEEP:-}" ]; then mkdir -p "$CALLGRIND_KEEP" && cp "$tmp"/cg.out.* "$CALLGRIND_KEEP"/; fi
 python3 -c "print(f'{$ir} instructions, {$ir/4000/1000:.1f} k per request')"
