@@ -394,6 +394,18 @@ impl RedisStore {
         F: FnOnce(StoreConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        // Boxed: a Redis call's state (connect, script, timeout) is several
+        // KB, and every filter future that may call Redis would otherwise
+        // carry that room inline, copied with the request future on every
+        // request, including the ones that never reach Redis.
+        Box::pin(self.run_on_connection(bound, op)).await
+    }
+
+    async fn run_on_connection<T, F, Fut>(&self, bound: Duration, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(StoreConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let conn = self.connection().await?;
         let started = Instant::now();
         let result = tokio::time::timeout(bound, op(conn)).await;

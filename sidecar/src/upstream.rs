@@ -3,6 +3,7 @@
 //! One [`Upstream`] per app address and protocol; it is reused across config
 //! reloads that keep the `app:` section, so pooled connections survive.
 
+use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use hyper::client::conn::{http1, http2};
 use hyper::Uri;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -309,13 +311,17 @@ impl Upstream {
     /// Sends one request on a pooled connection, or a new one. A request that
     /// hyper hands back unsent (the pooled connection had just closed) is
     /// sent again on another connection.
-    pub async fn send(
+    ///
+    /// Not an `async fn`: a layer of its own would keep a second copy of the
+    /// request in its state, and the send future is moved on every request.
+    pub fn send(
         &self,
         req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+    ) -> impl Future<Output = Result<http::Response<hyper::body::Incoming>, SendError>> + Send + '_
+    {
         match self.pool.protocol {
-            AppProtocol::Http1 => self.pool.send_http1(req).await,
-            AppProtocol::Http2 => self.pool.send_http2(req).await,
+            AppProtocol::Http1 => Either::Left(self.pool.send_http1(req)),
+            AppProtocol::Http2 => Either::Right(self.pool.send_http2(req)),
         }
     }
 }
@@ -398,26 +404,30 @@ impl Pool {
         // response in flight, then closes the connection.
     }
 
-    async fn send_http1(
+    #[allow(clippy::manual_async_fn)] // by-value request: see inbound::run
+    fn send_http1(
         self: &Arc<Self>,
         mut req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        loop {
-            let (mut sender, fresh) = match self.checkout() {
-                Some(sender) => (sender, false),
-                None => self.connect_or_wait().await?,
-            };
-            match sender.try_send_request(req).await {
-                Ok(rsp) => {
-                    self.checkin(sender);
-                    return Ok(rsp);
+    ) -> impl Future<Output = Result<http::Response<hyper::body::Incoming>, SendError>> + Send + '_
+    {
+        async move {
+            loop {
+                let (mut sender, fresh) = match self.checkout() {
+                    Some(sender) => (sender, false),
+                    None => self.connect_or_wait().await?,
+                };
+                match sender.try_send_request(req).await {
+                    Ok(rsp) => {
+                        self.checkin(sender);
+                        return Ok(rsp);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Never written: safe to send on another connection. A
+                        // fresh connection that cannot take it is a real failure.
+                        Some(unsent) if !fresh => req = unsent,
+                        _ => return Err(SendError::Request(e.into_error())),
+                    },
                 }
-                Err(mut e) => match e.take_message() {
-                    // Never written: safe to send on another connection. A
-                    // fresh connection that cannot take it is a real failure.
-                    Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(SendError::Request(e.into_error())),
-                },
             }
         }
     }
@@ -437,23 +447,29 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn send_http2(
+    #[allow(clippy::manual_async_fn)] // by-value request: see inbound::run
+    fn send_http2(
         &self,
         req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        let shared = self
-            .http2
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .filter(|s| !s.is_closed())
-            .cloned();
-        let mut sender = match shared {
-            Some(sender) => sender,
-            None => self.connect_http2().await?,
-        };
-        sender.ready().await.map_err(SendError::Request)?;
-        sender.send_request(req).await.map_err(SendError::Request)
+    ) -> impl Future<Output = Result<http::Response<hyper::body::Incoming>, SendError>> + Send + '_
+    {
+        async move {
+            let shared = self
+                .http2
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .filter(|s| !s.is_closed())
+                .cloned();
+            let mut sender = match shared {
+                Some(sender) => sender,
+                // Boxed: the handshake's state would otherwise make every
+                // request's future larger (it is moved on each request).
+                None => Box::pin(self.connect_http2()).await?,
+            };
+            sender.ready().await.map_err(SendError::Request)?;
+            sender.send_request(req).await.map_err(SendError::Request)
+        }
     }
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, SendError> {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
@@ -23,7 +23,6 @@ use crate::server::InFlight;
 /// filters' guards (concurrency permits) and the connection's in-flight mark
 /// are released with the log line, when the response is done.
 pub struct Exchange {
-    started: Instant,
     /// The client's id when it is sane, else a new one; sent both ways.
     pub request_id: RequestId,
     /// The matched route's metrics (`-` until routed).
@@ -45,15 +44,16 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// The context of a request that just arrived.
+    /// The context of a request that just arrived. Boxed: it travels from
+    /// the request future into the response body, and a pointer is cheaper
+    /// to move there than the context itself.
     pub(crate) fn accept<B>(
         req: &Request<B>,
         conn: &ConnInfo,
         unrouted: &Arc<RouteMetrics>,
         in_flight: InFlight,
-    ) -> Exchange {
-        Exchange {
-            started: Instant::now(),
+    ) -> Box<Exchange> {
+        Box::new(Exchange {
             request_id: headers::request_id(req.headers()),
             route: unrouted.clone(),
             method: req.method().clone(),
@@ -68,7 +68,7 @@ impl Exchange {
             body_progress: None,
             status: 0,
             _in_flight: in_flight,
-        }
+        })
     }
 
     /// Records the admitted request: its canonical target and client.
@@ -85,7 +85,7 @@ impl Exchange {
 
     /// The answer to the client: gets the request id, and a body that
     /// writes the access log line when it is done.
-    pub fn respond(mut self, mut rsp: Response<Body>) -> Response<LoggedBody> {
+    pub fn respond(mut self: Box<Self>, mut rsp: Response<Body>) -> Response<LoggedBody> {
         rsp.headers_mut()
             .insert(X_REQUEST_ID.clone(), self.request_id.header_value());
         self.status = rsp.status().as_u16();
@@ -98,8 +98,9 @@ impl Exchange {
 
     /// The last phase: request metrics and the access log line. Dropping
     /// the exchange then releases the filters' guards and the in-flight mark.
-    fn log(self, bytes_out: u64) {
-        let elapsed = self.started.elapsed();
+    fn log(self: Box<Self>, bytes_out: u64) {
+        // The request's arrival, read once for the filters and the log.
+        let elapsed = self.filters.instant.elapsed();
         self.route.record(self.status, elapsed.as_secs_f64());
         // A body of announced length is counted from Content-Length; a
         // streamed one by its idle guard as it went.
@@ -128,7 +129,7 @@ impl Exchange {
 pub struct LoggedBody {
     inner: Body,
     bytes_out: u64,
-    exchange: Option<Exchange>,
+    exchange: Option<Box<Exchange>>,
 }
 
 impl http_body::Body for LoggedBody {

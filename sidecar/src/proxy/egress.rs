@@ -6,6 +6,7 @@
 //! reads the current snapshot); pools are kept while their settings are equal.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use http::header::HOST;
@@ -46,63 +47,66 @@ impl EgressPools {
     }
 }
 
-pub(super) async fn run(
-    shared: &Shared,
-    snapshot: &Snapshot,
+#[allow(clippy::manual_async_fn)] // by-value request: see inbound::run
+pub(super) fn run<'a>(
+    shared: &'a Shared,
+    snapshot: &'a Snapshot,
     mut req: Request<Incoming>,
-    exchange: &mut Exchange,
-) -> Result<Response<Body>, Rejection> {
-    let Some(config) = &snapshot.config.egress else {
-        return Err(Rejection::new(
-            &meshgate_filters::error::ROUTE_NOT_FOUND,
-            "egress is not configured",
-        ));
-    };
-    let (authority, host) = admit(&mut req)?;
-    let destination = snapshot.routes.destination(&host)?;
-    exchange.routed(&destination.metrics);
-    let (mut head, incoming) = req.into_parts();
-    headers::strip_hop_by_hop(&mut head.headers, false);
-    // The destination sees (and the signature covers) the canonical
-    // authority as Host, also when the app spoke HTTP/2.
-    head.headers.insert(
-        HOST,
-        HeaderValue::try_from(authority).map_err(|_| {
-            Rejection::new(&meshgate_filters::error::BAD_AUTHORITY, "invalid authority")
-        })?,
-    );
-    let inbound = &snapshot.config.inbound;
-    let (mut body, progress) =
-        Body::Incoming(incoming).with_idle_timeout(inbound.body_idle_timeout);
-    exchange.body_progress = progress;
+    exchange: &'a mut Exchange,
+) -> impl Future<Output = Result<Response<Body>, Rejection>> + Send + 'a {
+    async move {
+        let Some(config) = &snapshot.config.egress else {
+            return Err(Rejection::new(
+                &meshgate_filters::error::ROUTE_NOT_FOUND,
+                "egress is not configured",
+            ));
+        };
+        let (authority, host) = admit(&mut req)?;
+        let destination = snapshot.routes.destination(&host)?;
+        exchange.routed(&destination.metrics);
+        let (mut head, incoming) = req.into_parts();
+        headers::strip_hop_by_hop(&mut head.headers, false);
+        // The destination sees (and the signature covers) the canonical
+        // authority as Host, also when the app spoke HTTP/2.
+        head.headers.insert(
+            HOST,
+            HeaderValue::try_from(authority).map_err(|_| {
+                Rejection::new(&meshgate_filters::error::BAD_AUTHORITY, "invalid authority")
+            })?,
+        );
+        let inbound = &snapshot.config.inbound;
+        let (mut body, progress) =
+            Body::Incoming(incoming).with_idle_timeout(inbound.body_idle_timeout);
+        exchange.body_progress = progress;
 
-    let path = sign(&mut head, &mut body, destination, config).await?;
-    let upstream = shared.egress_pools.get(PoolSettings::egress(
-        &destination.destination.upstream,
-        config.connect_timeout,
-    ));
-    head.uri = upstream.uri(&path).map_err(|_| {
-        Rejection::new(
-            &meshgate_filters::error::BAD_REQUEST,
-            "request target cannot be forwarded",
+        let path = sign(&mut head, &mut body, destination, config).await?;
+        let upstream = shared.egress_pools.get(PoolSettings::egress(
+            &destination.destination.upstream,
+            config.connect_timeout,
+        ));
+        head.uri = upstream.uri(&path).map_err(|_| {
+            Rejection::new(
+                &meshgate_filters::error::BAD_REQUEST,
+                "request target cannot be forwarded",
+            )
+        })?;
+        head.version = Version::HTTP_11;
+        let limits = Limits {
+            response: config.timeout,
+            body_idle: inbound.body_idle_timeout,
+        };
+        let rsp = send::send(
+            &upstream,
+            Request::from_parts(head, body),
+            limits,
+            Peer::Destination(&destination.destination.host),
+            exchange,
         )
-    })?;
-    head.version = Version::HTTP_11;
-    let limits = Limits {
-        response: config.timeout,
-        body_idle: inbound.body_idle_timeout,
-    };
-    let rsp = send::send(
-        &upstream,
-        Request::from_parts(head, body),
-        limits,
-        Peer::Destination(&destination.destination.host),
-        exchange,
-    )
-    .await?;
-    let (mut rhead, incoming) = rsp.into_parts();
-    headers::strip_hop_by_hop(&mut rhead.headers, false);
-    Ok(Response::from_parts(rhead, Body::Incoming(incoming)))
+        .await?;
+        let (mut rhead, incoming) = rsp.into_parts();
+        headers::strip_hop_by_hop(&mut rhead.headers, false);
+        Ok(Response::from_parts(rhead, Body::Incoming(incoming)))
+    }
 }
 
 /// Admit: CONNECT is refused; the authority from `Host` and the request

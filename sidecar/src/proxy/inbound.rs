@@ -7,6 +7,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use meshgate_filters::{Body, Chain, Rejection, RequestView, ResponseView};
 use meshgate_xds::config::{AppProtocol, Inbound, Route};
+use std::future::Future;
 
 use super::send::{self, Limits, Peer};
 use super::{ConnInfo, Exchange, Shared};
@@ -17,70 +18,77 @@ use crate::routing::RouteTarget;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
 
-pub(super) async fn run(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    conn: &ConnInfo,
+///
+/// Not an `async fn` (nor are the other functions that take the request by
+/// value on its way to the app): an async fn keeps its by-value arguments
+/// twice in its state, and the request's future is moved on every request.
+#[allow(clippy::manual_async_fn)] // by-value request: see inbound::run
+pub(super) fn run<'a>(
+    shared: &'a Shared,
+    snapshot: &'a Snapshot,
+    conn: &'a ConnInfo,
     mut req: Request<Incoming>,
-    exchange: &mut Exchange,
-) -> Result<Response<Body>, Rejection> {
-    let inbound = &snapshot.config.inbound;
-    let admitted = admit(&mut req, inbound, conn, exchange)?;
-    let route = snapshot
-        .routes
-        .route(req.method(), req.uri().path(), &admitted.host)?;
-    exchange.routed(&route.metrics);
-    let chain = match &route.target {
-        RouteTarget::Respond(responder) => return Ok(reply::mock(responder)),
-        RouteTarget::Forward(chain) => chain,
-    };
-    if !shared.health.is_healthy() {
-        return Err(Rejection::new(
-            &meshgate_filters::error::APP_UNHEALTHY,
-            "the app is failing its health check",
-        ));
-    }
-    // Only WebSocket is tunnelled, and only to an HTTP/1.1 app (an HTTP/2
-    // connection cannot carry the upgrade); any other upgrade request goes
-    // on as a plain request without its upgrade headers.
-    let websocket = snapshot.config.app.protocol == AppProtocol::Http1
-        && headers::is_websocket_upgrade(req.method(), req.version(), req.headers());
-    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let (mut head, incoming) = req.into_parts();
-    let mut body = prepare(
-        &mut head,
-        Body::Incoming(incoming),
-        websocket,
-        inbound,
-        exchange,
-    );
+    exchange: &'a mut Exchange,
+) -> impl Future<Output = Result<Response<Body>, Rejection>> + Send + 'a {
+    async move {
+        let inbound = &snapshot.config.inbound;
+        let admitted = admit(&mut req, inbound, conn, exchange)?;
+        let route = snapshot
+            .routes
+            .route(req.method(), req.uri().path(), &admitted.host)?;
+        exchange.routed(&route.metrics);
+        let chain = match &route.target {
+            RouteTarget::Respond(responder) => return Ok(reply::mock(responder)),
+            RouteTarget::Forward(chain) => chain,
+        };
+        if !shared.health.is_healthy() {
+            return Err(Rejection::new(
+                &meshgate_filters::error::APP_UNHEALTHY,
+                "the app is failing its health check",
+            ));
+        }
+        // Only WebSocket is tunnelled, and only to an HTTP/1.1 app (an HTTP/2
+        // connection cannot carry the upgrade); any other upgrade request goes
+        // on as a plain request without its upgrade headers.
+        let websocket = snapshot.config.app.protocol == AppProtocol::Http1
+            && headers::is_websocket_upgrade(req.method(), req.version(), req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (mut head, incoming) = req.into_parts();
+        let mut body = prepare(
+            &mut head,
+            Body::Incoming(incoming),
+            websocket,
+            inbound,
+            exchange,
+        );
 
-    request_filters(chain, &route.route, &mut head, &mut body, exchange).await?;
-    upstream_request(&mut head, admitted, &snapshot.upstream, exchange)?;
-    let limits = Limits {
-        response: route.route.timeout,
-        body_idle: inbound.body_idle_timeout,
-    };
-    let rsp = send::send(
-        &snapshot.upstream,
-        Request::from_parts(head, body),
-        limits,
-        Peer::App,
-        exchange,
-    )
-    .await?;
-    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return switch_protocols(shared, client_upgrade, rsp, exchange);
+        request_filters(chain, &route.route, &mut head, &mut body, exchange).await?;
+        upstream_request(&mut head, admitted, &snapshot.upstream, exchange)?;
+        let limits = Limits {
+            response: route.route.timeout,
+            body_idle: inbound.body_idle_timeout,
+        };
+        let rsp = send::send(
+            &snapshot.upstream,
+            Request::from_parts(head, body),
+            limits,
+            Peer::App,
+            exchange,
+        )
+        .await?;
+        if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return switch_protocols(shared, client_upgrade, rsp, exchange);
+        }
+        let (rhead, incoming) = rsp.into_parts();
+        response_filters(
+            chain,
+            &route.route,
+            rhead,
+            Body::Incoming(incoming),
+            exchange,
+        )
+        .await
     }
-    let (rhead, incoming) = rsp.into_parts();
-    response_filters(
-        chain,
-        &route.route,
-        rhead,
-        Body::Incoming(incoming),
-        exchange,
-    )
-    .await
 }
 
 /// Admit: the head's size (431), then the canonical request (400 and 405
@@ -290,7 +298,7 @@ filters:
         ConnInfo::new("10.0.0.7:4000".parse().expect("addr"), false)
     }
 
-    fn exchange_for<B>(req: &Request<B>) -> Exchange {
+    fn exchange_for<B>(req: &Request<B>) -> Box<Exchange> {
         Exchange::accept(
             req,
             &conn(),

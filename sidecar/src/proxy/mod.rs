@@ -12,6 +12,7 @@ mod egress;
 mod inbound;
 mod send;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -75,23 +76,25 @@ impl ConnInfo {
 
 /// Handles one request. Never fails: every problem becomes a JSON answer.
 /// The config snapshot is read once here; every phase uses it.
-pub(crate) async fn handle(
+pub(crate) fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     side: Side,
     req: Request<Incoming>,
     in_flight: InFlight,
-) -> Response<LoggedBody> {
+) -> impl Future<Output = Response<LoggedBody>> + Send {
     let snapshot = shared.store.load();
     let mut exchange = Exchange::accept(&req, &conn, snapshot.routes.unrouted(), in_flight);
-    let answer = match side {
-        Side::Inbound => inbound::run(&shared, &snapshot, &conn, req, &mut exchange).await,
-        Side::Egress => egress::run(&shared, &snapshot, req, &mut exchange).await,
-    };
-    let rsp = answer.unwrap_or_else(|rej| {
-        reply::rejection(rej, &snapshot.error_codes, exchange.request_id.as_str())
-    });
-    exchange.respond(rsp)
+    async move {
+        let answer = match side {
+            Side::Inbound => inbound::run(&shared, &snapshot, &conn, req, &mut exchange).await,
+            Side::Egress => egress::run(&shared, &snapshot, req, &mut exchange).await,
+        };
+        let rsp = answer.unwrap_or_else(|rej| {
+            reply::rejection(rej, &snapshot.error_codes, exchange.request_id.as_str())
+        });
+        exchange.respond(rsp)
+    }
 }
 
 #[cfg(test)]

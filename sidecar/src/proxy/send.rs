@@ -3,6 +3,7 @@
 //! every way that can fail to an answer.
 
 use std::fmt;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -40,45 +41,52 @@ pub struct Limits {
 /// Sends `req` and waits for the response head. When the time runs out
 /// while the upstream still waits for the client's body, or the body's idle
 /// guard cut it, the client is the slow one: 408 instead of 504/502.
-pub async fn send(
-    upstream: &Upstream,
+#[allow(clippy::manual_async_fn)] // by-value request: see inbound::run
+pub fn send<'a>(
+    upstream: &'a Upstream,
     req: Request<Body>,
     limits: Limits,
-    peer: Peer<'_>,
-    exchange: &mut Exchange,
-) -> Result<Response<Incoming>, Rejection> {
-    let sent = Instant::now();
-    // `timeout` (not `sent + timeout`): a configured timeout too large to add
-    // to an Instant means "no limit" instead of a panic.
-    let result = tokio::time::timeout(limits.response, upstream.send(req)).await;
-    exchange.upstream_time = Some(sent.elapsed());
-    let progress = exchange.body_progress.as_deref();
-    let client_stalled = progress.is_some_and(|p| p.is_stalled());
-    let client_slow = progress.is_some_and(|p| p.is_stalled() || p.is_waiting_for_sender());
-    match result {
-        Ok(Ok(rsp)) => Ok(rsp),
-        Err(_) if client_slow => Err(Rejection::new(
-            &meshgate_filters::error::REQUEST_TIMEOUT,
-            format!(
-                "the request body did not arrive within {:?}",
-                limits.response
-            ),
-        )),
-        Err(_) => Err(Rejection::new(
-            &meshgate_filters::error::UPSTREAM_TIMEOUT,
-            format!("{peer} did not answer within {:?}", limits.response),
-        )),
-        Ok(Err(_)) if client_stalled => Err(Rejection::new(
-            &meshgate_filters::error::REQUEST_TIMEOUT,
-            format!("the request body stalled for {:?}", limits.body_idle),
-        )),
-        Ok(Err(e)) => {
-            if e.is_connect() {
-                metrics::counter!("meshgate_upstream_connect_errors_total").increment(1);
+    peer: Peer<'a>,
+    exchange: &'a mut Exchange,
+) -> impl Future<Output = Result<Response<Incoming>, Rejection>> + Send + 'a {
+    async move {
+        let sent = Instant::now();
+        // `timeout` (not `sent + timeout`): a configured timeout too large to add
+        // to an Instant means "no limit" instead of a panic.
+        // Pinned where it is, so that the timeout wraps a pointer and the
+        // send's state is not copied into it.
+        let call = upstream.send(req);
+        tokio::pin!(call);
+        let result = tokio::time::timeout(limits.response, call).await;
+        exchange.upstream_time = Some(sent.elapsed());
+        let progress = exchange.body_progress.as_deref();
+        let client_stalled = progress.is_some_and(|p| p.is_stalled());
+        let client_slow = progress.is_some_and(|p| p.is_stalled() || p.is_waiting_for_sender());
+        match result {
+            Ok(Ok(rsp)) => Ok(rsp),
+            Err(_) if client_slow => Err(Rejection::new(
+                &meshgate_filters::error::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:?}",
+                    limits.response
+                ),
+            )),
+            Err(_) => Err(Rejection::new(
+                &meshgate_filters::error::UPSTREAM_TIMEOUT,
+                format!("{peer} did not answer within {:?}", limits.response),
+            )),
+            Ok(Err(_)) if client_stalled => Err(Rejection::new(
+                &meshgate_filters::error::REQUEST_TIMEOUT,
+                format!("the request body stalled for {:?}", limits.body_idle),
+            )),
+            Ok(Err(e)) => {
+                if e.is_connect() {
+                    metrics::counter!("meshgate_upstream_connect_errors_total").increment(1);
+                }
+                let failure = classify(&e);
+                tracing::warn!(request_id = %exchange.request_id, error = %e, ?failure, %peer, "forwarding failed");
+                Err(failure_answer(&e, failure, peer))
             }
-            let failure = classify(&e);
-            tracing::warn!(request_id = %exchange.request_id, error = %e, ?failure, %peer, "forwarding failed");
-            Err(failure_answer(&e, failure, peer))
         }
     }
 }
@@ -116,7 +124,7 @@ mod tests {
     use http::StatusCode;
     use std::sync::Arc;
 
-    fn exchange() -> Exchange {
+    fn exchange() -> Box<Exchange> {
         let conn = super::super::ConnInfo::new("127.0.0.1:1".parse().expect("addr"), false);
         let req = Request::builder().uri("/").body(()).expect("req");
         Exchange::accept(
