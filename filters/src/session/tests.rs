@@ -396,172 +396,256 @@ async fn algorithm_confusion_and_none_fail() {
     );
 }
 
+/// What one case of [`single_key_sets_refuse_like_larger_ones`] expects.
+#[derive(Clone, Copy, Debug)]
+enum Want {
+    /// Passes with this subject as `cx.user` and the user header (none when
+    /// the subject is not a string); the Authorization header is removed and
+    /// the tenant header is `t-7` exactly when claims are kept.
+    Pass { user: Option<&'static str> },
+    /// Refused with exactly this `reason: message`.
+    Refused(&'static str),
+    /// Refused with this reason (whatever the message).
+    Reason(&'static str),
+}
+
+/// One row of the key-set table: the Authorization value it sends, and the
+/// outcome under the one-key set and under the larger set.
+struct KeySetCase {
+    name: &'static str,
+    auth: fn() -> String,
+    one_key: Want,
+    larger: Want,
+}
+
+/// Picks a key set's outcome out of a [`KeySetCase`].
+type KeySetColumn = fn(&KeySetCase) -> Want;
+
+impl KeySetCase {
+    /// A case with the same outcome under both key sets.
+    const fn same(name: &'static str, auth: fn() -> String, want: Want) -> Self {
+        KeySetCase {
+            name,
+            auth,
+            one_key: want,
+            larger: want,
+        }
+    }
+}
+
+/// `Bearer` and a token signed with the fixture key of `key`, under header
+/// `alg` and `kid` (the two may disagree).
+fn bearer_signed(alg: Algorithm, kid: Option<&str>, key: Algorithm, claims: Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    let token = jsonwebtoken::encode(&header, &claims, &encoding_key(key)).expect("encode");
+    format!("Bearer {token}")
+}
+
 /// One HS256 key (the usual static setup, verified without a separate
-/// header parse): every refusal still has its reason and message, and the
-/// subject reaches the app whether or not other claims are kept.
+/// header parse) and the larger set the other tests use: every refusal has
+/// the same reason and message under both (only a token whose key is in
+/// just one set fares differently), and the subject reaches the app whether
+/// or not other claims are kept.
 #[tokio::test]
 async fn single_key_sets_refuse_like_larger_ones() {
+    use Want::{Pass, Reason, Refused};
+    const GOOD: Want = Pass { user: Some("u-42") };
+    let cases = [
+        KeySetCase::same(
+            "good token",
+            || format!("Bearer {}", mint(Algorithm::HS256, good_claims())),
+            GOOD,
+        ),
+        // No kid: the HS256 key is the only candidate in either set.
+        KeySetCase::same(
+            "no kid",
+            || bearer_signed(Algorithm::HS256, None, Algorithm::HS256, good_claims()),
+            GOOD,
+        ),
+        // No kid under another algorithm: the one-key set has no key for it,
+        // the larger set's ES256 key verifies it.
+        KeySetCase {
+            name: "no kid, ES256",
+            auth: || bearer_signed(Algorithm::ES256, None, Algorithm::ES256, good_claims()),
+            one_key: Refused("token_invalid: no key for the token's algorithm"),
+            larger: GOOD,
+        },
+        // A kid the set does not have, even over a valid signature.
+        KeySetCase::same(
+            "unknown kid",
+            || {
+                bearer_signed(
+                    Algorithm::HS256,
+                    Some("other"),
+                    Algorithm::HS256,
+                    good_claims(),
+                )
+            },
+            Refused("token_invalid: unknown key id"),
+        ),
+        // Another algorithm under the HMAC key's kid, signed with a key of
+        // that algorithm (which the larger set holds under kid "es").
+        KeySetCase::same(
+            "ES256 under kid hs",
+            || {
+                bearer_signed(
+                    Algorithm::ES256,
+                    Some("hs"),
+                    Algorithm::ES256,
+                    good_claims(),
+                )
+            },
+            Refused("token_invalid: token algorithm does not match its key"),
+        ),
+        KeySetCase::same(
+            "bad signature",
+            || {
+                let token = mint(Algorithm::HS256, good_claims());
+                let (signed, sig) = token.rsplit_once('.').expect("three parts");
+                let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(sig)
+                    .expect("sig");
+                sig[0] ^= 1;
+                format!("Bearer {signed}.{}", b64url(&sig))
+            },
+            Refused("token_invalid: bad signature"),
+        ),
+        KeySetCase::same(
+            "expired",
+            || {
+                let mut expired = good_claims();
+                expired["exp"] = json!(now() - 300);
+                format!("Bearer {}", mint(Algorithm::HS256, expired))
+            },
+            Reason("token_expired"),
+        ),
+        KeySetCase::same(
+            "wrong audience",
+            || {
+                let mut wrong_aud = good_claims();
+                wrong_aud["aud"] = json!("other-app");
+                format!("Bearer {}", mint(Algorithm::HS256, wrong_aud))
+            },
+            Refused("token_invalid: wrong audience"),
+        ),
+        KeySetCase::same(
+            "alg none",
+            || {
+                let h = b64url(json!({"alg": "none", "kid": "hs"}).to_string().as_bytes());
+                let payload = b64url(good_claims().to_string().as_bytes());
+                format!("Bearer {h}.{payload}.")
+            },
+            Reason("token_invalid"),
+        ),
+        // Signed claims that are not a JSON object.
+        KeySetCase::same(
+            "claims not an object",
+            || {
+                let exp = good_claims()["exp"].clone();
+                let claims = json!([exp, null, "u-42", "https://id.example.com", "wallet"]);
+                bearer_signed(Algorithm::HS256, Some("hs"), Algorithm::HS256, claims)
+            },
+            Reason("token_invalid"),
+        ),
+        // A subject that is not a string passes without an identity.
+        KeySetCase::same(
+            "numeric subject",
+            || {
+                let mut numeric_sub = good_claims();
+                numeric_sub["sub"] = json!(42);
+                format!("Bearer {}", mint(Algorithm::HS256, numeric_sub))
+            },
+            Pass { user: None },
+        ),
+    ];
+
     let state = State::new();
     let f = fixtures();
     let one_key =
         json!({"keys": [{"kty": "oct", "kid": "hs", "alg": "HS256", "k": f["hmac"]["k"]}]});
-    for claims_to_headers in [json!(null), json!({"tenant": "x-meshgate-tenant"})] {
-        let filter = build(
-            &jwt_spec(json!({"jwks": one_key, "claims_to_headers": claims_to_headers})),
-            &state,
-        );
-        let keeps_claims = !claims_to_headers.is_null();
-        let message = |r: &Result<(), Rejection>| match r {
-            Ok(()) => "pass".to_string(),
-            Err(e) => format!("{}: {}", e.reason, e.message),
-        };
-        let bearer = |token: String| format!("Bearer {token}");
-
-        let auth = bearer(mint(Algorithm::HS256, good_claims()));
-        let (result, head, cx) = run(&filter, &[("authorization", &auth)]).await;
-        assert_eq!(message(&result), "pass");
-        assert!(head.headers.get(AUTHORIZATION).is_none());
-        assert_eq!(cx.user.as_deref(), Some("u-42"));
-        assert_eq!(upstream(&cx, USER_HEADER).as_deref(), Some("u-42"));
-        assert_eq!(
-            upstream(&cx, "x-meshgate-tenant").as_deref(),
-            keeps_claims.then_some("t-7")
-        );
-
-        // No kid: the one HS256 key is the candidate.
-        let token = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &good_claims(),
-            &encoding_key(Algorithm::HS256),
-        )
-        .expect("encode");
-        assert_eq!(
-            message(&run(&filter, &[("authorization", &bearer(token))]).await.0),
-            "pass"
-        );
-
-        // A kid the set does not have, even over a valid signature.
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some("other".into());
-        let token = jsonwebtoken::encode(&header, &good_claims(), &encoding_key(Algorithm::HS256))
-            .expect("encode");
-        assert_eq!(
-            message(&run(&filter, &[("authorization", &bearer(token))]).await.0),
-            "token_invalid: unknown key id"
-        );
-
-        // Another algorithm under the key's kid.
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some("hs".into());
-        let token = jsonwebtoken::encode(&header, &good_claims(), &encoding_key(Algorithm::ES256))
-            .expect("encode");
-        assert_eq!(
-            message(&run(&filter, &[("authorization", &bearer(token))]).await.0),
-            "token_invalid: token algorithm does not match its key"
-        );
-
-        // Bad signature, expiry, wrong audience, alg none.
-        let token = mint(Algorithm::HS256, good_claims());
-        let (signed, sig) = token.rsplit_once('.').expect("three parts");
-        let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(sig)
-            .expect("sig");
-        sig[0] ^= 1;
-        let forged = format!("{signed}.{}", b64url(&sig));
-        assert_eq!(
-            message(&run(&filter, &[("authorization", &bearer(forged))]).await.0),
-            "token_invalid: bad signature"
-        );
-        let mut expired = good_claims();
-        expired["exp"] = json!(now() - 300);
-        assert_eq!(
-            reason(
-                &run(
-                    &filter,
-                    &[("authorization", &bearer(mint(Algorithm::HS256, expired)))]
-                )
-                .await
-                .0
-            ),
-            "token_expired"
-        );
-        let mut wrong_aud = good_claims();
-        wrong_aud["aud"] = json!("other-app");
-        assert_eq!(
-            message(
-                &run(
-                    &filter,
-                    &[("authorization", &bearer(mint(Algorithm::HS256, wrong_aud)))]
-                )
-                .await
-                .0
-            ),
-            "token_invalid: wrong audience"
-        );
-        let h = b64url(json!({"alg": "none", "kid": "hs"}).to_string().as_bytes());
-        let payload = b64url(good_claims().to_string().as_bytes());
-        assert_eq!(
-            reason(
-                &run(
-                    &filter,
-                    &[("authorization", &bearer(format!("{h}.{payload}.")))]
-                )
-                .await
-                .0
-            ),
-            "token_invalid"
-        );
-
-        // Signed claims that are not a JSON object.
-        let exp = good_claims()["exp"].clone();
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some("hs".into());
-        let token = jsonwebtoken::encode(
-            &header,
-            &json!([exp, null, "u-42", "https://id.example.com", "wallet"]),
-            &encoding_key(Algorithm::HS256),
-        )
-        .expect("encode");
-        assert_eq!(
-            reason(&run(&filter, &[("authorization", &bearer(token))]).await.0),
-            "token_invalid"
-        );
-
-        // A subject that is not a string passes without an identity.
-        let mut numeric_sub = good_claims();
-        numeric_sub["sub"] = json!(42);
-        let (result, _, cx) = run(
-            &filter,
-            &[(
-                "authorization",
-                &bearer(mint(Algorithm::HS256, numeric_sub)),
-            )],
-        )
-        .await;
-        assert_eq!(message(&result), "pass");
-        assert!(cx.user.is_none());
+    // Each set with the column of the table that holds its outcomes.
+    let key_sets: [(&str, Value, KeySetColumn); 2] = [
+        ("one key", one_key, |c| c.one_key),
+        ("larger set", jwks(), |c| c.larger),
+    ];
+    let message = |r: &Result<(), Rejection>| match r {
+        Ok(()) => "pass".to_string(),
+        Err(e) => format!("{}: {}", e.reason, e.message),
+    };
+    for (key_set, jwks, outcome) in &key_sets {
+        for claims_to_headers in [json!(null), json!({"tenant": "x-meshgate-tenant"})] {
+            let filter = build(
+                &jwt_spec(json!({"jwks": jwks, "claims_to_headers": claims_to_headers})),
+                &state,
+            );
+            let keeps_claims = !claims_to_headers.is_null();
+            let claims = if keeps_claims {
+                "claims kept"
+            } else {
+                "sub only"
+            };
+            for case in &cases {
+                let at = format!("{key_set}/{claims}/{}", case.name);
+                let want = outcome(case);
+                let auth = (case.auth)();
+                let (result, head, cx) = run(&filter, &[("authorization", &auth)]).await;
+                match want {
+                    Pass { user } => {
+                        assert_eq!(message(&result), "pass", "{at}");
+                        assert!(
+                            head.headers.get(AUTHORIZATION).is_none(),
+                            "{at}: token removed"
+                        );
+                        assert_eq!(cx.user.as_deref(), user, "{at}: cx.user");
+                        assert_eq!(
+                            upstream(&cx, USER_HEADER).as_deref(),
+                            user,
+                            "{at}: user header"
+                        );
+                        assert_eq!(
+                            upstream(&cx, "x-meshgate-tenant").as_deref(),
+                            keeps_claims.then_some("t-7"),
+                            "{at}: tenant header"
+                        );
+                    }
+                    Refused(want) => assert_eq!(message(&result), want, "{at}"),
+                    Reason(want) => assert_eq!(reason(&result), want, "{at}"),
+                }
+                if !matches!(want, Pass { .. }) {
+                    assert!(
+                        cx.user.is_none() && cx.upstream_headers.is_empty(),
+                        "{at}: no identity on refusal"
+                    );
+                }
+            }
+        }
     }
 
-    // A custom required claim is checked with a single key too.
-    let filter = build(
-        &jwt_spec(
-            json!({"jwks": one_key, "claims_to_headers": null, "required_claims": ["exp", "tenant"]}),
-        ),
-        &state,
-    );
-    let mut no_tenant = good_claims();
-    no_tenant.as_object_mut().expect("object").remove("tenant");
-    let auth = format!("Bearer {}", mint(Algorithm::HS256, no_tenant));
-    let result = run(&filter, &[("authorization", &auth)]).await.0;
-    assert_eq!(
-        result.err().map(|e| e.message.to_string()).as_deref(),
-        Some("required claim \"tenant\" is missing")
-    );
-    let auth = format!("Bearer {}", mint(Algorithm::HS256, good_claims()));
-    assert_eq!(
-        reason(&run(&filter, &[("authorization", &auth)]).await.0),
-        "pass"
-    );
+    // A custom required claim is checked with either key set too.
+    for (key_set, jwks, _) in &key_sets {
+        let filter = build(
+            &jwt_spec(
+                json!({"jwks": jwks, "claims_to_headers": null, "required_claims": ["exp", "tenant"]}),
+            ),
+            &state,
+        );
+        let mut no_tenant = good_claims();
+        no_tenant.as_object_mut().expect("object").remove("tenant");
+        let auth = format!("Bearer {}", mint(Algorithm::HS256, no_tenant));
+        let result = run(&filter, &[("authorization", &auth)]).await.0;
+        assert_eq!(
+            result.err().map(|e| e.message.to_string()).as_deref(),
+            Some("required claim \"tenant\" is missing"),
+            "{key_set}/required claim missing"
+        );
+        let auth = format!("Bearer {}", mint(Algorithm::HS256, good_claims()));
+        assert_eq!(
+            reason(&run(&filter, &[("authorization", &auth)]).await.0),
+            "pass",
+            "{key_set}/required claim present"
+        );
+    }
 }
 
 #[tokio::test]
