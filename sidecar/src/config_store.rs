@@ -163,6 +163,21 @@ impl ConfigStore {
                     ),
                 );
             }
+            // The egress listener is bound at start too: adding egress,
+            // moving it or removing it would otherwise be acknowledged and
+            // not served as written.
+            let egress_listen =
+                |c: &meshgate_xds::config::Config| c.egress.as_ref().map(|e| e.listen);
+            if egress_listen(&config) != egress_listen(&previous.config) {
+                let now = match egress_listen(&previous.config) {
+                    Some(addr) => format!("listening on {addr}"),
+                    None => "egress is off".to_string(),
+                };
+                errors.push(
+                    "egress.listen",
+                    format!("cannot change at runtime ({now}); restart or upgrade to change it"),
+                );
+            }
             if config.inbound.tls.is_some() != previous.config.inbound.tls.is_some() {
                 errors.push(
                     "inbound.tls",
@@ -241,4 +256,78 @@ fn unix_now() -> f64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EGRESS: &str = "egress:\n  listen: \"127.0.0.1:15001\"\n  destinations:\n    - host: wallet.internal\n      upstream: 127.0.0.1:1\n      key: { id: orders, alg: hmac-sha256, secret_base64: \"c2VjcmV0LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzISE=\" }\n";
+
+    fn spec(inbound: &str, extra: &str) -> ConfigSpec {
+        let yaml = format!(
+            "inbound: {{ listen: \"{inbound}\" }}\napp: {{ address: \"127.0.0.1:8080\" }}\n{extra}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n"
+        );
+        serde_yaml::from_str(&yaml).expect("yaml")
+    }
+
+    fn store_with(extra: &str) -> ConfigStore {
+        let store = ConfigStore::new(std::env::temp_dir(), Arc::new(State::new())).expect("store");
+        store
+            .apply(
+                spec("127.0.0.1:15006", extra),
+                ConfigSource::File("test".into()),
+            )
+            .map(|_| ())
+            .expect("first config");
+        store
+    }
+
+    /// The fields a reload to `inbound` + `extra` is refused with; the last
+    /// good config keeps serving.
+    fn refused_fields(store: &ConfigStore, inbound: &str, extra: &str) -> Vec<String> {
+        let version = store.load().version.clone();
+        let errors = store
+            .apply(spec(inbound, extra), ConfigSource::File("test".into()))
+            .err()
+            .expect("refused");
+        assert_eq!(store.load().version, version);
+        errors.0.into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn bound_addresses_cannot_change_on_reload() {
+        let store = store_with(EGRESS);
+        assert!(
+            store
+                .apply(
+                    spec("127.0.0.1:15006", EGRESS),
+                    ConfigSource::File("test".into())
+                )
+                .is_ok(),
+            "the same addresses apply"
+        );
+        let inbound = "127.0.0.1:15006";
+        assert_eq!(
+            refused_fields(&store, inbound, ""),
+            ["egress.listen"],
+            "egress removed"
+        );
+        let moved = EGRESS.replace("127.0.0.1:15001", "127.0.0.1:15002");
+        assert_eq!(refused_fields(&store, inbound, &moved), ["egress.listen"]);
+        assert_eq!(
+            refused_fields(&store, "127.0.0.1:15007", EGRESS),
+            ["inbound.listen"]
+        );
+        let admin = format!("{EGRESS}admin: {{ listen: \"127.0.0.1:15999\" }}\n");
+        assert_eq!(refused_fields(&store, inbound, &admin), ["admin.listen"]);
+
+        // started without egress: a reload cannot turn it on
+        let store = store_with("");
+        assert_eq!(
+            refused_fields(&store, inbound, EGRESS),
+            ["egress.listen"],
+            "egress added"
+        );
+    }
 }
