@@ -101,4 +101,18 @@ mod tests {
         assert!(matches!(with.run(&filter).await, Ok(())));
         assert_eq!(with.cx.user.as_deref(), Some("u-1"));
     }
+
+    #[test]
+    fn later_moves_both_clocks_of_the_context() {
+        let now = TestRequest::get("/");
+        let (wall, mono) = (now.cx.now, now.cx.instant);
+        let later = TestRequest::get("/").later(std::time::Duration::from_secs(90));
+        let wall_gap = later.cx.now.duration_since(wall).expect("later");
+        let mono_gap = later.cx.instant.duration_since(mono);
+        // both moved by 90 s (plus the microseconds between the two builds)
+        for gap in [wall_gap, mono_gap] {
+            assert!(gap >= std::time::Duration::from_secs(90), "{gap:?}");
+            assert!(gap < std::time::Duration::from_secs(91), "{gap:?}");
+        }
+    }
 }

@@ -295,21 +295,22 @@ async fn issuer_audience_required_claims() {
     }
 }
 
+/// `token` with one bit of its signature flipped.
+fn forge_signature(token: &str) -> String {
+    let (signed, sig) = token.rsplit_once('.').expect("three parts");
+    let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .expect("sig");
+    sig[0] ^= 1;
+    format!("{signed}.{}", b64url(&sig))
+}
+
 #[tokio::test]
 async fn bad_signature_is_token_invalid() {
     let state = State::new();
     let filter = build(&jwt_spec(json!({})), &state);
     let token = mint(Algorithm::EdDSA, good_claims());
-    let (head_payload, sig) = token.rsplit_once('.').expect("three parts");
-    let mut sig_bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(sig)
-        .expect("sig");
-    sig_bytes[0] ^= 1;
-    let forged = format!(
-        "{head_payload}.{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig_bytes)
-    );
-    let auth = format!("Bearer {forged}");
+    let auth = format!("Bearer {}", forge_signature(&token));
     let (result, _, cx) = run(&filter, &[("authorization", &auth)]).await;
     assert_eq!(reason(&result), "token_invalid");
     assert!(cx.user.is_none() && cx.upstream_headers.is_empty());
@@ -501,13 +502,8 @@ async fn single_key_sets_refuse_like_larger_ones() {
         KeySetCase::same(
             "bad signature",
             || {
-                let token = mint(Algorithm::HS256, good_claims());
-                let (signed, sig) = token.rsplit_once('.').expect("three parts");
-                let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(sig)
-                    .expect("sig");
-                sig[0] ^= 1;
-                format!("Bearer {signed}.{}", b64url(&sig))
+                let forged = forge_signature(&mint(Algorithm::HS256, good_claims()));
+                format!("Bearer {forged}")
             },
             Refused("token_invalid: bad signature"),
         ),
