@@ -220,6 +220,8 @@ pub struct JwtVerifier {
     required_other_claims: Vec<String>,
     /// Whether callers need every claim, not just the subject.
     keep_claims: bool,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    leeway: u64,
 }
 
 /// The claims of a verified token.
@@ -229,13 +231,63 @@ pub struct Claims {
     pub sub: Option<String>,
     /// Every claim; empty unless the verifier was built to keep them.
     pub all: Map<String, Value>,
+    /// `exp` and `nbf`, checked at every request (a cached verification
+    /// included).
+    pub times: TokenTimes,
 }
 
-/// Only the subject: deserializing just this skips building a map of every
+/// The time claims of a token, in unix seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenTimes {
+    pub exp: Option<u64>,
+    pub nbf: Option<u64>,
+}
+
+impl TokenTimes {
+    /// Reads `exp` and `nbf` as RFC 7519 NumericDates: absent, or a
+    /// non-negative number (fractions rounded, as the JWT library does for
+    /// its other checks). Anything else is a malformed token.
+    fn read(exp: Option<&Value>, nbf: Option<&Value>) -> Result<TokenTimes, JwtError> {
+        fn numeric_date(v: Option<&Value>, name: &str) -> Result<Option<u64>, JwtError> {
+            let Some(v) = v else { return Ok(None) };
+            if let Some(n) = v.as_u64() {
+                return Ok(Some(n));
+            }
+            match v.as_f64() {
+                Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
+                    Ok(Some(f.round() as u64))
+                }
+                _ => Err(JwtError::Invalid(
+                    format!("claim {name:?} is not a NumericDate").into(),
+                )),
+            }
+        }
+        Ok(TokenTimes {
+            exp: numeric_date(exp, "exp")?,
+            nbf: numeric_date(nbf, "nbf")?,
+        })
+    }
+
+    /// Refuses a token outside its lifetime at unix time `now`, tolerating
+    /// `leeway` seconds of clock skew either way.
+    pub fn check(&self, now: u64, leeway: u64) -> Result<(), JwtError> {
+        if self.exp.is_some_and(|exp| exp < now.saturating_sub(leeway)) {
+            return Err(JwtError::Expired);
+        }
+        if self.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+            return Err(JwtError::Invalid("token is not valid yet".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Only the subject (and the time claims): deserializing just this skips building a map of every
 /// claim when nobody reads the others. Like the full map it accepts a JSON
 /// object only, and a repeated `sub` keeps the last one.
 struct SubjectOnly {
     sub: Option<Value>,
+    exp: Option<Value>,
+    nbf: Option<Value>,
 }
 
 impl<'de> serde::Deserialize<'de> for SubjectOnly {
@@ -252,15 +304,20 @@ impl<'de> serde::Deserialize<'de> for SubjectOnly {
                 self,
                 mut map: A,
             ) -> Result<SubjectOnly, A::Error> {
-                let mut sub = None;
+                let (mut sub, mut exp, mut nbf) = (None, None, None);
                 while let Some(name) = map.next_key::<Cow<'de, str>>()? {
-                    if name == "sub" {
-                        sub = Some(map.next_value::<Value>()?);
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
+                    let slot = match name.as_ref() {
+                        "sub" => &mut sub,
+                        "exp" => &mut exp,
+                        "nbf" => &mut nbf,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value::<Value>()?);
                 }
-                Ok(SubjectOnly { sub })
+                Ok(SubjectOnly { sub, exp, nbf })
             }
         }
         deserializer.deserialize_map(ClaimsVisitor)
@@ -269,26 +326,33 @@ impl<'de> serde::Deserialize<'de> for SubjectOnly {
 
 /// What `decode` produces, for either claims shape.
 trait IntoClaims: serde::de::DeserializeOwned {
-    fn into_claims(self) -> Claims;
+    fn into_claims(self) -> Result<Claims, JwtError>;
 }
 
 impl IntoClaims for SubjectOnly {
-    fn into_claims(self) -> Claims {
+    fn into_claims(self) -> Result<Claims, JwtError> {
+        let times = TokenTimes::read(self.exp.as_ref(), self.nbf.as_ref())?;
         let sub = match self.sub {
             Some(Value::String(s)) => Some(s),
             _ => None,
         };
-        Claims {
+        Ok(Claims {
             sub,
             all: Map::new(),
-        }
+            times,
+        })
     }
 }
 
 impl IntoClaims for Map<String, Value> {
-    fn into_claims(self) -> Claims {
+    fn into_claims(self) -> Result<Claims, JwtError> {
+        let times = TokenTimes::read(self.get("exp"), self.get("nbf"))?;
         let sub = self.get("sub").and_then(Value::as_str).map(str::to_string);
-        Claims { sub, all: self }
+        Ok(Claims {
+            sub,
+            all: self,
+            times,
+        })
     }
 }
 
@@ -303,9 +367,11 @@ impl JwtVerifier {
             .iter()
             .map(|alg| {
                 let mut v = Validation::new(*alg);
-                v.leeway = config.leeway.as_secs();
-                v.validate_exp = true;
-                v.validate_nbf = true;
+                // `exp` and `nbf` are checked here against the request's
+                // clock (`TokenTimes::check`), not the library's reading of
+                // the system clock; presence is still the library's check.
+                v.validate_exp = false;
+                v.validate_nbf = false;
                 let spec: Vec<&str> = config
                     .required_claims
                     .iter()
@@ -335,16 +401,24 @@ impl JwtVerifier {
             validations,
             keep_claims: keep_claims || !required_other_claims.is_empty(),
             required_other_claims,
+            leeway: config.leeway.as_secs(),
         }
     }
 
-    /// Checks `token` and returns its claims.
-    pub fn verify(&self, token: &str, keys: &KeySet) -> Result<Claims, JwtError> {
-        if self.keep_claims {
-            self.verify_as::<Map<String, Value>>(token, keys)
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
+    /// Checks `token` at unix time `now` and returns its claims.
+    pub fn verify(&self, token: &str, keys: &KeySet, now: u64) -> Result<Claims, JwtError> {
+        let claims = if self.keep_claims {
+            self.verify_as::<Map<String, Value>>(token, keys)?
         } else {
-            self.verify_as::<SubjectOnly>(token, keys)
-        }
+            self.verify_as::<SubjectOnly>(token, keys)?
+        };
+        claims.times.check(now, self.leeway)?;
+        Ok(claims)
     }
 
     fn verify_as<C: IntoClaims>(&self, token: &str, keys: &KeySet) -> Result<Claims, JwtError> {
@@ -371,7 +445,7 @@ impl JwtVerifier {
 
     /// Required claims beyond what the library checks.
     fn accept<C: IntoClaims>(&self, claims: C) -> Result<Claims, JwtError> {
-        let claims = claims.into_claims();
+        let claims = claims.into_claims()?;
         if let Some(missing) = self
             .required_other_claims
             .iter()

@@ -25,6 +25,7 @@ mod jwt;
 mod spec;
 mod store;
 mod token;
+mod verified;
 
 #[cfg(test)]
 mod tests;
@@ -55,6 +56,7 @@ use self::cache::{CacheSettings, SessionCache};
 use self::jwks::{RemoteJwks, RemoteSettings};
 use self::jwt::{JwtError, JwtVerifier, KeySet};
 use self::store::{Backend, Lookup, MemoryStore, Now, SessionRecord, StoreFailure};
+use self::verified::VerifiedTokens;
 use crate::chain::BuildCx;
 use crate::context::RequestCtx;
 use crate::error::{Reason, Rejection};
@@ -88,7 +90,11 @@ struct SessionRuntime {
 }
 
 enum Runtime {
-    Jwt { verifier: JwtVerifier, keys: Keys },
+    Jwt {
+        verifier: JwtVerifier,
+        keys: Keys,
+        verified: VerifiedTokens,
+    },
     Session(SessionRuntime),
 }
 
@@ -113,6 +119,7 @@ impl SessionFilter {
         let runtime = match &config.mode {
             ModeConfig::Jwt(jwt) => Runtime::Jwt {
                 verifier: JwtVerifier::new(jwt, !config.claims_to_headers.is_empty()),
+                verified: VerifiedTokens::new(jwt.verified_cache_entries),
                 keys: match &jwt.keys {
                     KeySource::Static(keys) => Keys::Static(keys.clone()),
                     KeySource::Remote(remote) => Keys::Remote(
@@ -215,10 +222,16 @@ impl SessionFilter {
         token: &str,
         verifier: &JwtVerifier,
         keys: &Keys,
+        verified: &VerifiedTokens,
         cx: &mut RequestCtx,
     ) -> Result<(), Rejection> {
+        let now = cx
+            .now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let verify = |keys: &Arc<KeySet>| verified.verify(verifier, token, keys, now);
         let result = match keys {
-            Keys::Static(keys) => verifier.verify(token, keys),
+            Keys::Static(keys) => verify(keys),
             Keys::Remote(remote, settings) => {
                 let Some(keys) = remote.keys(settings, cx.instant).await else {
                     return Err(Rejection::new(
@@ -226,12 +239,12 @@ impl SessionFilter {
                         "token signing keys are unavailable",
                     ));
                 };
-                match verifier.verify(token, &keys) {
+                match verify(&keys) {
                     // A rotation at the identity provider shows up as an
                     // unknown kid first.
                     Err(JwtError::UnknownKid) => {
                         match remote.refresh_for_unknown_kid(settings, cx.instant).await {
-                            Some(fresh) => verifier.verify(token, &fresh),
+                            Some(fresh) => verify(&fresh),
                             None => Err(JwtError::UnknownKid),
                         }
                     }
@@ -490,8 +503,13 @@ impl Filter for SessionFilter {
             token::strip(&mut req.head.headers, &self.token);
         }
         match &self.runtime {
-            Runtime::Jwt { verifier, keys } => {
-                self.check_jwt(&credential, verifier, keys, cx).await
+            Runtime::Jwt {
+                verifier,
+                keys,
+                verified,
+            } => {
+                self.check_jwt(&credential, verifier, keys, verified, cx)
+                    .await
             }
             Runtime::Session(rt) => self.check_session(credential, rt, cx).await,
         }

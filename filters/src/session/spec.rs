@@ -140,6 +140,10 @@ pub struct JwtSettings {
     /// Allowed JWS algorithms (default: all supported).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub algorithms: Vec<String>,
+    /// Verified tokens kept so a repeated token skips verification (default
+    /// 1000; 0: verify every request in full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_cache_entries: Option<usize>,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -199,6 +203,7 @@ const JWT_FIELDS: &[&str] = &[
     "required_claims",
     "leeway",
     "algorithms",
+    "verified_cache_entries",
 ];
 const STORE_FIELDS: &[&str] = &[
     "store",
@@ -326,6 +331,8 @@ pub struct JwtConfig {
     pub required_claims: Vec<String>,
     pub leeway: Duration,
     pub algorithms: Vec<Algorithm>,
+    /// Capacity of the verified-token cache; 0: off.
+    pub verified_cache_entries: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -371,6 +378,8 @@ pub struct StoreConfig {
 pub const DEFAULT_SESSION_COOKIE: &str = "meshgate_session";
 pub const DEFAULT_MAX_SESSIONS_PER_SUBJECT: usize = 16;
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Verified tokens a JWT filter keeps by default (a few hundred KiB at most).
+const DEFAULT_VERIFIED_CACHE_ENTRIES: usize = 1000;
 
 fn valid_cookie_name(name: &str) -> bool {
     !name.is_empty()
@@ -603,6 +612,9 @@ impl JwtSpec {
             required_claims,
             leeway: s.leeway.map_or(DEFAULT_LEEWAY, Dur::get),
             algorithms,
+            verified_cache_entries: s
+                .verified_cache_entries
+                .unwrap_or(DEFAULT_VERIFIED_CACHE_ENTRIES),
         }
     }
 }

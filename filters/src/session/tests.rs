@@ -268,6 +268,151 @@ async fn expiry_and_leeway() {
     );
 }
 
+/// The verified-token cache of a JWT filter.
+fn verified(filter: &SessionFilter) -> &VerifiedTokens {
+    match &filter.runtime {
+        Runtime::Jwt { verified, .. } => verified,
+        Runtime::Session(_) => panic!("a JWT filter"),
+    }
+}
+
+#[tokio::test]
+async fn time_claims_are_checked_at_the_request_clock() {
+    let state = State::new();
+    let filter = build(&jwt_spec(json!({"verified_cache_entries": 0})), &state);
+    let mut c = good_claims();
+    c["exp"] = json!(now() + 60);
+    c["nbf"] = json!(now() + 100);
+    let auth = format!("Bearer {}", mint(Algorithm::ES256, c));
+    let headers = [("authorization", auth.as_str())];
+    let at = |secs| run_at(&filter, &headers, Duration::from_secs(secs));
+    // Valid from nbf - leeway (now + 70) to exp + leeway (now + 90).
+    assert_eq!(reason(&at(0).await.0), "token_invalid");
+    assert_eq!(reason(&at(80).await.0), "pass");
+    assert_eq!(reason(&at(120).await.0), "token_expired");
+
+    // NumericDates may be fractional; anything else is malformed.
+    for (exp, expected) in [
+        (json!((now() + 60) as f64 + 0.4), "pass"),
+        (json!("tomorrow"), "token_invalid"),
+        (json!(-5), "token_invalid"),
+        (json!(null), "token_invalid"),
+    ] {
+        let mut c = good_claims();
+        c["exp"] = exp.clone();
+        let auth = format!("Bearer {}", mint(Algorithm::ES256, c));
+        let (result, _, _) = run(&filter, &[("authorization", &auth)]).await;
+        assert_eq!(reason(&result), expected, "exp {exp}");
+    }
+}
+
+#[tokio::test]
+async fn a_verified_token_is_served_from_the_cache_and_rechecked_each_time() {
+    let state = State::new();
+    let filter = build(&jwt_spec(json!({"leeway": "0s"})), &state);
+    let mut c = good_claims();
+    c["exp"] = json!(now() + 60);
+    let token = mint(Algorithm::RS256, c);
+    let auth = format!("Bearer {token}");
+    for _ in 0..3 {
+        let (result, _, cx) = run(&filter, &[("authorization", &auth)]).await;
+        assert_eq!(reason(&result), "pass");
+        // Identity and claims headers are the same from the cache.
+        assert_eq!(cx.user.as_deref(), Some("u-42"));
+        assert_eq!(upstream(&cx, "x-meshgate-tenant").as_deref(), Some("t-7"));
+        assert_eq!(verified(&filter).len(), 1);
+    }
+    // The cached token's lifetime still ends at exp.
+    let (result, _, _) = run_at(
+        &filter,
+        &[("authorization", &auth)],
+        Duration::from_secs(61),
+    )
+    .await;
+    assert_eq!(reason(&result), "token_expired");
+    assert_eq!(verified(&filter).len(), 0, "the expired entry is dropped");
+
+    // A near-copy of a cached token is a different token.
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &auth)]).await.0),
+        "pass"
+    );
+    let forged = format!("Bearer {}", forge_signature(&token));
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &forged)]).await.0),
+        "token_invalid"
+    );
+    let padded = format!("Bearer {token}=");
+    assert_eq!(
+        reason(&run(&filter, &[("authorization", &padded)]).await.0),
+        "token_invalid"
+    );
+    // Refused tokens are never cached, so they cannot push verified ones out.
+    assert_eq!(verified(&filter).len(), 1);
+}
+
+#[tokio::test]
+async fn the_verified_cache_is_bounded_and_can_be_turned_off() {
+    let state = State::new();
+    let tokens: Vec<String> = (0..3)
+        .map(|i| {
+            let mut c = good_claims();
+            c["sub"] = json!(format!("u-{i}"));
+            format!("Bearer {}", mint(Algorithm::HS256, c))
+        })
+        .collect();
+    for (entries, held) in [(2, 2), (0, 0)] {
+        let filter = build(
+            &jwt_spec(json!({"verified_cache_entries": entries})),
+            &state,
+        );
+        for (i, auth) in tokens.iter().enumerate() {
+            let (result, _, cx) = run(&filter, &[("authorization", auth)]).await;
+            assert_eq!(reason(&result), "pass");
+            assert_eq!(cx.user, Some(format!("u-{i}")));
+        }
+        assert_eq!(
+            verified(&filter).len(),
+            held,
+            "verified_cache_entries: {entries}"
+        );
+    }
+}
+
+#[test]
+fn a_cached_token_misses_under_other_keys() {
+    let spec = jwt_spec(json!({}));
+    let config = spec
+        .validate("filters.login", &ValidateCx::control_plane())
+        .expect("valid");
+    let ModeConfig::Jwt(jwt) = &config.mode else {
+        panic!("mode: jwt");
+    };
+    let verifier = JwtVerifier::new(jwt, false);
+    let parse = |jwks: &Value| {
+        let mut errors = crate::config::FieldErrors::default();
+        Arc::new(KeySet::parse_strict(
+            jwks,
+            &jwt.algorithms,
+            "jwks",
+            &mut errors,
+        ))
+    };
+    let (all, also_all, without_es) = (parse(&jwks()), parse(&jwks()), parse(&only(&jwks(), "ed")));
+    let cache = VerifiedTokens::new(10);
+    let token = mint(Algorithm::ES256, good_claims());
+    let now = store::unix_now();
+    assert!(cache.verify(&verifier, &token, &all, now).is_ok());
+    // A rotation that drops the key refuses the token, cached or not.
+    assert_eq!(
+        cache.verify(&verifier, &token, &without_es, now).err(),
+        Some(JwtError::UnknownKid)
+    );
+    // The same keys fetched again are another key set: verified afresh.
+    assert!(cache.verify(&verifier, &token, &also_all, now).is_ok());
+    assert_eq!(cache.len(), 1);
+}
+
 #[tokio::test]
 async fn issuer_audience_required_claims() {
     let state = State::new();
@@ -1479,6 +1624,12 @@ async fn remote_jwks_rotation_is_rate_limited_and_outages_are_bounded() {
         reason(&run_at(&filter, &[("authorization", &ed)], t).await.0),
         "pass"
     );
+    // The first token verified (and was cached) under the key the rotation
+    // removed: it is refused now.
+    assert_eq!(
+        reason(&run_at(&filter, &[("authorization", &es)], t).await.0),
+        "token_invalid"
+    );
 }
 
 #[tokio::test]
@@ -1700,4 +1851,18 @@ fn session_limits_are_validated() {
         panic!("session mode")
     };
     assert_eq!(s.max_sessions_per_subject, 16);
+}
+
+#[test]
+fn verified_cache_entries_belongs_to_jwt_mode() {
+    let Err(err) = serde_json::from_value::<SessionSpec>(json!({
+        "mode": "session", "verified_cache_entries": 10,
+    })) else {
+        panic!("refused");
+    };
+    assert!(err.to_string().contains("verified_cache_entries"), "{err}");
+    assert!(
+        err.to_string().contains("only valid with mode: jwt"),
+        "{err}"
+    );
 }
