@@ -5,6 +5,12 @@
 use clap::Parser;
 use meshgate::cli::{Cli, Command};
 
+/// jemalloc, because it hands memory freed after a burst of connections back
+/// to the system within about a second (glibc's allocator keeps it); its
+/// settings are compiled in from `.cargo/config.toml`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
