@@ -122,7 +122,7 @@ filters:
         );
         assert_eq!(
             first("filters: { s: { type: session, mode: jwt, jwks_file: k.json, jwks_refreshh: 5m } }\n"),
-            "filters.s.jwks_refreshh: unknown field `jwks_refreshh`, expected one of `jwks_refresh`, `jwks_min_refresh`, `jwks_max_stale`, `jwks_timeout`, `jwks_ca_file`, `issuer`, `audiences`, `required_claims`, `leeway`, `algorithms`"
+            "filters.s.jwks_refreshh: unknown field `jwks_refreshh`, expected one of `jwks_refresh`, `jwks_min_refresh`, `jwks_max_stale`, `jwks_timeout`, `jwks_ca_file`, `issuer`, `audiences`, `required_claims`, `leeway`, `algorithms`, `verified_cache_entries`"
         );
         assert_eq!(
             first("filters: { s: { type: sessions } }\n"),
