@@ -277,9 +277,10 @@ impl Conn {
 }
 
 /// True when the server made clear that it did not process the request:
-/// a GOAWAY or REFUSED_STREAM on HTTP/2, or a request never sent.
+/// a GOAWAY or REFUSED_STREAM on HTTP/2, or a request never sent (canceled,
+/// or the connection found closed when the request was about to go out).
 pub fn not_processed(e: &hyper::Error) -> bool {
-    if e.is_canceled() {
+    if e.is_canceled() || e.is_closed() {
         return true;
     }
     let mut source = std::error::Error::source(e);
@@ -355,8 +356,10 @@ async fn keep_alive_client(
                     }
                 }
             }
-            Err(e) if h2 && not_processed(&e) => {
-                // GOAWAY: the request was not processed; send it again elsewhere.
+            Err(e) if (h2 && not_processed(&e)) || e.is_closed() => {
+                // GOAWAY, or the connection closed between the readiness
+                // check and the send: the request was not processed; send it
+                // again elsewhere.
                 stats.goaways.fetch_add(1, Ordering::Relaxed);
                 if let Some(c) = conn.take() {
                     let _ = c.close().await;
