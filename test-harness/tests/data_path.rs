@@ -715,13 +715,13 @@ fn reloads_under_load_fail_no_request() {
     let _ = send_h1; // async client used by other tests
 }
 
-#[tokio::test]
-async fn single_worker_runtime_serves_and_drains() {
-    let app = EchoApp::start();
-    let mut sidecar = Sidecar::start_with_args(&config(&app.addr(), ""), &["--concurrency", "1"]);
-    let tasks =
-        std::fs::read_dir(format!("/proc/{}/task", sidecar.proc.child.id())).expect("task dir");
-    let threads: Vec<String> = tasks
+/// The name of jemalloc's background purging thread.
+const JEMALLOC_PURGER: &str = "jemalloc_bg_thd";
+
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
         .map(|t| {
             let comm = t.expect("task").path().join("comm");
             std::fs::read_to_string(comm)
@@ -729,8 +729,36 @@ async fn single_worker_runtime_serves_and_drains() {
                 .trim()
                 .to_string()
         })
+        .collect()
+}
+
+/// The allocator settings of `.cargo/config.toml` are compiled in: with
+/// `background_thread:true` jemalloc purges freed memory from its own thread
+/// (BENCHMARKS.md, memory after load).
+#[test]
+fn the_allocator_purges_freed_memory_in_the_background() {
+    let app = EchoApp::start();
+    let sidecar = Sidecar::start(&config(&app.addr(), ""));
+    let pid = sidecar.proc.child.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !thread_names(pid).iter().any(|n| n == JEMALLOC_PURGER) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {JEMALLOC_PURGER} thread: {:?}",
+            thread_names(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn single_worker_runtime_serves_and_drains() {
+    let app = EchoApp::start();
+    let mut sidecar = Sidecar::start_with_args(&config(&app.addr(), ""), &["--concurrency", "1"]);
+    let threads: Vec<String> = thread_names(sidecar.proc.child.id())
+        .into_iter()
         // The allocator's purging thread serves no traffic.
-        .filter(|name| name != "jemalloc_bg_thd")
+        .filter(|name| name != JEMALLOC_PURGER)
         .collect();
     // One thread serves traffic; the file watcher and the access-log
     // flusher add their own.

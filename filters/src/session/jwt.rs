@@ -281,8 +281,8 @@ impl TokenTimes {
     }
 }
 
-/// Only the subject (and the time claims): deserializing just this skips building a map of every
-/// claim when nobody reads the others. Like the full map it accepts a JSON
+/// Only the subject and the time claims: deserializing just these skips
+/// building a map of every claim when nobody reads the others. Like the full map it accepts a JSON
 /// object only, and a repeated `sub` keeps the last one.
 struct SubjectOnly {
     sub: Option<Value>,

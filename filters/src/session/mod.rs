@@ -225,10 +225,7 @@ impl SessionFilter {
         verified: &VerifiedTokens,
         cx: &mut RequestCtx,
     ) -> Result<(), Rejection> {
-        let now = cx
-            .now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = store::unix_secs(cx.now);
         let verify = |keys: &Arc<KeySet>| verified.verify(verifier, token, keys, now);
         let result = match keys {
             Keys::Static(keys) => verify(keys),
