@@ -20,7 +20,9 @@
 #![allow(clippy::result_large_err)]
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv6Addr};
+use std::ops::Range;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -35,8 +37,8 @@ use crate::proxy::ConnInfo;
 /// What admission decided besides the rewritten request.
 #[derive(Debug)]
 pub struct Admitted {
-    /// The host without port, lowercased, for route matching.
-    pub host: String,
+    /// The canonical authority; its host (without port) is what routes match.
+    pub authority: CanonicalAuthority,
     /// The client: the peer, or the trusted `X-Forwarded-For` entry.
     pub client_ip: IpAddr,
     /// `X-Forwarded-For` for the app.
@@ -80,6 +82,44 @@ pub const FORWARDING_HEADERS: &[&str] = &[
     "front-end-https",
     "x-url-scheme",
 ];
+
+/// Whether `name` is one of [`FORWARDING_HEADERS`]. A string match compiles
+/// to a length switch; it runs for every header of every request.
+fn is_forwarding_header(name: &str) -> bool {
+    matches!(
+        name,
+        "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-server"
+            | "x-forwarded-scheme"
+            | "x-forwarded-ssl"
+            | "x-forwarded-uri"
+            | "x-forwarded-path"
+            | "x-forwarded-client-cert"
+            | "x-original-forwarded-for"
+            | "forwarded"
+            | "x-real-ip"
+            | "x-client-ip"
+            | "x-cluster-client-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-original-url"
+            | "x-original-uri"
+            | "x-original-host"
+            | "x-original-method"
+            | "x-rewrite-url"
+            | "x-host"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+            | "front-end-https"
+            | "x-url-scheme"
+    )
+}
 
 /// Names the sidecar itself manages; with underscores allowed, a name that
 /// reads as one of these with `_` for `-` is still removed.
@@ -128,7 +168,7 @@ pub fn admit<B>(
     let path_changed = path != req.uri().path();
     let path = path.into_owned();
 
-    let (authority, host) = authority(req, conn.tls)?;
+    let authority = authority(req, conn.tls)?;
 
     // The URI: origin form stays origin form; a URI that carries an
     // authority (absolute form, HTTP/2) carries the canonical one and the
@@ -145,7 +185,7 @@ pub fn admit<B>(
             )
         })?;
         let uri = if req.uri().authority().is_some() {
-            let authority = Authority::try_from(authority.as_bytes()).map_err(|_| {
+            let authority = Authority::try_from(authority.as_str()).map_err(|_| {
                 reject(&meshgate_filters::error::BAD_AUTHORITY, "invalid authority")
             })?;
             Uri::builder()
@@ -165,7 +205,7 @@ pub fn admit<B>(
     }
 
     let headers = req.headers_mut();
-    if headers.get(HOST).map(HeaderValue::as_bytes) != Some(authority.as_bytes()) {
+    if headers.get(HOST).map(HeaderValue::as_bytes) != Some(authority.as_str().as_bytes()) {
         let value = HeaderValue::try_from(authority.as_str())
             .map_err(|_| reject(&meshgate_filters::error::BAD_AUTHORITY, "invalid authority"))?;
         headers.insert(HOST, value);
@@ -189,18 +229,17 @@ pub fn admit<B>(
         }
         _ => HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     };
-    // One pass over the names (usually none match) instead of a lookup per
-    // listed name.
-    let forwarding: Vec<HeaderName> = headers
+    // Usually none, at most a few: find one, remove it, look again. Cloning
+    // a name only bumps a reference count.
+    while let Some(name) = headers
         .keys()
-        .filter(|n| FORWARDING_HEADERS.contains(&n.as_str()))
+        .find(|n| is_forwarding_header(n.as_str()))
         .cloned()
-        .collect();
-    for name in forwarding {
+    {
         headers.remove(name);
     }
     Ok(Admitted {
-        host,
+        authority,
         client_ip,
         forwarded_for,
         forwarded_proto,
@@ -210,7 +249,7 @@ pub fn admit<B>(
 /// The canonical authority (for the URI and `Host`) and the host without
 /// port (for routing), from `Host` and the URI's authority, which must agree.
 /// The one host parser of the data path (inbound and egress).
-pub fn authority<B>(req: &Request<B>, tls: bool) -> Result<(String, String), Rejection> {
+pub fn authority<B>(req: &Request<B>, tls: bool) -> Result<CanonicalAuthority, Rejection> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
@@ -262,14 +301,43 @@ pub fn authority<B>(req: &Request<B>, tls: bool) -> Result<(String, String), Rej
     }
 }
 
+/// A canonical `host[:port]` and where its host lies in it: one string
+/// serves the URI, `Host` and route matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalAuthority {
+    text: String,
+    /// The host without port or IPv6 brackets.
+    host: Range<usize>,
+}
+
+impl Admitted {
+    /// The host without port, lowercased, for route matching.
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+}
+
+impl CanonicalAuthority {
+    /// `host[:port]`, as the URI and `Host` carry it.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The host without port, lowercased, for routing.
+    pub fn host(&self) -> &str {
+        &self.text[self.host.clone()]
+    }
+}
+
 /// `host[:port]` lowercased, a trailing dot and the default port removed;
 /// `None` when it is not a plain DNS name, IPv4 or bracketed IPv6 address
 /// with an optional numeric port (user info, `%`-escapes and sub-delimiters
-/// are refused). Returns (authority, host for routing).
-pub fn canonical_authority(raw: &str, default_port: u16) -> Option<(String, String)> {
-    if raw.is_empty() || raw.contains('@') {
+/// are refused). Built in one allocation: it runs on every request.
+pub fn canonical_authority(raw: &str, default_port: u16) -> Option<CanonicalAuthority> {
+    if raw.is_empty() || raw.as_bytes().contains(&b'@') {
         return None;
     }
+    let mut text = String::with_capacity(raw.len());
     let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
         let (v6, after) = rest.split_once(']')?;
         let addr: Ipv6Addr = v6.parse().ok()?;
@@ -277,40 +345,53 @@ pub fn canonical_authority(raw: &str, default_port: u16) -> Option<(String, Stri
             "" => None,
             p => Some(p.strip_prefix(':')?),
         };
-        (format!("[{addr}]"), port)
+        write!(text, "[{addr}]").ok()?;
+        (1..text.len() - 1, port)
     } else {
-        let (host, port) = match raw.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
+        let (host, port) = match raw.bytes().position(|b| b == b':') {
+            Some(i) => (&raw[..i], Some(&raw[i + 1..])),
             None => (raw, None),
         };
-        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-        let valid = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-            && !host.split('.').any(str::is_empty);
-        if !valid {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if !is_dns_name_or_ipv4(host) {
             return None;
         }
-        (host, port)
+        text.push_str(host);
+        text.make_ascii_lowercase();
+        (0..text.len(), port)
     };
-    let port = match port {
-        None | Some("") => None,
+    match port {
+        None | Some("") => {}
         Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(p.parse::<u16>().ok().filter(|p| *p != 0)?)
+            let number = p.parse::<u16>().ok().filter(|n| *n != 0)?;
+            if number != default_port {
+                // Digits of a non-zero number: its canonical form is the
+                // same digits without leading zeros.
+                text.push(':');
+                text.push_str(p.trim_start_matches('0'));
+            }
         }
         Some(_) => return None,
-    };
-    let route_host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let authority = match port {
-        Some(p) if p != default_port => format!("{host}:{p}"),
-        _ => host,
-    };
-    Some((authority, route_host))
+    }
+    Some(CanonicalAuthority { text, host })
+}
+
+/// Letters, digits, `-`, `.` and `_` in non-empty dot-separated labels, at
+/// most 253 bytes.
+fn is_dns_name_or_ipv4(host: &str) -> bool {
+    if host.is_empty() || host.len() > 253 {
+        return false;
+    }
+    // Starting as if after a dot refuses an empty first label.
+    let mut previous = b'.';
+    for b in host.bytes() {
+        let allowed = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+        if !allowed || (b == b'.' && previous == b'.') {
+            return false;
+        }
+        previous = b;
+    }
+    previous != b'.'
 }
 
 /// Whether `name`, read with `_` as `-`, is a header the sidecar manages or
@@ -318,7 +399,7 @@ pub fn canonical_authority(raw: &str, default_port: u16) -> Option<(String, Stri
 fn reads_as_managed(name: &str) -> bool {
     let dashed = name.replace('_', "-");
     dashed.starts_with(IDENTITY_HEADER_PREFIX)
-        || FORWARDING_HEADERS.contains(&dashed.as_str())
+        || is_forwarding_header(&dashed)
         || MANAGED_HEADERS.contains(&dashed.as_str())
 }
 
@@ -450,16 +531,53 @@ mod tests {
             ("[::1", None),
             ("[nope]", None),
             ("a:1:2", None),
+            ("a.example..", None),
+            ("a.example.:8080", Some(("a.example:8080", "a.example"))),
+            (".", None),
+            ("a.example:00080", Some(("a.example", "a.example"))),
+            ("a.example:00000", None),
+            ("a.example:000080", None),
+            ("[::1]x", None),
+            ("[::1]:", Some(("[::1]", "::1"))),
+            (
+                "[::FFFF:1.2.3.4]:8080",
+                Some(("[::ffff:1.2.3.4]:8080", "::ffff:1.2.3.4")),
+            ),
+            (
+                "xn--bcher-kva.Example",
+                Some(("xn--bcher-kva.example", "xn--bcher-kva.example")),
+            ),
+            ("a_b.example", Some(("a_b.example", "a_b.example"))),
+            ("\u{e9}.example", None),
         ];
         for (raw, want) in cases {
             let got = canonical_authority(raw, 80);
-            let got = got.as_ref().map(|(a, h)| (a.as_str(), h.as_str()));
+            let got = got.as_ref().map(|a| (a.as_str(), a.host()));
             assert_eq!(got, *want, "{raw:?}");
         }
         assert_eq!(
-            canonical_authority("a.example:443", 443).map(|a| a.0),
+            canonical_authority("a.example:443", 443).map(|a| a.as_str().to_string()),
             Some("a.example".into())
         );
+    }
+
+    #[test]
+    fn the_forwarding_header_match_is_the_list() {
+        for name in FORWARDING_HEADERS {
+            assert!(is_forwarding_header(name), "{name}");
+        }
+        let listed = FORWARDING_HEADERS.len();
+        let matched = [
+            "x-forwarded",
+            "x-forwarded-fo",
+            "forwarded-for",
+            "host",
+            "x-request-id",
+        ]
+        .iter()
+        .filter(|n| is_forwarding_header(n))
+        .count();
+        assert_eq!((listed, matched), (30, 0));
     }
 
     #[test]
@@ -503,20 +621,20 @@ mod tests {
             &[("host", "a.EXAMPLE")],
         );
         let admitted = admit_default(&mut r).expect("admitted");
-        assert_eq!(admitted.host, "a.example");
+        assert_eq!(admitted.host(), "a.example");
         // The connection is plain HTTP: its scheme, not the client's.
         assert_eq!(r.uri().to_string(), "http://a.example/private/x?q=%41");
         assert_eq!(r.headers()[HOST], "a.example");
 
         let mut r = req(Version::HTTP_11, "/a/../b?x", &[("host", "B.example:8080")]);
         let admitted = admit_default(&mut r).expect("admitted");
-        assert_eq!(admitted.host, "b.example");
+        assert_eq!(admitted.host(), "b.example");
         assert_eq!(r.uri().to_string(), "/b?x");
         assert_eq!(r.headers()[HOST], "b.example:8080");
 
         // HTTP/1.0 may name its authority in the target alone.
         let mut r = req(Version::HTTP_10, "http://c.example/", &[]);
-        assert_eq!(admit_default(&mut r).expect("admitted").host, "c.example");
+        assert_eq!(admit_default(&mut r).expect("admitted").host(), "c.example");
         assert_eq!(r.headers()[HOST], "c.example");
     }
 

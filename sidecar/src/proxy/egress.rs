@@ -17,7 +17,7 @@ use meshgate_filters::{Body, Rejection, RequestView};
 
 use super::send::{self, Limits, Peer};
 use super::{Exchange, Shared};
-use crate::admission;
+use crate::admission::{self, CanonicalAuthority};
 use crate::headers;
 use crate::routing::EgressRoute;
 use crate::snapshot::Snapshot;
@@ -61,8 +61,8 @@ pub(super) fn run<'a>(
                 "egress is not configured",
             ));
         };
-        let (authority, host) = admit(&mut req)?;
-        let destination = snapshot.routes.destination(&host)?;
+        let authority = admit(&mut req)?;
+        let destination = snapshot.routes.destination(authority.host())?;
         exchange.routed(&destination.metrics);
         let (mut head, incoming) = req.into_parts();
         headers::strip_hop_by_hop(&mut head.headers, false);
@@ -70,7 +70,7 @@ pub(super) fn run<'a>(
         // authority as Host, also when the app spoke HTTP/2.
         head.headers.insert(
             HOST,
-            HeaderValue::try_from(authority).map_err(|_| {
+            HeaderValue::try_from(authority.as_str()).map_err(|_| {
                 Rejection::new(&meshgate_filters::error::BAD_AUTHORITY, "invalid authority")
             })?,
         );
@@ -112,7 +112,7 @@ pub(super) fn run<'a>(
 /// Admit: CONNECT is refused; the authority from `Host` and the request
 /// target (which must agree), parsed by the same code as inbound. Returns
 /// the canonical authority and the host without port.
-fn admit<B>(req: &mut Request<B>) -> Result<(String, String), Rejection> {
+fn admit<B>(req: &mut Request<B>) -> Result<CanonicalAuthority, Rejection> {
     if req.method() == http::Method::CONNECT {
         return Err(Rejection::new(
             &meshgate_filters::header::METHOD_NOT_ALLOWED,
@@ -195,8 +195,8 @@ egress:
             ("[::1]:80", ("[::1]", "::1")),
             ("[::1]:8080", ("[::1]:8080", "::1")),
         ] {
-            let (authority, name) = admit(&mut request(host)).expect(host);
-            assert_eq!((authority.as_str(), name.as_str()), want, "{host}");
+            let authority = admit(&mut request(host)).expect(host);
+            assert_eq!((authority.as_str(), authority.host()), want, "{host}");
         }
         for bad in ["[::1", "a b", "user@host", "[::1]x"] {
             let rej = admit(&mut request(bad)).expect_err(bad);

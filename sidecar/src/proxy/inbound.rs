@@ -35,7 +35,7 @@ pub(super) fn run<'a>(
         let admitted = admit(&mut req, inbound, conn, exchange)?;
         let route = snapshot
             .routes
-            .route(req.method(), req.uri().path(), &admitted.host)?;
+            .route(req.method(), req.uri().path(), admitted.host())?;
         exchange.routed(&route.metrics);
         let chain = match &route.target {
             RouteTarget::Respond(responder) => return Ok(reply::mock(responder)),
@@ -331,7 +331,7 @@ filters:
         let mut req = request("/a/../b");
         let mut ex = exchange_for(&req);
         let admitted = admit(&mut req, inbound, &conn(), &mut ex).expect("admitted");
-        assert_eq!(admitted.host, "api.example.com");
+        assert_eq!(admitted.host(), "api.example.com");
         assert_eq!(ex.uri.path(), "/b");
         assert_eq!(ex.filters.client_ip.to_string(), "10.0.0.7");
     }
