@@ -73,7 +73,10 @@ impl Exchange {
 
     /// Records the admitted request: its canonical target and client.
     pub fn admitted(&mut self, uri: &Uri, client: IpAddr) {
-        self.uri = uri.clone();
+        // The log reads the path; most requests keep theirs.
+        if self.uri.path() != uri.path() {
+            self.uri = uri.clone();
+        }
         self.filters.client_ip = client;
     }
 
