@@ -3,13 +3,18 @@
 # (BENCHMARKS.md): the release binary with one worker, counters zeroed after
 # a warm-up of 500 requests, dumped after `h2load --h1 -n 4000 -c 16`.
 #
-# Usage: callgrind.sh MESHGATE_BINARY ECHO_APP_BINARY [CHAIN]
-#   CHAIN: a chains/*.yaml name of a GET chain (e.g. full-chain); none means
-#   pass-through.
+# Usage: callgrind.sh MESHGATE_BINARY APP_BINARY [CHAIN [REQUEST]]
+#   CHAIN: a chains/*.yaml name (e.g. full-chain, alipay-rsa2); none or "-"
+#   means pass-through. REQUEST: the chain whose request (headers.py: method,
+#   target, headers, body) is sent; CHAIN's own by default, so
+#   `- alipay-rsa2` is pass-through of the Alipay chain's POST.
+#   APP_BINARY is started with 127.0.0.1:PORT (the echo app, or a wrapper).
 # CALLGRIND_KEEP=DIR keeps the callgrind output there, for callgrind_annotate.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 meshgate=$1 echo_app=$2 chain=${3:-}
+[ "$chain" = "-" ] && chain=
+request=${4:-$chain}
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
@@ -32,14 +37,27 @@ pids+=($vg)
 for _ in $(seq 1 600); do
   curl -s -o /dev/null "http://127.0.0.1:$admin/ready" && break; sleep 0.1; done
 url="http://127.0.0.1:$inbound/bench"
-headers=()
-if [ -n "$chain" ]; then
-  while IFS= read -r h; do headers+=(-H "$h"); done < <(python3 "$here/chains/headers.py" "$chain" "$url" |
-    python3 -c 'import json,sys; r=json.load(sys.stdin); [print(f"{k}: {v}") for k,v in r["headers"].items()]')
+args=()
+if [ -n "$request" ]; then
+  python3 "$here/chains/headers.py" "$request" "$url" > "$tmp/request.json"
+  # h2load sends a body (and so a POST) from a file given with -d.
+  python3 - "$tmp/request.json" "$tmp/body" > "$tmp/args" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k, v in r["headers"].items():
+    print("-H"); print(f"{k}: {v}")
+if r.get("body"):
+    open(sys.argv[2], "w").write(r["body"])
+    print("-d"); print(sys.argv[2])
+print(r["path"])
+PY
+  mapfile -t args < "$tmp/args"
+  url="http://127.0.0.1:$inbound${args[-1]}"
+  unset 'args[-1]'
 fi
-h2load --h1 -n 500 -c 16 "${headers[@]}" "$url" | grep -E "^status codes" >&2
+h2load --h1 -n 500 -c 16 "${args[@]}" "$url" | grep -E "^status codes" >&2
 callgrind_control -z "$vg" >/dev/null
-h2load --h1 -n 4000 -c 16 "${headers[@]}" "$url" | grep -E "^status codes" >&2
+h2load --h1 -n 4000 -c 16 "${args[@]}" "$url" | grep -E "^status codes" >&2
 callgrind_control -d "$vg" >/dev/null
 sleep 1
 ir=$(grep -h "^summary:\|^totals:" "$tmp"/cg.out.* | awk '{print $2}' | sort -n | tail -1)

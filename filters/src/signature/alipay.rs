@@ -14,6 +14,7 @@
 //! ([`AlipayParams::prepare`] refuses every parameter set that another set
 //! could share a signed content with).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -113,9 +114,10 @@ fn parse_offset(tz: &str) -> Option<i64> {
     Some(sign * (h * 3600 + m * 60))
 }
 
-/// The parameters of one request, decoded.
-pub struct AlipayParams {
-    pub params: Vec<(String, String)>,
+/// The parameters of one request, decoded; borrowed from the request
+/// where decoding changed nothing.
+pub struct AlipayParams<'a> {
+    pub params: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
 /// What verification needs from the parameters.
@@ -143,6 +145,17 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
 }
 
+/// Whether `raw` percent-decodes to ASCII, which is UTF-8: it is ASCII and
+/// no `%` is followed by a hex digit of 8 or more (an escape of a byte of
+/// 0x80 or more; anything else after `%` stays as it is or decodes below 0x80).
+fn decodes_to_ascii(raw: &[u8]) -> bool {
+    raw.is_ascii()
+        && !raw
+            .split(|b| *b == b'%')
+            .skip(1)
+            .any(|after| matches!(after.first(), Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')))
+}
+
 /// Whether `segment` (text after an `&` inside a value) reads as the start
 /// of another `name=value` pair of the signed content.
 fn starts_a_pair(segment: &str) -> bool {
@@ -152,18 +165,22 @@ fn starts_a_pair(segment: &str) -> bool {
     }
 }
 
-impl AlipayParams {
+impl<'a> AlipayParams<'a> {
     /// Query string plus, for form bodies, the body's parameters. Both must
     /// decode to UTF-8: a lossy decoding would let different bytes (what the
     /// app reads) share one signed content.
-    pub fn collect(query: Option<&str>, form_body: Option<&[u8]>) -> Result<Self, Rejection> {
-        let mut params: Vec<(String, String)> = Vec::new();
+    pub fn collect(query: Option<&'a str>, form_body: Option<&'a [u8]>) -> Result<Self, Rejection> {
+        let mut params = Vec::new();
         let sources = [query.map(str::as_bytes), form_body];
         for raw in sources.into_iter().flatten() {
-            if percent_encoding::percent_decode(raw).decode_utf8().is_err() {
+            // Decoding everything a second time just to check it is the
+            // larger part of the filter's own work; most requests need not.
+            if !decodes_to_ascii(raw)
+                && percent_encoding::percent_decode(raw).decode_utf8().is_err()
+            {
                 return Err(malformed("parameters are not UTF-8"));
             }
-            params.extend(form_urlencoded::parse(raw).into_owned());
+            params.extend(form_urlencoded::parse(raw));
         }
         Ok(AlipayParams { params })
     }
@@ -178,7 +195,7 @@ impl AlipayParams {
     /// left out of the content, so they would reach the app unsigned), and an
     /// `&` inside a value is not followed by `name=`.
     pub fn prepare(&self, config: &AlipayConfig) -> Result<AlipayRequest, Rejection> {
-        let mut sorted: Vec<&(String, String)> = self.params.iter().collect();
+        let mut sorted: Vec<&(Cow<'a, str>, Cow<'a, str>)> = self.params.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         if sorted
             .windows(2)
@@ -197,7 +214,7 @@ impl AlipayParams {
                     "parameter {k} is empty; empty parameters are not signed"
                 )));
             }
-            if v.split('&').skip(1).any(starts_a_pair) {
+            if v.as_bytes().contains(&b'&') && v.split('&').skip(1).any(starts_a_pair) {
                 return Err(ambiguous(format!(
                     "parameter {k} holds '&name=', which the signed content would read as another parameter"
                 )));
@@ -207,7 +224,7 @@ impl AlipayParams {
             sorted
                 .iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| v.as_ref())
         };
         let Some(sign) = get("sign") else {
             return Err(Rejection::new(
@@ -240,14 +257,19 @@ impl AlipayParams {
             ),
             None => None,
         };
-        let content = sorted
-            .iter()
-            .filter(|(k, _)| {
-                k != "sign" && !(config.variant == AlipayVariant::Notify && k == "sign_type")
-            })
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("&");
+        let signed = sorted.iter().filter(|(k, _)| {
+            k != "sign" && !(config.variant == AlipayVariant::Notify && k == "sign_type")
+        });
+        let mut content =
+            String::with_capacity(signed.clone().map(|(k, v)| k.len() + v.len() + 2).sum());
+        for (k, v) in signed {
+            if !content.is_empty() {
+                content.push('&');
+            }
+            content.push_str(k);
+            content.push('=');
+            content.push_str(v);
+        }
         Ok(AlipayRequest {
             app_id: app_id.to_string(),
             sign,
@@ -320,6 +342,63 @@ mod tests {
         );
         assert_eq!(parse_local_time("2014-07-24T03:07:50", 0), None);
         assert_eq!(parse_local_time("2014-07-24 03:07", 0), None);
+    }
+
+    #[test]
+    fn the_ascii_shortcut_never_skips_a_decoding_that_is_not_ascii() {
+        let decodes_to_ascii_really = |raw: &[u8]| {
+            percent_encoding::percent_decode(raw)
+                .collect::<Vec<u8>>()
+                .is_ascii()
+        };
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for byte in 0..=255u8 {
+            cases.push(format!("a=%{byte:02X}").into_bytes());
+            cases.push(format!("a=%{byte:02x}&b=c").into_bytes());
+            cases.push(vec![b'a', b'=', byte]);
+            cases.push(vec![b'%', byte]);
+            cases.push(vec![b'%', byte, b'0']);
+        }
+        for raw in [
+            &b"%"[..],
+            b"%8",
+            b"%8g",
+            b"%g8",
+            b"%%80",
+            b"%C3%A9",
+            b"x+y%2B%3D",
+        ] {
+            cases.push(raw.to_vec());
+        }
+        for raw in &cases {
+            if decodes_to_ascii(raw) {
+                assert!(decodes_to_ascii_really(raw), "{raw:?}");
+            }
+        }
+        // The usual request takes the shortcut; text outside ASCII does not.
+        assert!(decodes_to_ascii(
+            b"timestamp=2014-07-24+03%3A07%3A50&sign=ab%2Bc%3D"
+        ));
+        assert!(!decodes_to_ascii("subject=%E4%B8%AD".as_bytes()));
+        assert!(!decodes_to_ascii("subject=\u{4e2d}".as_bytes()));
+    }
+
+    #[test]
+    fn parameters_that_do_not_decode_to_utf8_are_refused() {
+        for raw in [&b"a=%FF"[..], b"a=%C3", b"a=%e9t%C3%A9"] {
+            assert!(AlipayParams::collect(None, Some(raw)).is_err(), "{raw:?}");
+            let query = std::str::from_utf8(raw).expect("ascii");
+            assert!(AlipayParams::collect(Some(query), None).is_err(), "{raw:?}");
+        }
+        let p = AlipayParams::collect(Some("a=%C3%A9"), Some("b=\u{4e2d}".as_bytes()))
+            .expect("valid UTF-8");
+        assert_eq!(
+            p.params,
+            [
+                ("a".into(), "\u{e9}".into()),
+                ("b".into(), "\u{4e2d}".into())
+            ]
+        );
     }
 
     #[test]
