@@ -6,8 +6,11 @@
 
 use tikv_jemalloc_ctl::{epoch, stats, stats_print};
 
+/// Reads one of jemalloc's statistics.
+type Read = fn() -> tikv_jemalloc_ctl::Result<usize>;
+
 /// jemalloc's statistics, each with its gauge and description.
-const ALLOCATOR: [(&str, &str, fn() -> tikv_jemalloc_ctl::Result<usize>); 5] = [
+const ALLOCATOR: [(&str, &str, Read); 5] = [
     (
         "meshgate_memory_allocated_bytes",
         "Bytes the process holds in live allocations (jemalloc stats.allocated)",
