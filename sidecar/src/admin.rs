@@ -279,6 +279,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, health_only: bool) -> Resp
         }
         _ if health_only => text(StatusCode::NOT_FOUND, "not found\n".into()),
         (Method::GET, "/metrics") => {
+            crate::memory::record();
             let mut rsp = text(StatusCode::OK, admin.metrics.render());
             rsp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -286,6 +287,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, health_only: bool) -> Resp
             );
             rsp
         }
+        (Method::GET, "/memory") => text(StatusCode::OK, crate::memory::report()),
         (Method::GET, "/config_dump") => {
             let s = admin.store.load();
             json(
@@ -354,7 +356,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, health_only: bool) -> Resp
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({ "error": "not_found", "endpoints": ["/ready", "/live", "/metrics", "/config_dump", "POST /drain", "POST /upgrade", "GET|POST /logging?level="] }),
+            serde_json::json!({ "error": "not_found", "endpoints": ["/ready", "/live", "/metrics", "/memory", "/config_dump", "POST /drain", "POST /upgrade", "GET|POST /logging?level="] }),
         ),
     }
 }

@@ -12,6 +12,7 @@ pub mod drain;
 pub mod file_source;
 pub mod headers;
 pub mod health;
+pub mod memory;
 pub mod pause;
 pub mod phase;
 pub mod proxy;

@@ -56,37 +56,45 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, side: Side, 
         };
         let _ = stream.set_nodelay(true);
         let guard = drain.track_connection();
-        let shared = shared.clone();
-        let drain = drain.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            let snapshot = shared.store.load();
-            let tls = match side {
-                Side::Inbound => snapshot.tls.clone(),
-                Side::Egress => None,
-            };
-            match tls {
-                None => {
-                    drop(snapshot);
-                    serve_connection(stream, ConnInfo::new(peer, false), shared, side, drain).await
-                }
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        snapshot.config.inbound.header_timeout,
-                        acceptor.accept(stream),
-                    );
-                    drop(snapshot);
+        let snapshot = shared.store.load();
+        let tls = match side {
+            Side::Inbound => snapshot.tls.clone(),
+            Side::Egress => None,
+        };
+        // Plain and TLS connections are separate tasks: a task is as large
+        // as its largest state, and a TLS connection's (handshake, TLS
+        // stream) is twice a plain one's, which every plain connection
+        // would otherwise carry for its whole life.
+        match tls {
+            None => {
+                drop(snapshot);
+                let info = Arc::new(ConnInfo::new(peer, false));
+                let (shared, drain) = (shared.clone(), drain.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    serve_connection(stream, info, shared, side, drain).await
+                });
+            }
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(
+                    snapshot.config.inbound.header_timeout,
+                    acceptor.accept(stream),
+                );
+                drop(snapshot);
+                let (shared, drain) = (shared.clone(), drain.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
                     match handshake.await {
                         Ok(Ok(tls)) => {
-                            serve_connection(tls, ConnInfo::new(peer, true), shared, side, drain)
-                                .await
+                            let info = Arc::new(ConnInfo::new(peer, true));
+                            serve_connection(tls, info, shared, side, drain).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                }
+                });
             }
-        });
+        }
     }
     tracing::info!(listener = side.name(), "listener stopped accepting");
 }
@@ -224,46 +232,54 @@ fn http_builder(inbound: &Inbound) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves HTTP on one connection; on drain, finishes in-flight requests and closes.
+///
+/// Its state lives as long as the connection, idle or not, so it keeps only
+/// what it uses (the two timeouts, not the listener's settings; the HTTP
+/// builder inside hyper's connection, not beside it).
 pub async fn serve_connection<I>(
     io: I,
-    info: ConnInfo,
+    info: Arc<ConnInfo>,
     shared: Arc<Shared>,
     side: Side,
     drain: Drain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let inbound = shared.store.load().config.inbound.clone();
-    let info = Arc::new(info);
-    let activity = Activity::new();
-    let service_activity = activity.clone();
-    let service_drain = drain.clone();
-    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let shared = shared.clone();
-        let info = info.clone();
-        let version = req.version();
-        let in_flight = service_activity.begin(version);
-        let drain = service_drain.clone();
-        async move {
-            // Boxed: hyper keeps room for the service future in every
-            // connection, idle or not; a box makes that room a pointer and
-            // the request's state (several KB) exists only while it is served.
-            let mut rsp = Box::pin(proxy::handle(shared, info, side, req, in_flight)).await;
-            // Draining: an HTTP/1 client learns to reconnect (to the new process).
-            if drain.is_draining()
-                && version < http::Version::HTTP_2
-                && rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS
-            {
-                rsp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
+    let (conn, header_timeout, idle_timeout, activity) = {
+        let snapshot = shared.store.load();
+        let inbound = &snapshot.config.inbound;
+        let activity = Activity::new();
+        let service_activity = activity.clone();
+        let service_drain = drain.clone();
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let shared = shared.clone();
+            let info = info.clone();
+            let version = req.version();
+            let in_flight = service_activity.begin(version);
+            let drain = service_drain.clone();
+            async move {
+                // Boxed: hyper keeps room for the service future in every
+                // connection, idle or not; a box makes that room a pointer and
+                // the request's state (several KB) exists only while it is served.
+                let mut rsp = Box::pin(proxy::handle(shared, info, side, req, in_flight)).await;
+                // Draining: an HTTP/1 client learns to reconnect (to the new process).
+                if drain.is_draining()
+                    && version < http::Version::HTTP_2
+                    && rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    rsp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(rsp)
             }
-            Ok::<_, Infallible>(rsp)
-        }
-    });
-    let builder = http_builder(&inbound);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        });
+        let conn = http_builder(inbound)
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        (conn, inbound.header_timeout, inbound.idle_timeout, activity)
+    };
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -271,7 +287,7 @@ pub async fn serve_connection<I>(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         }
-        end = idle_watch(&activity, inbound.header_timeout, inbound.idle_timeout) => {
+        end = idle_watch(&activity, header_timeout, idle_timeout) => {
             match end {
                 // Nothing to finish: dropping the connection closes it.
                 IdleEnd::NoRequest => tracing::debug!("no request within the header timeout; closing"),

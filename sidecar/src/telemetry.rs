@@ -91,5 +91,6 @@ pub fn init_metrics() -> Result<PrometheusHandle, String> {
         "meshgate_sessions_evicted_total",
         "Live sessions ended to bound the store (store_full, subject_limit)"
     );
+    crate::memory::describe();
     Ok(handle)
 }

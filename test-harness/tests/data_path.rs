@@ -514,6 +514,24 @@ fn metrics_count_requests_by_route_and_status() {
     );
 }
 
+#[test]
+fn the_process_memory_is_on_metrics_and_the_allocator_statistics_on_memory() {
+    let (_app, sidecar) = start();
+    assert_eq!(get(&sidecar.url("/hello")).expect("get").status, 200);
+    let m = sidecar.metrics();
+    for gauge in [
+        "process_resident_memory_bytes",
+        "meshgate_memory_allocated_bytes",
+        "meshgate_memory_resident_bytes",
+    ] {
+        let value = counter(&m, gauge);
+        assert!(value > 100_000, "{gauge} {value}\n{m}");
+    }
+    let memory = get(&sidecar.admin_url("/memory")).expect("get");
+    assert_eq!(memory.status, 200);
+    assert!(memory.text().contains("bins:"), "{}", memory.text());
+}
+
 /// The value of an unlabelled counter in the Prometheus text, 0 when absent.
 fn counter(metrics: &str, name: &str) -> u64 {
     metrics
@@ -556,6 +574,67 @@ fn app_connections_are_pooled_reaped_when_idle_and_replaced_after_an_app_restart
         assert_eq!(rsp.status, 200, "{}", rsp.text());
     }
     assert!(counter(&sidecar.metrics(), OPENED) >= opened + 2);
+}
+
+/// Established TCP connections whose far end is `port` on this host: the
+/// sidecar's connections to an app listening there.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields
+                .get(2)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[test]
+fn a_bursts_app_connections_close_within_seconds_and_one_stays_for_the_next_request() {
+    const OPENED: &str = "meshgate_upstream_connections_opened_total";
+    let app = EchoApp::start();
+    let port: u16 = app
+        .addr()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    // The default pool: up to 256 idle connections, 90 s idle timeout.
+    let cfg = config(
+        &app.addr(),
+        "  - name: burst\n    match: { path: /slow }\n    timeout: 10s\n",
+    );
+    let sidecar = Sidecar::start(&cfg);
+    // 32 requests at once, each held 300 ms by the app: a connection each.
+    let url = sidecar.url("/slow?ms=300");
+    let burst: Vec<_> = (0..32)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || get(&url).expect("get").status)
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.join().expect("request thread"), 200);
+    }
+    let opened = counter(&sidecar.metrics(), OPENED);
+    assert!(
+        opened >= 8,
+        "{opened} connections for 32 concurrent requests"
+    );
+    // Every second, half of the connections left unused go: well within the
+    // idle timeout only one is left, kept for the next request.
+    assert!(
+        wait_until(Duration::from_secs(30), || connections_to(port) == 1),
+        "{} app connections open 30 s after a burst that opened {opened}",
+        connections_to(port)
+    );
+    assert_eq!(get(&sidecar.url("/after")).expect("get").status, 200);
+    assert_eq!(counter(&sidecar.metrics(), OPENED), opened);
 }
 
 #[test]
