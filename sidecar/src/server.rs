@@ -2,14 +2,17 @@
 //! (prior knowledge or ALPN) on the same port, graceful drain.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use meshgate_xds::config::Inbound;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -67,12 +70,18 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, side: Side, 
         // would otherwise carry for its whole life.
         match tls {
             None => {
+                let header_timeout = snapshot.config.inbound.header_timeout;
                 drop(snapshot);
                 let info = Arc::new(ConnInfo::new(peer, false));
                 let (shared, drain) = (shared.clone(), drain.clone());
                 tokio::spawn(async move {
                     let _guard = guard;
-                    serve_connection(stream, info, shared, side, drain).await
+                    let started = tokio::time::Instant::now();
+                    let Some(protocol) = sniff(&stream, header_timeout, &drain).await else {
+                        tracing::debug!(%peer, "nothing sent within the header timeout; closing");
+                        return;
+                    };
+                    serve_connection(stream, protocol, started, info, shared, side, drain).await
                 });
             }
             Some(acceptor) => {
@@ -87,7 +96,10 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, side: Side, 
                     match handshake.await {
                         Ok(Ok(tls)) => {
                             let info = Arc::new(ConnInfo::new(peer, true));
-                            serve_connection(tls, info, shared, side, drain).await
+                            let protocol = protocol_of_alpn(tls.get_ref().1.alpn_protocol());
+                            let started = tokio::time::Instant::now();
+                            serve_connection(tls, protocol, started, info, shared, side, drain)
+                                .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -97,6 +109,76 @@ pub async fn serve(listener: Arc<TcpListener>, shared: Arc<Shared>, side: Side, 
         }
     }
     tracing::info!(listener = side.name(), "listener stopped accepting");
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4), which a client speaking
+/// HTTP/2 with prior knowledge sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a connection speaks, known before hyper serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// What the first bytes a client sent say: anything that is not the start
+/// of the HTTP/2 preface is HTTP/1 (hyper-util decides the same way);
+/// `None` while they are a part of the preface.
+fn protocol_of(first: &[u8]) -> Option<Protocol> {
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] != H2_PREFACE[..n] {
+        Some(Protocol::Http1)
+    } else if n == H2_PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        None
+    }
+}
+
+/// The protocol of a TLS connection: HTTP/2 only when ALPN chose `h2`
+/// (RFC 9113 §3.3: HTTP/2 over TLS is negotiated, never prior knowledge).
+pub fn protocol_of_alpn(alpn: Option<&[u8]>) -> Protocol {
+    match alpn {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    }
+}
+
+/// How often a plain connection that sent part of the HTTP/2 preface is
+/// looked at again (peeked data keeps the socket readable, so there is no
+/// readiness to wait for).
+const PARTIAL_PREFACE_RECHECK: Duration = Duration::from_millis(10);
+
+/// Looks at what a plain connection sent first without taking it off the
+/// socket, so hyper reads the request from the socket itself (hyper-util's
+/// automatic choice reads the first bytes and hands them back, which doubles
+/// hyper's HTTP/1 read buffer, 8 to 16 KiB, for the connection's life).
+/// `None`: nothing decisive within the header timeout (or, once draining,
+/// within [`DRAIN_IDLE_CLOSE`]), the peer closed, or the socket failed.
+async fn sniff(
+    stream: &tokio::net::TcpStream,
+    header_timeout: Duration,
+    drain: &Drain,
+) -> Option<Protocol> {
+    let look = async {
+        let mut first = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = stream.peek(&mut first).await.ok().filter(|n| *n > 0)?;
+            if let Some(protocol) = first.get(..n).and_then(protocol_of) {
+                return Some(protocol);
+            }
+            tokio::time::sleep(PARTIAL_PREFACE_RECHECK).await;
+        }
+    };
+    let draining = async {
+        drain.started().await;
+        tokio::time::sleep(DRAIN_IDLE_CLOSE).await;
+    };
+    tokio::select! {
+        protocol = tokio::time::timeout(header_timeout, look) => protocol.ok().flatten(),
+        _ = draining => None,
+    }
 }
 
 /// While draining, an HTTP/1 connection without a request for this long is
@@ -192,10 +274,10 @@ enum IdleEnd {
 /// while a keep-alive connection waits for its next request.
 async fn idle_watch(
     activity: &Activity,
-    header_timeout: Duration,
+    header_deadline: tokio::time::Instant,
     idle_timeout: Duration,
 ) -> IdleEnd {
-    tokio::time::sleep(header_timeout).await;
+    tokio::time::sleep_until(header_deadline).await;
     if !activity.any_request.load(Ordering::Relaxed) {
         return IdleEnd::NoRequest;
     }
@@ -209,26 +291,84 @@ async fn idle_watch(
 /// exchange (HTTP/2) before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// The HTTP settings of both listeners' connections. hyper's own buffer must
-/// hold a head a little over our limit, so that the data path can answer an
-/// oversized head with the JSON 431.
-fn http_builder(inbound: &Inbound) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let buffer = (inbound.max_header_bytes * 2 + 4096).max(8192);
+/// The HTTP/1 settings of both listeners' connections. hyper's own buffer
+/// must hold a head a little over our limit, so that the data path can
+/// answer an oversized head with the JSON 431.
+fn http1_builder(inbound: &Inbound) -> http1::Builder {
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(inbound.header_timeout)
-        .max_buf_size(buffer)
+        .max_buf_size(head_buffer(inbound))
         .keep_alive(true);
     builder
-        .http2()
+}
+
+/// The HTTP/2 settings of both listeners' connections.
+fn http2_builder(inbound: &Inbound) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(buffer).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(head_buffer(inbound)).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(1024);
     builder
+}
+
+fn head_buffer(inbound: &Inbound) -> usize {
+    (inbound.max_header_bytes * 2 + 4096).max(8192)
+}
+
+/// One connection served by hyper, as HTTP/1 (with upgrades) or HTTP/2.
+// HTTP/1, the usual case, lives inline in the connection's task.
+#[allow(clippy::large_enum_variant)]
+enum Served<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+{
+    Http1(http1::UpgradeableConnection<I, S>),
+    /// Boxed: twice an HTTP/1 connection's size, which every HTTP/1
+    /// connection's task would otherwise carry.
+    Http2(Box<http2::Connection<I, S, TokioExecutor>>),
+}
+
+impl<I, S, B> Served<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Unpin,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Served::Http1(conn) => Pin::new(conn).graceful_shutdown(),
+            Served::Http2(conn) => Pin::new(conn.as_mut()).graceful_shutdown(),
+        }
+    }
+}
+
+impl<I, S, B> Future for Served<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Unpin,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Served::Http1(conn) => Pin::new(conn).poll(cx),
+            Served::Http2(conn) => Pin::new(conn.as_mut()).poll(cx),
+        }
+    }
 }
 
 /// Serves HTTP on one connection; on drain, finishes in-flight requests and closes.
@@ -238,6 +378,8 @@ fn http_builder(inbound: &Inbound) -> auto::Builder<TokioExecutor> {
 /// builder inside hyper's connection, not beside it).
 pub async fn serve_connection<I>(
     io: I,
+    protocol: Protocol,
+    started: tokio::time::Instant,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
     side: Side,
@@ -275,28 +417,36 @@ pub async fn serve_connection<I>(
                 Ok::<_, Infallible>(rsp)
             }
         });
-        let conn = http_builder(inbound)
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
+        let io = TokioIo::new(io);
+        let conn = match protocol {
+            Protocol::Http1 => Served::Http1(
+                http1_builder(inbound)
+                    .serve_connection(io, service)
+                    .with_upgrades(),
+            ),
+            Protocol::Http2 => Served::Http2(Box::new(
+                http2_builder(inbound).serve_connection(io, service),
+            )),
+        };
         (conn, inbound.header_timeout, inbound.idle_timeout, activity)
     };
-    tokio::pin!(conn);
+    let mut conn = conn;
     tokio::select! {
-        result = conn.as_mut() => {
+        result = &mut conn => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         }
-        end = idle_watch(&activity, header_timeout, idle_timeout) => {
+        end = idle_watch(&activity, started + header_timeout, idle_timeout) => {
             match end {
                 // Nothing to finish: dropping the connection closes it.
                 IdleEnd::NoRequest => tracing::debug!("no request within the header timeout; closing"),
                 IdleEnd::Idle => {
-                    conn.as_mut().graceful_shutdown();
+                    conn.graceful_shutdown();
                     // Streams that raced the GOAWAY may finish; once none is
                     // in flight, a peer that does not close is dropped.
                     loop {
-                        match tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await {
+                        match tokio::time::timeout(IDLE_CLOSE_GRACE, &mut conn).await {
                             Ok(result) => {
                                 if let Err(e) = result {
                                     tracing::debug!(error = %e, "idle connection closed with an error");
@@ -313,7 +463,7 @@ pub async fn serve_connection<I>(
         _ = drain.started() => {
             while !activity.may_close() {
                 tokio::select! {
-                    result = conn.as_mut() => {
+                    result = &mut conn => {
                         if let Err(e) = result {
                             tracing::debug!(error = %e, "connection ended with an error while draining");
                         }
@@ -322,7 +472,7 @@ pub async fn serve_connection<I>(
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }
-            conn.as_mut().graceful_shutdown();
+            conn.graceful_shutdown();
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error while draining");
             }
@@ -338,10 +488,36 @@ mod tests {
         Activity::new()
     }
 
+    #[test]
+    fn the_first_bytes_tell_http2_prior_knowledge_from_http1() {
+        assert_eq!(protocol_of(H2_PREFACE), Some(Protocol::Http2));
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(b"\x00\x00\x12\x04");
+        assert_eq!(protocol_of(&more), Some(Protocol::Http2));
+        for partial in [&b""[..], b"P", b"PRI", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r"] {
+            assert_eq!(protocol_of(partial), None, "{partial:?}");
+        }
+        for other in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"G",
+            b"PRI / HTTP/1.1\r\n",
+            b"PRI * HTTP/1.1\r\n\r\n",
+            b"pri * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"\x16\x03\x01",
+        ] {
+            assert_eq!(protocol_of(other), Some(Protocol::Http1), "{other:?}");
+        }
+        assert_eq!(protocol_of_alpn(Some(b"h2")), Protocol::Http2);
+        for alpn in [Some(&b"http/1.1"[..]), None, Some(b"h2c"), Some(b"H2")] {
+            assert_eq!(protocol_of_alpn(alpn), Protocol::Http1, "{alpn:?}");
+        }
+    }
+
     #[tokio::test]
     async fn a_connection_without_requests_ends_at_the_header_timeout() {
         let a = activity();
-        let end = idle_watch(&a, Duration::from_millis(50), Duration::from_secs(60)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        let end = idle_watch(&a, deadline, Duration::from_secs(60)).await;
         assert!(matches!(end, IdleEnd::NoRequest));
     }
 
@@ -353,7 +529,8 @@ mod tests {
             a.idle_left(Duration::from_millis(10)),
             Some(Duration::from_millis(10))
         );
-        let watch = idle_watch(&a, Duration::from_millis(10), Duration::from_millis(30));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(10);
+        let watch = idle_watch(&a, deadline, Duration::from_millis(30));
         tokio::pin!(watch);
         assert!(
             tokio::time::timeout(Duration::from_millis(150), watch.as_mut())

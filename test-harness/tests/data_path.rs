@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use meshgate_test_harness::http_client::{send_h1, send_h2c, send_tls};
+use meshgate_test_harness::raw_http::RawConn;
 use meshgate_test_harness::{assert_error, get, request, wait_until, EchoApp, Sidecar};
 
 fn config(app: &str, extra_routes: &str) -> String {
@@ -299,6 +300,149 @@ async fn h2c_client_is_served() {
         rsp.json()["headers"]["host"],
         format!("127.0.0.1:{}", sidecar.inbound_port)
     );
+}
+
+/// Writes to `inner`, except that the first `skip` bytes written are only
+/// counted: they were sent by hand before.
+struct AlreadySent {
+    inner: tokio::net::TcpStream,
+    skip: usize,
+}
+
+impl tokio::io::AsyncRead for AlreadySent {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for AlreadySent {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skip > 0 {
+            let n = self.skip.min(buf.len());
+            self.skip -= n;
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_http2_preface_sent_in_pieces_is_still_http2() {
+    let (_app, sidecar) = start();
+    // The first part of the preface, a pause, then the rest with the
+    // client's frames: the sidecar looks again until it can tell.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", sidecar.inbound_port))
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let io = AlreadySent {
+        inner: tcp,
+        skip: b"PRI * HTTP/2.0\r\n".len(),
+    };
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(10), h2::client::handshake(io))
+        .await
+        .expect("handshake in time")
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client;
+    let rsp = meshgate_test_harness::h2_client::h2_send(
+        &mut client,
+        Request::get(sidecar.url("/pieces")).body(()).expect("req"),
+        None,
+    )
+    .await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.json()["path"], "/pieces");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_inside_the_http2_preface_is_closed_at_the_header_timeout() {
+    let app = EchoApp::start();
+    let sidecar = Sidecar::start(
+        &config(&app.addr(), "").replace("inbound: {", "inbound: { header_timeout: 1s,"),
+    );
+    let mut conn = RawConn::connect(sidecar.inbound_port).await;
+    conn.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    let closed = conn.closed_within(Duration::from_secs(10)).await;
+    assert!(
+        closed.is_some(),
+        "a partial preface kept the connection open"
+    );
+}
+
+#[tokio::test]
+async fn bytes_that_leave_the_http2_preface_are_read_as_http1() {
+    let (_app, sidecar) = start();
+    let mut conn = RawConn::connect(sidecar.inbound_port).await;
+    // "PRI" then not the preface: an HTTP/1 request line with method PRI.
+    let rsp = conn
+        .exchange("PRI /x HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .expect("an HTTP/1 answer");
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.json()["method"], "PRI");
+}
+
+#[test]
+fn an_idle_keep_alive_connection_holds_little_more_than_hypers_two_buffers() {
+    const CONNECTIONS: u64 = 200;
+    let (_app, sidecar) = start();
+    let allocated = || counter(&sidecar.metrics(), "meshgate_memory_allocated_bytes");
+    assert_eq!(get(&sidecar.url("/warm")).expect("get").status, 200);
+    let before = allocated();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let held = runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let mut conn = RawConn::connect(sidecar.inbound_port).await;
+            let rsp = conn
+                .exchange("GET /held HTTP/1.1\r\nHost: a.example\r\n\r\n")
+                .await
+                .expect("answer");
+            assert_eq!(rsp.status, 200);
+            held.push(conn);
+        }
+        held
+    });
+    let per_connection = allocated().saturating_sub(before) / CONNECTIONS;
+    // hyper's 8 KiB read and 8 KiB write buffers, the connection's task
+    // (2.5 KiB) and small state. A read buffer grown to 16 KiB (the
+    // protocol sniffed by reading and handing bytes back) would be 28 KiB.
+    assert!(
+        per_connection < 24 * 1024,
+        "{per_connection} bytes allocated per idle keep-alive connection"
+    );
+    drop(held);
 }
 
 #[tokio::test]
