@@ -43,7 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde::{Deserialize, Serialize};
-use sfv::{BareItem, Item};
+use sfv::{key_ref, string_ref, BareItem, Item, KeyRef, StringRef};
 
 use crate::chain::BuildCx;
 use crate::config::{FieldErrors, ValidateCx};
@@ -299,7 +299,7 @@ impl SignatureSpec {
             .iter()
             .filter_map(|c| {
                 if c.params.is_empty() {
-                    c.bare_item.as_str().map(str::to_string)
+                    c.bare_item.as_string().map(|s| s.as_str().to_string())
                 } else {
                     None
                 }
@@ -329,7 +329,7 @@ impl SignatureSpec {
             }
         }
         if let Some(label) = &self.label {
-            if sfv::Parser::parse_dictionary(format!("{label}=1").as_bytes()).is_err() {
+            if KeyRef::from_str(label).is_err() {
                 errors.push(format!("{path}.label"), "not a valid dictionary key");
             }
         }
@@ -669,10 +669,18 @@ impl Filter for SignatureFilter {
         let bound = cx.extensions.get::<BoundRequest>();
         let mut signer = sign_response.signer.clone();
         if let (true, Some(b)) = (sign_response.bind_request, bound) {
-            let mut item = Item::new(BareItem::String(sign::SIGNATURE.into()));
+            // The label was a dictionary key, so it is a valid string.
+            let label = StringRef::from_str(&b.label).map_err(|e| {
+                tracing::warn!(error = %e, "response signing failed");
+                Rejection::new(&crate::error::INTERNAL_ERROR, "response signing failed")
+            })?;
+            let mut item = Item::new(BareItem::String(string_ref(sign::SIGNATURE).to_owned()));
+            item.params.insert(
+                key_ref("key").to_owned(),
+                BareItem::String(label.to_owned()),
+            );
             item.params
-                .insert("key".into(), BareItem::String(b.label.clone()));
-            item.params.insert("req".into(), BareItem::Boolean(true));
+                .insert(key_ref("req").to_owned(), BareItem::Boolean(true));
             signer.components.push(item);
         }
         let request = bound.map(|b| RequestParts {
