@@ -1,6 +1,7 @@
 //! Reading the credential from a request, removing it before the app, and
 //! writing session cookies.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use cookie::Cookie;
@@ -10,9 +11,92 @@ use http::{HeaderMap, HeaderValue};
 use super::spec::{CookieSecure, SameSite, StoreConfig, TokenSource};
 
 fn bearer(value: &HeaderValue) -> Option<&str> {
-    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    value.to_str().ok()?.get(bearer_range(value)?)
+}
+
+/// Where the token of a `Bearer` value is, in its bytes.
+fn bearer_range(value: &HeaderValue) -> Option<Range<usize>> {
+    let (scheme, rest) = value.to_str().ok()?.split_once(' ')?;
+    let token = rest.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return None;
+    }
+    let start = scheme.len() + 1 + (rest.len() - rest.trim_start().len());
+    Some(start..start + token.len())
+}
+
+/// Where the credential of a token header's value is, in its bytes.
+fn header_range(value: &HeaderValue) -> Option<Range<usize>> {
+    let text = value.to_str().ok()?;
+    let token = text.trim();
+    if token.is_empty() {
+        return None;
+    }
+    let start = text.len() - text.trim_start().len();
+    Some(start..start + token.len())
+}
+
+/// A credential taken from a request.
+pub enum Credential {
+    /// Part of a header value, kept whole (a reference-counted buffer) rather
+    /// than copied.
+    InValue {
+        value: HeaderValue,
+        range: Range<usize>,
+    },
+    Owned(String),
+}
+
+impl Credential {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Credential::InValue { value, range } => value
+                .as_bytes()
+                .get(range.clone())
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default(),
+            Credential::Owned(s) => s,
+        }
+    }
+
+    pub fn into_string(self) -> String {
+        match self {
+            Credential::Owned(s) => s,
+            other => other.as_str().to_string(),
+        }
+    }
+}
+
+/// The credential of the request, if it carries one, removed from the
+/// request when `strip` (so the app never sees it).
+pub fn take(headers: &mut HeaderMap, source: &TokenSource, strip: bool) -> Option<Credential> {
+    // The usual request has one `Authorization` (or token header) value: it
+    // is the credential's, so it is read once and moved out, not copied.
+    let name = match source {
+        TokenSource::Bearer => Some(&AUTHORIZATION),
+        TokenSource::Header(name) => Some(name),
+        TokenSource::Cookie(_) => None,
+    };
+    if let Some(name) = name {
+        let mut values = headers.get_all(name).iter();
+        if let (Some(value), None) = (values.next(), values.next()) {
+            let range = match source {
+                TokenSource::Bearer => bearer_range(value)?,
+                _ => header_range(value)?,
+            };
+            let value = if strip {
+                headers.remove(name)?
+            } else {
+                value.clone()
+            };
+            return Some(Credential::InValue { value, range });
+        }
+    }
+    let credential = extract(headers, source)?;
+    if strip {
+        self::strip(headers, source);
+    }
+    Some(Credential::Owned(credential))
 }
 
 fn cookies(headers: &HeaderMap) -> impl Iterator<Item = Cookie<'_>> {

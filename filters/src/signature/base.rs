@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::ops::Range;
 
 use http::{HeaderMap, Method, StatusCode, Uri};
 use sfv::visitor::{
@@ -419,14 +420,31 @@ pub fn signature_base(
     message: &Message<'_>,
     list: &SignatureParams<'_>,
 ) -> Result<Vec<u8>, BaseError> {
+    // The `@signature-params` value is serialized first: it holds every
+    // component identifier, which the lines then use rather than
+    // serializing each one a second time.
+    let mut params = String::with_capacity(128);
+    let mut ids: Vec<Range<usize>> = Vec::with_capacity(list.components.len());
+    {
+        let mut ser = ListSerializer::with_buffer(&mut params);
+        let mut inner = ser.inner_list();
+        for component in &list.components {
+            let end = inner
+                .bare_item(&component.name)
+                .parameters(component.params.iter())
+                .finish()
+                .len();
+            // Items of an inner list follow its "(" or one space (RFC 8941
+            // §4.1.1.1).
+            let start = ids.last().map_or(1, |previous| previous.end + 1);
+            ids.push(start..end);
+        }
+        let _ = inner.finish().parameters(list.params.iter());
+    }
     let mut out: Vec<u8> = Vec::with_capacity(256);
-    // One buffer for each serialized identifier in turn, then the
-    // parameters line.
-    let mut id = String::with_capacity(128);
-    for (i, component) in list.components.iter().enumerate() {
+    for (i, (component, range)) in list.components.iter().zip(ids).enumerate() {
         check_component(component).map_err(BaseError::Malformed)?;
-        id.clear();
-        write_component_id(&mut id, component);
+        let id = params.get(range).unwrap_or_default();
         // Equal parsed identifiers are equal serialized ones: both are
         // canonical.
         if list
@@ -439,12 +457,10 @@ pub fn signature_base(
                 "component {id} is covered twice"
             )));
         }
-        write_component(&mut out, message, component, &id)?;
+        write_component(&mut out, message, component, id)?;
     }
     out.extend_from_slice(b"\"@signature-params\": ");
-    id.clear();
-    write_params(&mut id, list);
-    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(params.as_bytes());
     Ok(out)
 }
 

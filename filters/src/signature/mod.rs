@@ -78,6 +78,7 @@ pub const PARAMETERS_AMBIGUOUS: Reason = Reason::new("parameters_ambiguous", 400
 
 /// Header that carries the verified client id to the app.
 pub const CLIENT_ID_HEADER: &str = "x-meshgate-client-id";
+const CLIENT_ID_HEADER_NAME: HeaderName = HeaderName::from_static(CLIENT_ID_HEADER);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -287,7 +288,7 @@ impl SignatureSpec {
             }
             if let Some(key) = spec.validate(&kpath, false, cx, &mut errors) {
                 let client: Arc<str> = Arc::from(spec.client.as_deref().unwrap_or(&spec.id));
-                keys.insert(spec.id.clone(), VerifyKey { key, client });
+                keys.insert(spec.id.clone(), VerifyKey::new(key, client));
             }
         }
         let components = validate_components(
@@ -484,7 +485,7 @@ impl SignatureFilter {
         &self,
         req: &mut RequestView<'_>,
         cx: &mut RequestCtx,
-    ) -> Result<(Arc<str>, Arc<str>, String), Rejection> {
+    ) -> Result<(&VerifyKey, String), Rejection> {
         let scheme = if cx.tls { "https" } else { "http" };
         let body_present = req.has_body();
         let verified = self.config.policy.verify(
@@ -531,15 +532,15 @@ impl SignatureFilter {
             })?;
         }
         if let Some(nonce) = &verified.nonce {
-            self.check_nonce(&verified.key_id, nonce).await?;
+            self.check_nonce(&verified.key.key.id, nonce).await?;
         }
-        Ok((verified.key_id, verified.client, verified.label))
+        Ok((verified.key, verified.label))
     }
 
     async fn verify_alipay(
         &self,
         req: &mut RequestView<'_>,
-    ) -> Result<(Arc<str>, Arc<str>, String), Rejection> {
+    ) -> Result<(&VerifyKey, String), Rejection> {
         let Some(config) = &self.config.alipay else {
             return Err(Rejection::new(
                 &crate::error::INTERNAL_ERROR,
@@ -599,7 +600,7 @@ impl SignatureFilter {
             let once = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&prepared.sign);
             self.check_nonce(&vk.key.id, &once).await?;
         }
-        Ok((vk.key.id.clone(), vk.client.clone(), String::new()))
+        Ok((vk, String::new()))
     }
 }
 
@@ -624,7 +625,7 @@ impl Filter for SignatureFilter {
             Scheme::Rfc9421 => self.verify_rfc9421(req, cx).await,
             Scheme::AlipayRsa2 => self.verify_alipay(req).await,
         };
-        let (key_id, client, label) = match outcome {
+        let (vk, label) = match outcome {
             Ok(v) => v,
             Err(rejection) => {
                 tracing::debug!(reason = rejection.reason, message = %rejection.message, "signature rejected");
@@ -649,11 +650,11 @@ impl Filter for SignatureFilter {
             req.head.headers.remove(sign::SIGNATURE_HEADER);
             req.head.headers.remove(sign::SIGNATURE_INPUT_HEADER);
         }
-        cx.client_id = Some(client.to_string());
-        if let Ok(value) = HeaderValue::try_from(&*client) {
-            cx.set_upstream_header(HeaderName::from_static(CLIENT_ID_HEADER), value);
+        cx.client_id = Some(vk.client.clone());
+        if let Some(value) = &vk.client_header {
+            cx.set_upstream_header(CLIENT_ID_HEADER_NAME, value.clone());
         }
-        tracing::trace!(key_id = %key_id, "signature verified");
+        tracing::trace!(key_id = %vk.key.id, "signature verified");
         Ok(())
     }
 

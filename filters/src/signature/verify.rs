@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::base::{
     parse_signature_input, parse_signatures, signature_base, Bare, BaseError, Message,
@@ -41,13 +41,27 @@ pub struct Policy {
 pub struct VerifyKey {
     pub key: Key,
     pub client: Arc<str>,
+    /// `client` as the app's `x-meshgate-client-id` value, made once (`None`
+    /// when it is not a valid header value).
+    pub client_header: Option<HeaderValue>,
+}
+
+impl VerifyKey {
+    pub fn new(key: Key, client: Arc<str>) -> Self {
+        let client_header = HeaderValue::from_str(&client).ok();
+        VerifyKey {
+            key,
+            client,
+            client_header,
+        }
+    }
 }
 
 /// A signature that verified (apart from the body digest and the nonce).
 #[derive(Debug, Clone)]
-pub struct Verified {
-    pub key_id: Arc<str>,
-    pub client: Arc<str>,
+pub struct Verified<'p> {
+    /// The key it verified with.
+    pub key: &'p VerifyKey,
     pub label: String,
     pub nonce: Option<String>,
     /// `content-digest` is covered and must be checked against the body.
@@ -103,7 +117,7 @@ impl Policy {
         req: &RequestParts<'_>,
         body_present: bool,
         now: u64,
-    ) -> Result<Verified, Rejection> {
+    ) -> Result<Verified<'_>, Rejection> {
         let (Some(input), Some(sigs)) = (
             combined(req, &SIGNATURE_INPUT_HEADER),
             combined(req, &SIGNATURE_HEADER),
@@ -255,8 +269,7 @@ impl Policy {
             ));
         }
         Ok(Verified {
-            key_id: key.id.clone(),
-            client: vk.client.clone(),
+            key: vk,
             label: label.as_str().to_string(),
             nonce,
             covers_digest,
