@@ -199,3 +199,74 @@ pub fn session_cookie(
     }
     HeaderValue::try_from(builder.build().to_string()).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderName;
+
+    use super::*;
+
+    fn headers(values: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in values {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        map
+    }
+
+    fn taken(map: &mut HeaderMap, source: &TokenSource, strip: bool) -> Option<String> {
+        take(map, source, strip).map(Credential::into_string)
+    }
+
+    #[test]
+    fn one_value_is_moved_out_and_read_in_place() {
+        let mut map = headers(&[("authorization", "bearer  abc.def ")]);
+        assert_eq!(
+            taken(&mut map, &TokenSource::Bearer, false).as_deref(),
+            Some("abc.def")
+        );
+        assert_eq!(map.get_all(AUTHORIZATION).iter().count(), 1, "forwarded");
+        assert_eq!(
+            taken(&mut map, &TokenSource::Bearer, true).as_deref(),
+            Some("abc.def")
+        );
+        assert!(map.get(AUTHORIZATION).is_none(), "stripped");
+
+        let name = HeaderName::from_static("x-token");
+        let mut map = headers(&[("x-token", "  tok  ")]);
+        let source = TokenSource::Header(name.clone());
+        assert_eq!(taken(&mut map, &source, true).as_deref(), Some("tok"));
+        assert!(map.get(&name).is_none());
+    }
+
+    #[test]
+    fn other_credentials_stay_and_refusals_touch_nothing() {
+        // not a bearer value: nothing taken, the header left as it was
+        for value in ["Basic dTpw", "Bearer ", "Bearer"] {
+            let mut map = headers(&[("authorization", value)]);
+            assert_eq!(taken(&mut map, &TokenSource::Bearer, true), None, "{value}");
+            assert_eq!(
+                map.get(AUTHORIZATION).map(|v| v.as_bytes()),
+                Some(value.as_bytes())
+            );
+        }
+        // several values: the bearer one is taken, the others go to the app
+        let mut map = headers(&[
+            ("authorization", "Basic dTpw"),
+            ("authorization", "Bearer t1"),
+        ]);
+        assert_eq!(
+            taken(&mut map, &TokenSource::Bearer, true).as_deref(),
+            Some("t1")
+        );
+        let kept: Vec<&[u8]> = map
+            .get_all(AUTHORIZATION)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(kept, [b"Basic dTpw".as_slice()]);
+    }
+}

@@ -727,3 +727,41 @@ fn path_of<'a>(req: &RequestParts<'a>) -> &'a str {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_labels_and_parameters_keep_the_first_place_and_the_last_value() {
+        let input = parse_signature_input(
+            br#"a=("@path");created=1;created=2, b=("@method"), a=("@method" "@authority");created=3"#,
+        )
+        .expect("parses");
+        let labels: Vec<&str> = input.0.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(labels, ["a", "b"]);
+        let Some(Some(a)) = input.get(sfv::key_ref("a")) else {
+            panic!("a is an inner list");
+        };
+        assert_eq!(serialize_params(a), r#"("@method" "@authority");created=3"#);
+
+        let list =
+            parse_signature_input(br#"s=("x";req;key="k";req=?0);created=1;keyid="q";created=5"#)
+                .expect("parses");
+        let Some(Some(s)) = list.get(sfv::key_ref("s")) else {
+            panic!("s is an inner list");
+        };
+        assert_eq!(
+            serialize_params(s),
+            r#"("x";req=?0;key="k");created=5;keyid="q""#
+        );
+
+        // a member that is not an inner list, and a signature that is not bytes
+        let input = parse_signature_input(b"a=1, b=(), a").expect("parses");
+        assert!(matches!(input.get(sfv::key_ref("a")), Some(None)));
+        let sigs = parse_signatures(b"a=:AAE=:, b=1, a=:AgM=:").expect("parses");
+        assert_eq!(sigs.get(sfv::key_ref("a")), Some(&Some(vec![2, 3])));
+        assert_eq!(sigs.get(sfv::key_ref("b")), Some(&None));
+        assert!(parse_signatures(b"a=:AAE=:,").is_err());
+    }
+}
