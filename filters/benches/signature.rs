@@ -83,13 +83,7 @@ fn bench_verify(c: &mut Criterion) {
             .sign_request_at(&mut head, br#"{"amount":100}"#, "https", now)
             .expect("sign");
         let policy = Policy {
-            keys: HashMap::from([(
-                "k".to_string(),
-                VerifyKey {
-                    key,
-                    client: Arc::from("app"),
-                },
-            )]),
+            keys: HashMap::from([("k".to_string(), VerifyKey::new(key, Arc::from("app")))]),
             required_components: vec!["@method".into(), "@path".into()],
             max_age: Duration::from_secs(300),
             clock_skew: Duration::from_secs(30),

@@ -24,10 +24,11 @@ pub struct RequestCtx {
     /// [`RequestCtx::now`] (idle timers, cache ages). Filters read these,
     /// never the clocks.
     pub instant: Instant,
-    /// Verified calling application (signature key id).
-    pub client_id: Option<String>,
-    /// Verified end user (session subject).
-    pub user: Option<String>,
+    /// Verified calling application (signature key id); shared with the
+    /// key's config, so setting it copies nothing.
+    pub client_id: Option<Arc<str>>,
+    /// Verified end user (session subject); shared with the verified token.
+    pub user: Option<Arc<str>>,
     /// Headers to add to the request that goes to the app, e.g.
     /// `x-meshgate-user`. Identity headers from the client were already removed.
     pub upstream_headers: Vec<(HeaderName, HeaderValue)>,

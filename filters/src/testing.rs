@@ -56,13 +56,13 @@ impl TestRequest {
 
     /// The client id an earlier (signature) filter verified.
     pub fn client_id(mut self, id: &str) -> Self {
-        self.cx.client_id = Some(id.to_string());
+        self.cx.client_id = Some(id.into());
         self
     }
 
     /// The user an earlier (session) filter verified.
     pub fn user(mut self, user: &str) -> Self {
-        self.cx.user = Some(user.to_string());
+        self.cx.user = Some(user.into());
         self
     }
 

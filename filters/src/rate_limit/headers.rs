@@ -3,7 +3,7 @@
 //! `RateLimit-Policy: "per-client";q=100;w=1` and `RateLimit: "per-client";r=0;t=1`.
 
 use http::{HeaderName, HeaderValue};
-use sfv::{RefBareItem, RefListSerializer};
+use sfv::{key_ref, Integer, ListSerializer, StringRef};
 
 use super::spec::Params;
 use super::Report;
@@ -23,36 +23,36 @@ fn policy(params: Params) -> Option<(u64, u64)> {
     }
 }
 
-fn int(v: u64) -> RefBareItem<'static> {
+fn int(v: u64) -> Integer {
     // sf-integer allows at most 15 digits.
-    RefBareItem::Integer(v.min(999_999_999_999_999) as i64)
+    Integer::try_from(v).unwrap_or(Integer::MAX)
 }
 
 /// Both fields for `reports` (empty when nothing is reportable).
 pub fn fields(reports: &[Report<'_>]) -> Vec<(HeaderName, HeaderValue)> {
-    let mut policy_buf = String::new();
-    let mut state_buf = String::new();
+    let mut policy_list = ListSerializer::new();
+    let mut state_list = ListSerializer::new();
     for r in reports {
         let Some((q, w)) = policy(r.params) else {
             continue;
         };
+        // Names are validated as sf-string-safe; one that is not is skipped.
+        let Ok(name) = StringRef::from_str(r.name) else {
+            continue;
+        };
         let t = r.reset_ns.div_ceil(1_000_000_000);
-        // Names are validated as sf-string-safe; a failure just skips the item.
-        let _ = RefListSerializer::new(&mut policy_buf)
-            .bare_item(&RefBareItem::String(r.name))
-            .and_then(|s| s.parameter("q", &int(q)))
-            .and_then(|s| s.parameter("w", &int(w.max(1))));
-        let _ = RefListSerializer::new(&mut state_buf)
-            .bare_item(&RefBareItem::String(r.name))
-            .and_then(|s| s.parameter("r", &int(r.remaining)))
-            .and_then(|s| s.parameter("t", &int(t)));
+        let _ = policy_list
+            .bare_item(name)
+            .parameter(key_ref("q"), int(q))
+            .parameter(key_ref("w"), int(w.max(1)));
+        let _ = state_list
+            .bare_item(name)
+            .parameter(key_ref("r"), int(r.remaining))
+            .parameter(key_ref("t"), int(t));
     }
     let mut out = Vec::new();
-    if let (Ok(p), Ok(s)) = (
-        HeaderValue::from_str(&policy_buf),
-        HeaderValue::from_str(&state_buf),
-    ) {
-        if !policy_buf.is_empty() {
+    if let (Some(p), Some(s)) = (policy_list.finish(), state_list.finish()) {
+        if let (Ok(p), Ok(s)) = (HeaderValue::try_from(p), HeaderValue::try_from(s)) {
             out.push((POLICY, p));
             out.push((STATE, s));
         }

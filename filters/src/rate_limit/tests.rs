@@ -41,7 +41,7 @@ async fn run(f: &RateLimitFilter, r: &Req) -> (Result<(), Rejection>, RequestCtx
     let (mut head, ()) = builder.body(()).expect("request").into_parts();
     let mut body = Body::Empty;
     let mut cx = RequestCtx::new(Arc::from("route-a"), [10, 0, 0, 1].into(), false);
-    cx.client_id = r.client_id.map(str::to_string);
+    cx.client_id = r.client_id.map(Into::into);
     let v = f
         .on_request(&mut RequestView::new(&mut head, &mut body, 1024), &mut cx)
         .await;
@@ -557,8 +557,8 @@ fn keys_are_built_from_their_descriptors() {
         let (mut head, ()) = builder.body(()).expect("request").into_parts();
         let mut body = Body::Empty;
         let mut cx = RequestCtx::new(Arc::from("route-a"), [10, 0, 0, 1].into(), false);
-        cx.client_id = c.client_id.map(str::to_string);
-        cx.user = c.user.map(str::to_string);
+        cx.client_id = c.client_id.map(Into::into);
+        cx.user = c.user.map(Into::into);
         if let Some(t) = c.tenant_identity {
             cx.set_upstream_header(
                 http::HeaderName::from_static("x-meshgate-tenant"),

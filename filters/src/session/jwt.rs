@@ -8,8 +8,10 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine;
+use http::HeaderValue;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -228,12 +230,31 @@ pub struct JwtVerifier {
 #[derive(Debug, Clone, Default)]
 pub struct Claims {
     /// `sub` when it is a string.
-    pub sub: Option<String>,
+    pub sub: Option<Subject>,
     /// Every claim; empty unless the verifier was built to keep them.
     pub all: Map<String, Value>,
     /// `exp` and `nbf`, checked at every request (a cached verification
     /// included).
     pub times: TokenTimes,
+}
+
+/// A verified subject as requests carry it: made once per verification,
+/// so a cached token sets `RequestCtx::user` and `x-meshgate-user` without
+/// copying.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subject {
+    pub id: Arc<str>,
+    /// `id` as a header value; `None` when it is not a valid one.
+    pub header: Option<HeaderValue>,
+}
+
+impl Subject {
+    pub fn new(id: &str) -> Self {
+        Subject {
+            id: Arc::from(id),
+            header: HeaderValue::from_str(id).ok(),
+        }
+    }
 }
 
 /// The time claims of a token, in unix seconds.
@@ -333,7 +354,7 @@ impl IntoClaims for SubjectOnly {
     fn into_claims(self) -> Result<Claims, JwtError> {
         let times = TokenTimes::read(self.exp.as_ref(), self.nbf.as_ref())?;
         let sub = match self.sub {
-            Some(Value::String(s)) => Some(s),
+            Some(Value::String(s)) => Some(Subject::new(&s)),
             _ => None,
         };
         Ok(Claims {
@@ -347,7 +368,7 @@ impl IntoClaims for SubjectOnly {
 impl IntoClaims for Map<String, Value> {
     fn into_claims(self) -> Result<Claims, JwtError> {
         let times = TokenTimes::read(self.get("exp"), self.get("nbf"))?;
-        let sub = self.get("sub").and_then(Value::as_str).map(str::to_string);
+        let sub = self.get("sub").and_then(Value::as_str).map(Subject::new);
         Ok(Claims {
             sub,
             all: self,

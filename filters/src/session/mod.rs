@@ -54,7 +54,7 @@ pub use spec::{
 
 use self::cache::{CacheSettings, SessionCache};
 use self::jwks::{RemoteJwks, RemoteSettings};
-use self::jwt::{JwtError, JwtVerifier, KeySet};
+use self::jwt::{JwtError, JwtVerifier, KeySet, Subject};
 use self::store::{Backend, Lookup, MemoryStore, Now, SessionRecord, StoreFailure};
 use self::verified::VerifiedTokens;
 use crate::chain::BuildCx;
@@ -76,6 +76,7 @@ pub const SESSION_SET_HEADER: &str = "x-meshgate-session-set";
 pub const SESSION_CLEAR_HEADER: &str = "x-meshgate-session-clear";
 /// The verified subject, for the app.
 pub const USER_HEADER: &str = "x-meshgate-user";
+const USER_HEADER_NAME: HeaderName = HeaderName::from_static(USER_HEADER);
 
 enum Keys {
     Static(Arc<KeySet>),
@@ -198,17 +199,22 @@ impl SessionFilter {
         }
     }
 
-    fn set_identity(&self, cx: &mut RequestCtx, sub: Option<&str>, claims: &Map<String, Value>) {
+    fn set_identity(
+        &self,
+        cx: &mut RequestCtx,
+        sub: Option<&Subject>,
+        claims: &Map<String, Value>,
+    ) {
         if let Some(sub) = sub {
-            cx.user = Some(sub.to_string());
-            match HeaderValue::try_from(sub) {
-                Ok(v) => cx.set_upstream_header(HeaderName::from_static(USER_HEADER), v),
-                Err(_) => tracing::debug!("subject is not a valid header value"),
+            cx.user = Some(sub.id.clone());
+            match &sub.header {
+                Some(v) => cx.set_upstream_header(USER_HEADER_NAME, v.clone()),
+                None => tracing::debug!("subject is not a valid header value"),
             }
         }
         for (claim, header) in &self.claims_to_headers {
             let value = match (claim.as_str(), sub) {
-                ("sub", Some(sub)) => Some(Value::from(sub)),
+                ("sub", Some(sub)) => Some(Value::from(&*sub.id)),
                 _ => claims.get(claim).cloned(),
             };
             if let Some(v) = value.as_ref().and_then(claim_header_value) {
@@ -251,7 +257,7 @@ impl SessionFilter {
         };
         match result {
             Ok(claims) => {
-                self.set_identity(cx, claims.sub.as_deref(), &claims.all);
+                self.set_identity(cx, claims.sub.as_ref(), &claims.all);
                 Ok(())
             }
             Err(JwtError::Expired) => Err(Rejection::new(&TOKEN_EXPIRED, "the token has expired")),
@@ -279,8 +285,8 @@ impl SessionFilter {
         };
         match lookup {
             Ok(Lookup::Active(record)) if record.exp > now.unix => {
-                let sub = (!record.sub.is_empty()).then_some(record.sub.as_str());
-                self.set_identity(cx, sub, &record.claims);
+                let sub = (!record.sub.is_empty()).then(|| Subject::new(&record.sub));
+                self.set_identity(cx, sub.as_ref(), &record.claims);
                 cx.extensions.insert(CurrentSession(id));
                 Ok(())
             }
@@ -489,26 +495,24 @@ impl Filter for SessionFilter {
         req: &mut RequestView<'_>,
         cx: &mut RequestCtx,
     ) -> Result<(), Rejection> {
-        let Some(credential) = token::extract(&req.head.headers, &self.token) else {
+        let Some(credential) = token::take(&mut req.head.headers, &self.token, !self.forward)
+        else {
             return if self.optional {
                 Ok(())
             } else {
                 Err(Rejection::new(&LOGIN_REQUIRED, "this route needs a login"))
             };
         };
-        if !self.forward {
-            token::strip(&mut req.head.headers, &self.token);
-        }
         match &self.runtime {
             Runtime::Jwt {
                 verifier,
                 keys,
                 verified,
             } => {
-                self.check_jwt(&credential, verifier, keys, verified, cx)
+                self.check_jwt(credential.as_str(), verifier, keys, verified, cx)
                     .await
             }
-            Runtime::Session(rt) => self.check_session(credential, rt, cx).await,
+            Runtime::Session(rt) => self.check_session(credential.into_string(), rt, cx).await,
         }
     }
 

@@ -369,7 +369,7 @@ async fn the_verified_cache_is_bounded_and_can_be_turned_off() {
         for (i, auth) in tokens.iter().enumerate() {
             let (result, _, cx) = run(&filter, &[("authorization", auth)]).await;
             assert_eq!(reason(&result), "pass");
-            assert_eq!(cx.user, Some(format!("u-{i}")));
+            assert_eq!(cx.user.as_deref(), Some(format!("u-{i}").as_str()));
         }
         assert_eq!(
             verified(&filter).len(),

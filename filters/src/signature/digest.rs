@@ -1,18 +1,20 @@
 //! `Content-Digest` (RFC 9530) with sha-256 and sha-512.
 
-use sfv::{BareItem, Dictionary, Item, ListEntry, Parser, SerializeValue};
+use sfv::{key_ref, BareItem, DictSerializer, Dictionary, Item, ListEntry, RefBareItem};
 use sha2::{Digest, Sha256, Sha512};
+
+use super::base::parser;
 
 /// The `Content-Digest` value for `body` with sha-256
 /// (`sha-256=:base64:`).
 pub fn content_digest(body: &[u8]) -> String {
-    let mut dict = Dictionary::new();
-    dict.insert(
-        "sha-256".into(),
-        ListEntry::Item(Item::new(BareItem::ByteSeq(Sha256::digest(body).to_vec()))),
+    let mut ser = DictSerializer::new();
+    let _ = ser.bare_item(
+        key_ref("sha-256"),
+        RefBareItem::ByteSequence(&Sha256::digest(body)),
     );
-    // Serializing a dictionary of one byte sequence cannot fail.
-    dict.serialize_value().unwrap_or_default()
+    // A dictionary of one member always serializes.
+    ser.finish().unwrap_or_default()
 }
 
 /// Why a `Content-Digest` did not check out.
@@ -36,7 +38,9 @@ pub fn verify_content_digest(values: &[&[u8]], body: &[u8]) -> Result<(), Digest
         return Err(DigestError::Missing);
     }
     let combined = values.join(&b", "[..]);
-    let dict = Parser::parse_dictionary(&combined).map_err(|_| DigestError::Malformed)?;
+    let dict = parser(&combined)
+        .parse::<Dictionary>()
+        .map_err(|_| DigestError::Malformed)?;
     let mut checked = 0;
     for (alg, entry) in &dict {
         let expected: Vec<u8> = match alg.as_str() {
@@ -45,7 +49,7 @@ pub fn verify_content_digest(values: &[&[u8]], body: &[u8]) -> Result<(), Digest
             _ => continue,
         };
         let ListEntry::Item(Item {
-            bare_item: BareItem::ByteSeq(given),
+            bare_item: BareItem::ByteSequence(given),
             ..
         }) = entry
         else {
@@ -53,7 +57,7 @@ pub fn verify_content_digest(values: &[&[u8]], body: &[u8]) -> Result<(), Digest
         };
         // Digests are public values; a plain comparison leaks nothing.
         if *given != expected {
-            return Err(DigestError::Mismatch(if alg == "sha-256" {
+            return Err(DigestError::Mismatch(if alg.as_str() == "sha-256" {
                 "sha-256"
             } else {
                 "sha-512"

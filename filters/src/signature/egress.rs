@@ -141,7 +141,7 @@ impl EgressSpec {
             if components.iter().any(|c| c.params.contains_key("req")) {
                 errors.push(format!("{dpath}.components"), ";req is for responses");
             }
-            if sfv::Parser::parse_dictionary(format!("{}=1", d.label).as_bytes()).is_err() {
+            if sfv::KeyRef::from_str(&d.label).is_err() {
                 errors.push(format!("{dpath}.label"), "not a valid dictionary key");
             }
             if let Some(key) = d

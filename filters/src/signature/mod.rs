@@ -43,7 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde::{Deserialize, Serialize};
-use sfv::{BareItem, Item};
+use sfv::{key_ref, string_ref, BareItem, Item, KeyRef, StringRef};
 
 use crate::chain::BuildCx;
 use crate::config::{FieldErrors, ValidateCx};
@@ -78,6 +78,7 @@ pub const PARAMETERS_AMBIGUOUS: Reason = Reason::new("parameters_ambiguous", 400
 
 /// Header that carries the verified client id to the app.
 pub const CLIENT_ID_HEADER: &str = "x-meshgate-client-id";
+const CLIENT_ID_HEADER_NAME: HeaderName = HeaderName::from_static(CLIENT_ID_HEADER);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -287,7 +288,7 @@ impl SignatureSpec {
             }
             if let Some(key) = spec.validate(&kpath, false, cx, &mut errors) {
                 let client: Arc<str> = Arc::from(spec.client.as_deref().unwrap_or(&spec.id));
-                keys.insert(spec.id.clone(), VerifyKey { key, client });
+                keys.insert(spec.id.clone(), VerifyKey::new(key, client));
             }
         }
         let components = validate_components(
@@ -299,7 +300,7 @@ impl SignatureSpec {
             .iter()
             .filter_map(|c| {
                 if c.params.is_empty() {
-                    c.bare_item.as_str().map(str::to_string)
+                    c.bare_item.as_string().map(|s| s.as_str().to_string())
                 } else {
                     None
                 }
@@ -329,7 +330,7 @@ impl SignatureSpec {
             }
         }
         if let Some(label) = &self.label {
-            if sfv::Parser::parse_dictionary(format!("{label}=1").as_bytes()).is_err() {
+            if KeyRef::from_str(label).is_err() {
                 errors.push(format!("{path}.label"), "not a valid dictionary key");
             }
         }
@@ -484,7 +485,7 @@ impl SignatureFilter {
         &self,
         req: &mut RequestView<'_>,
         cx: &mut RequestCtx,
-    ) -> Result<(Arc<str>, Arc<str>, String), Rejection> {
+    ) -> Result<(&VerifyKey, String), Rejection> {
         let scheme = if cx.tls { "https" } else { "http" };
         let body_present = req.has_body();
         let verified = self.config.policy.verify(
@@ -531,15 +532,15 @@ impl SignatureFilter {
             })?;
         }
         if let Some(nonce) = &verified.nonce {
-            self.check_nonce(&verified.key_id, nonce).await?;
+            self.check_nonce(&verified.key.key.id, nonce).await?;
         }
-        Ok((verified.key_id, verified.client, verified.label))
+        Ok((verified.key, verified.label))
     }
 
     async fn verify_alipay(
         &self,
         req: &mut RequestView<'_>,
-    ) -> Result<(Arc<str>, Arc<str>, String), Rejection> {
+    ) -> Result<(&VerifyKey, String), Rejection> {
         let Some(config) = &self.config.alipay else {
             return Err(Rejection::new(
                 &crate::error::INTERNAL_ERROR,
@@ -599,7 +600,7 @@ impl SignatureFilter {
             let once = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&prepared.sign);
             self.check_nonce(&vk.key.id, &once).await?;
         }
-        Ok((vk.key.id.clone(), vk.client.clone(), String::new()))
+        Ok((vk, String::new()))
     }
 }
 
@@ -624,7 +625,7 @@ impl Filter for SignatureFilter {
             Scheme::Rfc9421 => self.verify_rfc9421(req, cx).await,
             Scheme::AlipayRsa2 => self.verify_alipay(req).await,
         };
-        let (key_id, client, label) = match outcome {
+        let (vk, label) = match outcome {
             Ok(v) => v,
             Err(rejection) => {
                 tracing::debug!(reason = rejection.reason, message = %rejection.message, "signature rejected");
@@ -649,11 +650,11 @@ impl Filter for SignatureFilter {
             req.head.headers.remove(sign::SIGNATURE_HEADER);
             req.head.headers.remove(sign::SIGNATURE_INPUT_HEADER);
         }
-        cx.client_id = Some(client.to_string());
-        if let Ok(value) = HeaderValue::try_from(&*client) {
-            cx.set_upstream_header(HeaderName::from_static(CLIENT_ID_HEADER), value);
+        cx.client_id = Some(vk.client.clone());
+        if let Some(value) = &vk.client_header {
+            cx.set_upstream_header(CLIENT_ID_HEADER_NAME, value.clone());
         }
-        tracing::trace!(key_id = %key_id, "signature verified");
+        tracing::trace!(key_id = %vk.key.id, "signature verified");
         Ok(())
     }
 
@@ -669,10 +670,18 @@ impl Filter for SignatureFilter {
         let bound = cx.extensions.get::<BoundRequest>();
         let mut signer = sign_response.signer.clone();
         if let (true, Some(b)) = (sign_response.bind_request, bound) {
-            let mut item = Item::new(BareItem::String(sign::SIGNATURE.into()));
+            // The label was a dictionary key, so it is a valid string.
+            let label = StringRef::from_str(&b.label).map_err(|e| {
+                tracing::warn!(error = %e, "response signing failed");
+                Rejection::new(&crate::error::INTERNAL_ERROR, "response signing failed")
+            })?;
+            let mut item = Item::new(BareItem::String(string_ref(sign::SIGNATURE).to_owned()));
+            item.params.insert(
+                key_ref("key").to_owned(),
+                BareItem::String(label.to_owned()),
+            );
             item.params
-                .insert("key".into(), BareItem::String(b.label.clone()));
-            item.params.insert("req".into(), BareItem::Boolean(true));
+                .insert(key_ref("req").to_owned(), BareItem::Boolean(true));
             signer.components.push(item);
         }
         let request = bound.map(|b| RequestParts {

@@ -4,10 +4,15 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use http::{HeaderMap, HeaderName, HeaderValue};
-use sfv::{BareItem, Dictionary, InnerList, Item, ListEntry, Parameters, Parser, SerializeValue};
+use std::borrow::Cow;
 
-use super::base::{signature_base, Message, RequestParts};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sfv::{key_ref, DictSerializer, Dictionary, Integer, Item, KeyRef, RefBareItem, StringRef};
+
+use super::base::{
+    parser, signature_base, write_inner_list, Bare, Component, Message, Params, RequestParts,
+    SignatureParams,
+};
 use super::digest::content_digest;
 use super::keys::{Key, SignError};
 
@@ -49,35 +54,56 @@ impl Signer {
     }
 
     fn covers(&self, name: &str) -> bool {
-        self.components
-            .iter()
-            .any(|c| c.bare_item.as_str() == Some(name) && !c.params.contains_key("req"))
+        self.components.iter().any(|c| {
+            c.bare_item.as_string().map(StringRef::as_str) == Some(name)
+                && !c.params.contains_key("req")
+        })
     }
 
     /// The inner list: components plus `created`, `expires`, `nonce`,
     /// `keyid` and `alg` parameters.
-    fn params(&self, created: u64) -> Result<InnerList, SignError> {
+    fn params(&self, created: u64) -> Result<SignatureParams<'_>, SignError> {
         let int = |v: u64| {
-            i64::try_from(v)
-                .map(BareItem::Integer)
+            Integer::try_from(v)
+                .map(Bare::Integer)
                 .map_err(|_| SignError::Message("timestamp out of range".into()))
         };
-        let mut params = Parameters::new();
-        params.insert("created".into(), int(created)?);
+        fn string(v: &str) -> Result<&StringRef, SignError> {
+            StringRef::from_str(v).map_err(|e| {
+                SignError::Message(format!("{v:?} is not a structured-field string: {e}"))
+            })
+        }
+        let mut params = Params::new();
+        params.insert(key_ref("created"), int(created)?);
         if let Some(ttl) = self.expires_in {
             params.insert(
-                "expires".into(),
+                key_ref("expires"),
                 int(created.saturating_add(ttl.as_secs()))?,
             );
         }
         if self.nonce {
-            params.insert("nonce".into(), BareItem::String(random_nonce()));
+            let nonce = sfv::String::from_string(random_nonce())
+                .map_err(|(e, _)| SignError::Message(e.to_string()))?;
+            params.insert(key_ref("nonce"), Bare::String(Cow::Owned(nonce)));
         }
-        params.insert("keyid".into(), BareItem::String(self.key.id.to_string()));
+        params.insert(
+            key_ref("keyid"),
+            Bare::String(Cow::Borrowed(string(&self.key.id)?)),
+        );
         if self.include_alg {
-            params.insert("alg".into(), BareItem::String(self.key.alg.name().into()));
+            params.insert(
+                key_ref("alg"),
+                Bare::String(Cow::Borrowed(string(self.key.alg.name())?)),
+            );
         }
-        Ok(InnerList::with_params(self.components.clone(), params))
+        Ok(SignatureParams {
+            components: self.components.iter().map(Component::from_item).collect(),
+            params,
+        })
+    }
+
+    fn label(&self) -> Result<&KeyRef, SignError> {
+        KeyRef::from_str(&self.label).map_err(|e| SignError::Message(format!("label: {e}")))
     }
 
     /// Signs a request: sets `Content-Digest` when covered, then adds this
@@ -113,7 +139,7 @@ impl Signer {
         )
         .map_err(|e| SignError::Message(e.to_string()))?;
         let sig = self.key.sign(&base)?;
-        add_signature(&mut head.headers, &self.label, list, sig)
+        add_signature(&mut head.headers, self.label()?, &list, &sig)
     }
 
     /// Signs a response; `request` feeds components with `;req` (binding the
@@ -138,7 +164,7 @@ impl Signer {
         )
         .map_err(|e| SignError::Message(e.to_string()))?;
         let sig = self.key.sign(&base)?;
-        add_signature(&mut head.headers, &self.label, list, sig)
+        add_signature(&mut head.headers, self.label()?, &list, &sig)
     }
 }
 
@@ -162,35 +188,58 @@ fn set_digest(headers: &mut HeaderMap, body: &[u8]) -> Result<(), SignError> {
     Ok(())
 }
 
-/// Adds `label` to both dictionaries, replacing a member of the same label.
+/// Adds `label` to both dictionaries, replacing a member of the same label
+/// in its place.
 fn add_signature(
     headers: &mut HeaderMap,
-    label: &str,
-    list: InnerList,
-    sig: Vec<u8>,
+    label: &KeyRef,
+    list: &SignatureParams<'_>,
+    sig: &[u8],
 ) -> Result<(), SignError> {
-    let merge =
-        |headers: &HeaderMap, name: &str, entry: ListEntry| -> Result<HeaderValue, SignError> {
-            let existing: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
-            let mut dict = if existing.is_empty() {
-                Dictionary::new()
-            } else {
-                // an unparsable existing field is replaced rather than extended
-                Parser::parse_dictionary(&existing.join(&b", "[..])).unwrap_or_default()
-            };
-            dict.insert(label.to_string(), entry);
-            let text = dict
-                .serialize_value()
-                .map_err(|e| SignError::Message(e.to_string()))?;
-            HeaderValue::try_from(text).map_err(|e| SignError::Message(e.to_string()))
-        };
-    let input = merge(headers, SIGNATURE_INPUT, ListEntry::InnerList(list))?;
-    let signature = merge(
-        headers,
-        SIGNATURE,
-        ListEntry::Item(Item::new(BareItem::ByteSeq(sig))),
-    )?;
-    headers.insert(SIGNATURE_INPUT, input);
-    headers.insert(SIGNATURE, signature);
+    let input = merge(headers, SIGNATURE_INPUT_HEADER, label, |ser| {
+        write_inner_list(ser.inner_list(label), list);
+    })?;
+    let signature = merge(headers, SIGNATURE_HEADER, label, |ser| {
+        let _ = ser.bare_item(label, RefBareItem::ByteSequence(sig));
+    })?;
+    headers.insert(SIGNATURE_INPUT_HEADER, input);
+    headers.insert(SIGNATURE_HEADER, signature);
     Ok(())
+}
+
+/// The dictionary field `name` with the member `label` written by `write`.
+fn merge(
+    headers: &HeaderMap,
+    name: HeaderName,
+    label: &KeyRef,
+    mut write: impl FnMut(&mut DictSerializer<&mut String>),
+) -> Result<HeaderValue, SignError> {
+    let existing: Vec<&[u8]> = headers
+        .get_all(&name)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let dict = if existing.is_empty() {
+        Dictionary::new()
+    } else {
+        // an unparsable existing field is replaced rather than extended
+        parser(&existing.join(&b", "[..]))
+            .parse::<Dictionary>()
+            .unwrap_or_default()
+    };
+    let mut text = String::new();
+    let mut ser = DictSerializer::with_buffer(&mut text);
+    let mut written = false;
+    for (key, entry) in &dict {
+        if key.as_ref() == label {
+            write(&mut ser);
+            written = true;
+        } else {
+            ser.members([(key, entry)]);
+        }
+    }
+    if !written {
+        write(&mut ser);
+    }
+    HeaderValue::try_from(text).map_err(|e| SignError::Message(e.to_string()))
 }

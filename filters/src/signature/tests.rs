@@ -3,15 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use bytes::Bytes;
-use sfv::{InnerList, ListEntry, Parser};
-
-use super::base::{signature_base, Message, RequestParts};
+use super::base::{
+    parse_signature_input, parse_signatures, signature_base, Message, RequestParts, SignatureParams,
+};
 use super::keys::{parse_private, parse_public, Algorithm, Key, KeyMaterial};
 use super::*;
 use crate::body::Body;
 use crate::state::State;
+use base64::Engine as _;
+use bytes::Bytes;
 
 // ---- RFC 9421 Appendix B.1 test keys ----
 
@@ -80,10 +80,10 @@ fn test_response() -> http::response::Parts {
         .0
 }
 
-fn inner_list(input: &str) -> InnerList {
-    let dict = Parser::parse_dictionary(input.as_bytes()).expect("signature input");
-    match dict.values().next() {
-        Some(ListEntry::InnerList(l)) => l.clone(),
+fn inner_list(input: &str) -> SignatureParams<'_> {
+    let dict = parse_signature_input(input.as_bytes()).expect("signature input");
+    match dict.0.into_iter().next() {
+        Some((_, Some(l))) => l,
         other => panic!("not an inner list: {other:?}"),
     }
 }
@@ -890,11 +890,7 @@ async fn response_is_signed_and_bound_to_the_request() {
     // Verify as a client would: rebuild the base with the original request.
     let input = rsp.headers.get("signature-input").expect("input");
     let list = inner_list(input.to_str().expect("ascii"));
-    let ids: Vec<String> = list
-        .items
-        .iter()
-        .map(|i| base::component_id(i).expect("id"))
-        .collect();
+    let ids: Vec<String> = list.components.iter().map(base::component_id).collect();
     assert_eq!(
         ids,
         [
@@ -903,12 +899,10 @@ async fn response_is_signed_and_bound_to_the_request() {
             r#""signature";key="sig1";req"#
         ]
     );
-    let sig = match Parser::parse_dictionary(rsp.headers.get("signature").expect("sig").as_bytes())
-        .expect("dict")
-        .get("sig1")
-    {
-        Some(ListEntry::Item(i)) => i.bare_item.as_byte_seq().expect("bytes").clone(),
-        _ => panic!("no signature"),
+    let sigs =
+        parse_signatures(rsp.headers.get("signature").expect("sig").as_bytes()).expect("dict");
+    let Some(Some(sig)) = sigs.get(sfv::key_ref("sig1")) else {
+        panic!("no signature");
     };
     let base = signature_base(
         &Message::Response {
@@ -924,7 +918,7 @@ async fn response_is_signed_and_bound_to_the_request() {
         &list,
     )
     .expect("base");
-    assert!(public_key(Algorithm::Ed25519, ED25519_PUBLIC).verify(&base, &sig));
+    assert!(public_key(Algorithm::Ed25519, ED25519_PUBLIC).verify(&base, sig));
     digest::verify_content_digest(
         &[rsp
             .headers

@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, StatusCode};
-use sfv::{BareItem, InnerList, Item, ListEntry, Parser};
+use http::{HeaderName, HeaderValue, StatusCode};
 
-use super::base::{signature_base, BaseError, Message, RequestParts};
+use super::base::{
+    parse_signature_input, parse_signatures, signature_base, Bare, BaseError, Message,
+    RequestParts, SignatureParams,
+};
 use super::keys::Key;
 use super::sign::{
     CONTENT_DIGEST, CONTENT_DIGEST_HEADER, SIGNATURE_HEADER, SIGNATURE_INPUT_HEADER,
@@ -35,17 +37,42 @@ pub struct Policy {
 }
 
 /// A verification key and the client it identifies.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VerifyKey {
     pub key: Key,
     pub client: Arc<str>,
+    /// `client` as the app's `x-meshgate-client-id` value, made once (`None`
+    /// when it is not a valid header value).
+    pub client_header: Option<HeaderValue>,
+}
+
+// `client_header` is `client` again, made once: left out, so a config's
+// meaning reads the same (xds/tests/compat.rs compares it).
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("key", &self.key)
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+impl VerifyKey {
+    pub fn new(key: Key, client: Arc<str>) -> Self {
+        let client_header = HeaderValue::from_str(&client).ok();
+        VerifyKey {
+            key,
+            client,
+            client_header,
+        }
+    }
 }
 
 /// A signature that verified (apart from the body digest and the nonce).
 #[derive(Debug, Clone)]
-pub struct Verified {
-    pub key_id: Arc<str>,
-    pub client: Arc<str>,
+pub struct Verified<'p> {
+    /// The key it verified with.
+    pub key: &'p VerifyKey,
     pub label: String,
     pub nonce: Option<String>,
     /// `content-digest` is covered and must be checked against the body.
@@ -76,18 +103,18 @@ fn combined<'r>(req: &RequestParts<'r>, name: &HeaderName) -> Option<Cow<'r, [u8
     Some(Cow::Owned(joined))
 }
 
-fn param_int(list: &InnerList, name: &str) -> Result<Option<i64>, Rejection> {
+fn param_int(list: &SignatureParams<'_>, name: &str) -> Result<Option<i64>, Rejection> {
     match list.params.get(name) {
         None => Ok(None),
-        Some(BareItem::Integer(v)) => Ok(Some(*v)),
+        Some(Bare::Integer(v)) => Ok(Some(i64::from(*v))),
         Some(_) => Err(malformed(format!("{name} must be an integer"))),
     }
 }
 
-fn param_str<'l>(list: &'l InnerList, name: &str) -> Result<Option<&'l str>, Rejection> {
+fn param_str<'l>(list: &'l SignatureParams<'_>, name: &str) -> Result<Option<&'l str>, Rejection> {
     match list.params.get(name) {
         None => Ok(None),
-        Some(BareItem::String(v)) => Ok(Some(v.as_str())),
+        Some(Bare::String(v)) => Ok(Some(v.as_str())),
         Some(_) => Err(malformed(format!("{name} must be a string"))),
     }
 }
@@ -101,7 +128,7 @@ impl Policy {
         req: &RequestParts<'_>,
         body_present: bool,
         now: u64,
-    ) -> Result<Verified, Rejection> {
+    ) -> Result<Verified<'_>, Rejection> {
         let (Some(input), Some(sigs)) = (
             combined(req, &SIGNATURE_INPUT_HEADER),
             combined(req, &SIGNATURE_HEADER),
@@ -111,20 +138,21 @@ impl Policy {
                 "Signature-Input and Signature headers are required",
             ));
         };
-        let input = Parser::parse_dictionary(&input)
+        // Both fields parsed borrowing from the headers (no copy per name,
+        // key or string); both must be well-formed before anything else.
+        let input = parse_signature_input(&input)
             .map_err(|e| malformed(format!("Signature-Input: {e}")))?;
-        let sigs =
-            Parser::parse_dictionary(&sigs).map_err(|e| malformed(format!("Signature: {e}")))?;
+        let sigs = parse_signatures(&sigs).map_err(|e| malformed(format!("Signature: {e}")))?;
 
         // Pick the signature: the configured label, else the first whose keyid
         // we know (so a request may carry signatures for other verifiers too).
-        let mut chosen: Option<(&String, &InnerList, &VerifyKey)> = None;
-        let mut first_unknown: Option<String> = None;
-        for (label, entry) in &input {
-            if self.label.as_deref().is_some_and(|l| l != label) {
+        let mut chosen = None;
+        let mut first_unknown: Option<&str> = None;
+        for (label, entry) in &input.0 {
+            if self.label.as_deref().is_some_and(|l| l != label.as_str()) {
                 continue;
             }
-            let ListEntry::InnerList(list) = entry else {
+            let Some(list) = entry else {
                 return Err(malformed(format!(
                     "Signature-Input member {label} is not an inner list"
                 )));
@@ -134,11 +162,11 @@ impl Policy {
             };
             match self.keys.get(key_id) {
                 Some(key) => {
-                    chosen = Some((label, list, key));
+                    chosen = Some((*label, list, key));
                     break;
                 }
                 None => {
-                    first_unknown.get_or_insert_with(|| key_id.to_string());
+                    first_unknown.get_or_insert(key_id);
                 }
             }
         }
@@ -197,9 +225,9 @@ impl Policy {
 
         // Components covered as plain names (no parameters).
         let covers = |name: &str| {
-            list.items
+            list.components
                 .iter()
-                .any(|i| i.params.is_empty() && i.bare_item.as_str() == Some(name))
+                .any(|c| c.params.is_empty() && c.name() == Some(name))
         };
         for required in &self.required_components {
             if !covers(required) {
@@ -224,11 +252,8 @@ impl Policy {
         }
 
         let signature = match sigs.get(label) {
-            Some(ListEntry::Item(Item {
-                bare_item: BareItem::ByteSeq(bytes),
-                ..
-            })) => bytes,
-            Some(_) => {
+            Some(Some(bytes)) => bytes,
+            Some(None) => {
                 return Err(malformed(format!(
                     "Signature member {label} is not a byte sequence"
                 )))
@@ -255,9 +280,8 @@ impl Policy {
             ));
         }
         Ok(Verified {
-            key_id: key.id.clone(),
-            client: vk.client.clone(),
-            label: label.clone(),
+            key: vk,
+            label: label.as_str().to_string(),
             nonce,
             covers_digest,
         })

@@ -6,13 +6,13 @@
 use http::StatusCode;
 use libfuzzer_sys::fuzz_target;
 use meshgate_filters::signature::base::{
-    component_id, parse_component, serialize_params, signature_base, Message,
+    component_id, parse_component, parse_signature_input, serialize_params, signature_base,
+    Component, Message, Params, SignatureParams,
 };
 use meshgate_filters::signature::digest::verify_content_digest;
 use meshgate_fuzz::Head;
-use sfv::{InnerList, ListEntry, Parameters, Parser};
 
-fn build(head: &Head, list: &InnerList) {
+fn build(head: &Head, list: &SignatureParams<'_>) {
     let request = head.parts();
     let _ = signature_base(&Message::Request(request), list);
     let _ = signature_base(
@@ -24,8 +24,8 @@ fn build(head: &Head, list: &InnerList) {
         list,
     );
     let _ = serialize_params(list);
-    for item in &list.items {
-        let _ = component_id(item);
+    for component in &list.components {
+        let _ = component_id(component);
     }
 }
 
@@ -34,11 +34,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for value in head.headers.get_all("signature-input") {
-        let Ok(dict) = Parser::parse_dictionary(value.as_bytes()) else {
+        let Ok(dict) = parse_signature_input(value.as_bytes()) else {
             continue;
         };
-        for (_, entry) in &dict {
-            if let ListEntry::InnerList(list) = entry {
+        for (_, list) in &dict.0 {
+            if let Some(list) = list {
                 build(&head, list);
             }
         }
@@ -51,10 +51,11 @@ fuzz_target!(|data: &[u8]| {
         .filter_map(|text| parse_component(text).ok())
         .collect();
     if !components.is_empty() {
-        build(
-            &head,
-            &InnerList::with_params(components, Parameters::new()),
-        );
+        let list = SignatureParams {
+            components: components.iter().map(Component::from_item).collect(),
+            params: Params::new(),
+        };
+        build(&head, &list);
     }
     let digests: Vec<&[u8]> = head
         .headers
