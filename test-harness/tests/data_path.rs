@@ -972,6 +972,16 @@ fn the_allocator_purges_freed_memory_in_the_background() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // And the rest of the settings, as jemalloc reports them on /memory.
+    let memory = get(&sidecar.admin_url("/memory")).expect("get").text();
+    for option in [
+        "opt.narenas: 1\n",
+        "opt.dirty_decay_ms: 300 ",
+        "opt.muzzy_decay_ms: 0 ",
+        "opt.tcache_nslots_small_min: 40\n",
+    ] {
+        assert!(memory.contains(option), "{option:?} not in\n{memory}");
+    }
 }
 
 #[tokio::test]
