@@ -145,10 +145,13 @@ pub fn protocol_of_alpn(alpn: Option<&[u8]>) -> Protocol {
     }
 }
 
-/// How often a plain connection that sent part of the HTTP/2 preface is
-/// looked at again (peeked data keeps the socket readable, so there is no
-/// readiness to wait for).
+/// When a plain connection that sent part of the HTTP/2 preface is looked
+/// at again: peeked data keeps the socket readable, so there is no
+/// readiness to wait for. The wait doubles each time up to
+/// [`PARTIAL_PREFACE_RECHECK_MAX`], so that a client stopping inside the
+/// preface costs a few looks, not one every 10 ms until the header timeout.
 const PARTIAL_PREFACE_RECHECK: Duration = Duration::from_millis(10);
+const PARTIAL_PREFACE_RECHECK_MAX: Duration = Duration::from_secs(1);
 
 /// Looks at what a plain connection sent first without taking it off the
 /// socket, so hyper reads the request from the socket itself (hyper-util's
@@ -163,12 +166,14 @@ async fn sniff(
 ) -> Option<Protocol> {
     let look = async {
         let mut first = [0u8; H2_PREFACE.len()];
+        let mut wait = PARTIAL_PREFACE_RECHECK;
         loop {
             let n = stream.peek(&mut first).await.ok().filter(|n| *n > 0)?;
             if let Some(protocol) = first.get(..n).and_then(protocol_of) {
                 return Some(protocol);
             }
-            tokio::time::sleep(PARTIAL_PREFACE_RECHECK).await;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(PARTIAL_PREFACE_RECHECK_MAX);
         }
     };
     let draining = async {
