@@ -55,9 +55,17 @@ PY
   url="http://127.0.0.1:$inbound${args[-1]}"
   unset 'args[-1]'
 fi
-h2load --h1 -n 500 -c 16 "${args[@]}" "$url" | grep -E "^status codes" >&2
+# Counts of failed requests measure the wrong path: every answer must be 2xx.
+load() {
+  local n=$1 codes
+  codes=$(h2load --h1 -n "$n" -c 16 "${args[@]}" "$url" | grep -E "^status codes")
+  echo "$codes" >&2
+  [[ "$codes" == "status codes: $n 2xx, 0 3xx, 0 4xx, 0 5xx" ]] \
+    || { echo "callgrind.sh: not every request was answered 2xx" >&2; exit 1; }
+}
+load 500
 callgrind_control -z "$vg" >/dev/null
-h2load --h1 -n 4000 -c 16 "${args[@]}" "$url" | grep -E "^status codes" >&2
+load 4000
 callgrind_control -d "$vg" >/dev/null
 sleep 1
 ir=$(grep -h "^summary:\|^totals:" "$tmp"/cg.out.* | awk '{print $2}' | sort -n | tail -1)

@@ -14,11 +14,12 @@ ratios to both nginx set-ups and to meshgate pass-through.
 Usage: python3 test-harness/bench/compare.py [--duration 10] [--connections 32]
        [--rounds 3] [--write BENCHMARKS.md]
 
-Pinned mode (--pinned; needs 2 CPUs and taskset): one target at a time, each
+Pinned mode (--pinned; needs 2 CPUs and taskset): every target started at
+once, loaded one at a time in rounds where the targets take turns, each
 with its own minimal fixed-response upstream (bench/fixed_upstream.c, built
 here with gcc, answering a fixed 100-byte body, so the app costs next to
 nothing); wrk `-t1 -c32` on CPU 0, the proxy and the upstream on CPU 1, one
-worker each. Reports req/s and p99 (median of --repeat runs and their spread),
+worker each. Reports req/s and p99 (median of --repeat rounds and their spread),
 proxy CPU per request (user+system time of the proxy process over the requests
 served), and RSS idle, with 1,000 open keep-alive connections and idle again
 after the load. Also meshgate pass-through with the access log on (stdout to a
@@ -291,8 +292,8 @@ def main():
     ap.add_argument("--write", default=None, help="update this markdown file between the compare.py markers")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--pinned", action="store_true",
-                    help="one target at a time, wrk on CPU 0, proxy and a fixed-response upstream on CPU 1")
-    ap.add_argument("--repeat", type=int, default=5, help="pinned mode: measured runs per target (median reported)")
+                    help="targets in turns, wrk on CPU 0, proxy and a fixed-response upstream on CPU 1")
+    ap.add_argument("--repeat", type=int, default=5, help="pinned mode: rounds, one measured run of each target per round (medians reported)")
     args = ap.parse_args()
     if args.pinned and "--duration" not in sys.argv:
         args.duration = 5
@@ -456,54 +457,66 @@ def pinned(args, release, tmp):
             sys.exit(f"unknown targets: {', '.join(sorted(unknown))}")
         specs = [s for s in specs if s[0] in wanted]
     load = os.getloadavg()
-    results = []
-    for name, kind, chain, request_chain in specs:
-        upstream_port = free_port()
-        upstream = subprocess.Popen(["taskset", "-c", PROXY_CPU, upstream_bin, str(upstream_port)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        proc = None
-        try:
+    # Every target runs at once, idle but for its turn: in each round the
+    # targets take turns (in a rotating order), so a machine whose speed
+    # drifts slows all of them alike, and the ratios and CPU differences
+    # are taken between runs of the same round.
+    targets = []
+    try:
+        for name, kind, chain, request_chain in specs:
+            upstream_port = free_port()
+            t = {"name": name, "request": request_name(request_chain), "proc": None, "runs": []}
+            t["upstream"] = subprocess.Popen(["taskset", "-c", PROXY_CPU, upstream_bin, str(upstream_port)],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            targets.append(t)
             wait_port(upstream_port)
-            port = upstream_port
+            t["port"] = upstream_port
             if kind is not None:
-                port = free_port()
-                proc = start_target(kind, chain, port, upstream_port, tmp, release, cpu=PROXY_CPU)
-                wait_port(port)
-            req = chain_request(request_chain, port)
-            script = os.path.join(tmp, f"wrk-{port}.lua")
-            with open(script, "w") as f:
-                f.write(request_lua(req) + WRK_LUA)
-            time.sleep(0.5)  # nginx forks its worker after it listens
-            pids = pids_of(proc if proc is not None else upstream)
-            _, rss_idle = total_stats(pids)
-            run_wrk(port, 2, args.connections, script, cpu=LOAD_CPU)  # warm-up
-            runs = []
-            for _ in range(args.repeat):
-                cpu0, _ = total_stats(pids)
-                r = run_wrk(port, args.duration, args.connections, script, cpu=LOAD_CPU)
-                cpu1, _ = total_stats(pids)
+                t["port"] = free_port()
+                t["proc"] = start_target(kind, chain, t["port"], upstream_port, tmp, release, cpu=PROXY_CPU)
+                wait_port(t["port"])
+            t["script"] = os.path.join(tmp, f"wrk-{t['port']}.lua")
+            with open(t["script"], "w") as f:
+                f.write(request_lua(chain_request(request_chain, t["port"])) + WRK_LUA)
+        time.sleep(0.5)  # nginx forks its worker after it listens
+        for t in targets:
+            t["pids"] = pids_of(t["proc"] if t["proc"] is not None else t["upstream"])
+            _, t["rss_idle_kb"] = total_stats(t["pids"])
+            run_wrk(t["port"], 2, args.connections, t["script"], cpu=LOAD_CPU)  # warm-up
+        for round_no in range(args.repeat):
+            shift = round_no % len(targets)
+            for t in targets[shift:] + targets[:shift]:
+                cpu0, _ = total_stats(t["pids"])
+                r = run_wrk(t["port"], args.duration, args.connections, t["script"], cpu=LOAD_CPU)
+                cpu1, _ = total_stats(t["pids"])
                 r["cpu_us"] = (cpu1 - cpu0) * 1e6 / max(r["requests"], 1)
-                runs.append(r)
-                print(f"{name:40s} {r['rps']:>9.0f} req/s p99 {r['p99']/1000:.2f}ms cpu {r['cpu_us']:.2f}us/req "
-                      f"errors {r['errors']} non2xx {r['non2xx']}", flush=True)
-            socks = hold_connections(port, 1000)
+                t["runs"].append(r)
+                print(f"round {round_no + 1} {t['name']:40s} {r['rps']:>9.0f} req/s p99 {r['p99']/1000:.2f}ms "
+                      f"cpu {r['cpu_us']:.2f}us/req errors {r['errors']} non2xx {r['non2xx']}", flush=True)
+        for t in targets:
+            socks = hold_connections(t["port"], 1000)
             time.sleep(0.5)
-            _, rss_1000 = total_stats(pids)
-            for s in socks:
-                s.close()
+            _, t["rss_1000_kb"] = total_stats(t["pids"])
+            for sock in socks:
+                sock.close()
             # Idle again: the connections closed, 5 s for the allocator to give memory back.
             time.sleep(5)
-            _, rss_after = total_stats(pids)
-        finally:
-            stop(proc)
-            stop(upstream)
+            _, t["rss_after_kb"] = total_stats(t["pids"])
+    finally:
+        for t in targets:
+            stop(t["proc"])
+            stop(t["upstream"])
+    results = []
+    for t in targets:
+        runs = t["runs"]
         rps = [r["rps"] for r in runs]
         results.append({
-            "name": name, "request": request_name(request_chain), "rps": median(rps), "spread": (max(rps) - min(rps)) / median(rps),
+            "name": t["name"], "request": t["request"], "runs": runs,
+            "rps": median(rps), "spread": (max(rps) - min(rps)) / median(rps),
             "p50": median([r["p50"] for r in runs]), "p99": median([r["p99"] for r in runs]),
             "cpu_us": median([r["cpu_us"] for r in runs]),
             "errors": sum(r["errors"] + r["non2xx"] for r in runs),
-            "rss_idle_kb": rss_idle, "rss_1000_kb": rss_1000, "rss_after_kb": rss_after})
+            "rss_idle_kb": t["rss_idle_kb"], "rss_1000_kb": t["rss_1000_kb"], "rss_after_kb": t["rss_after_kb"]})
     report = render_pinned(results, args, load)
     print(report)
     if args.write:
@@ -521,34 +534,46 @@ def render_pinned(results, args, load):
             return plain
         return by.get(f"meshgate pass-through ({r['request']} request)", plain)
 
+    def paired(r, base, of):
+        """Median over the rounds of `of(run, base's run of the same round)`."""
+        return median([of(a, b) for a, b in zip(r["runs"], base["runs"])])
+
     def ratio(r, base, only_meshgate=False):
         if base is None or r is base or (only_meshgate and not r["name"].startswith("meshgate")):
             return "-"
-        return f"{r['rps'] / base['rps']:.2f}"
+        return f"{paired(r, base, lambda a, b: a['rps'] / b['rps']):.2f}"
 
     def cpu_delta(r):
         base = passthrough_for(r)
         if base is None or r is base or not r["name"].startswith("meshgate"):
             return "-"
-        return f"{r['cpu_us'] - base['cpu_us']:+.1f}"
+        return f"{paired(r, base, lambda a, b: a['cpu_us'] - b['cpu_us']):+.1f}"
+
+    def cpu_ratio(r):
+        if nginx_same is None or r is nginx_same:
+            return "-"
+        return f"{paired(r, nginx_same, lambda a, b: a['cpu_us'] / b['cpu_us']):.2f}"
 
     only = f" --only '{args.only}'" if args.only else ""
     lines = [f"Command: `python3 test-harness/bench/compare.py --pinned --duration {args.duration} --repeat "
              f"{args.repeat}{only}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average before the "
              f"run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs). wrk `-t1 -c{args.connections}` "
              f"on CPU {LOAD_CPU}; the proxy (one worker) and the fixed 100-byte upstream on CPU {PROXY_CPU}. "
-             f"Median of {args.repeat} runs of {args.duration} s; spread is (max − min) / median of req/s. "
+             f"{args.repeat} rounds of {args.duration} s runs; in each round every target runs once, in a rotating "
+             f"order, all of them started before the first. req/s, latency and CPU are medians over the rounds; "
+             f"spread is (max − min) / median of req/s; ratios and CPU differences are medians of the per-round "
+             f"pairs. "
              f"CPU is the proxy's user+system time per request. RSS: idle before the load, with 1,000 open "
              f"keep-alive connections, and 5 s after they closed. The alipay-rsa2 chain POSTs a signed form; its "
              f"\"vs pass-through\" columns compare it with pass-through of that same request.", "",
              "| target | req/s | spread | p50 ms | p99 ms | errors | vs nginx | vs nginx (same headers) "
-             "| vs pass-through | proxy CPU µs/req | CPU vs pass-through µs | RSS idle MB | RSS 1k conns MB "
-             "| RSS after load MB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| vs pass-through | proxy CPU µs/req | CPU vs nginx (same headers) | CPU vs pass-through µs | RSS idle MB "
+             "| RSS 1k conns MB | RSS after load MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         lines.append(f"| {r['name']} | {r['rps']:.0f} | {r['spread'] * 100:.1f}% | {r['p50']/1000:.2f} | "
                      f"{r['p99']/1000:.2f} | {r['errors']} | {ratio(r, nginx)} | {ratio(r, nginx_same)} | "
-                     f"{ratio(r, passthrough_for(r), True)} | {r['cpu_us']:.2f} | {cpu_delta(r)} | "
+                     f"{ratio(r, passthrough_for(r), True)} | {r['cpu_us']:.2f} | {cpu_ratio(r)} | {cpu_delta(r)} | "
                      f"{r['rss_idle_kb']/1024:.1f} | {r['rss_1000_kb']/1024:.1f} | {r['rss_after_kb']/1024:.1f} |")
     return "\n".join(lines)
 

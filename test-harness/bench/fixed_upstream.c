@@ -108,15 +108,18 @@ static int serve(int fd, struct conn *c) {
 
 int main(int argc, char **argv) {
     if (argc != 2) {
-        fprintf(stderr, "usage: %s PORT\n", argv[0]);
+        fprintf(stderr, "usage: %s [127.0.0.1:]PORT\n", argv[0]);
         return 2;
     }
+    /* callgrind.sh starts its app with 127.0.0.1:PORT, compare.py with PORT. */
+    const char *port = strrchr(argv[1], ':');
+    port = port ? port + 1 : argv[1];
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET;
-    addr.sin_port = htons((unsigned short)atoi(argv[1]));
+    addr.sin_port = htons((unsigned short)atoi(port));
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(lfd, 4096) < 0) {
         perror("bind/listen");

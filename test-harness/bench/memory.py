@@ -16,7 +16,7 @@ exports them, jemalloc's statistics, at these moments:
 Memory figures do not depend on CPU noise, so this runs on a busy machine.
 
 Usage: python3 test-harness/bench/memory.py [--load 3] [--app 'max_idle_connections: 32']
-       [--later 20,95] [--binary target/release/meshgate] [--repeat 1] [--mock]
+       [--later 20,95] [--binary target/release/meshgate] [--repeat 1] [--mock] [--maps]
 Build first: cargo build --release -p meshgate
 """
 import argparse
@@ -45,6 +45,19 @@ def smaps(pid):
     return rss, anon, rss - anon
 
 
+def file_maps(pid):
+    """Resident KiB per mapped file (file-backed RSS by file), largest first."""
+    per_file, current = {}, None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                current = parts[5] if len(parts) >= 6 and parts[5].startswith("/") else None
+            elif current and parts[0] == "Rss:":
+                per_file[current] = per_file.get(current, 0) + int(parts[1])
+    return sorted(per_file.items(), key=lambda kv: -kv[1])
+
+
 def app_connections(pid, app_port):
     """Established TCP connections of the process to the app's port."""
     out = subprocess.run(["ss", "-Htnp", "state", "established", f"( dport = :{app_port} )"],
@@ -68,8 +81,12 @@ def jemalloc(admin):
     return stats
 
 
-def reading(label, pid, app_port, admin):
+def reading(label, pid, app_port, admin, maps=False):
     rss, anon, file_backed = smaps(pid)
+    if maps:
+        for path, kib in file_maps(pid):
+            if kib:
+                print(f"{'':>12}    {kib / 1024:5.1f} MiB  {path}", flush=True)
     row = {"moment": label, "rss": rss, "anon": anon, "file": file_backed,
            "app": app_connections(pid, app_port), **jemalloc(admin)}
     print(f"{label:>12}  RSS {rss / 1024:6.1f}  anon {anon / 1024:6.1f}  file {file_backed / 1024:5.1f} MiB  "
@@ -98,23 +115,23 @@ def run_once(args, upstream_bin, tmp):
         compare.wait_port(port)
         time.sleep(0.5)
         pid = proc.pid
-        rows.append(reading("idle", pid, upstream_port, admin))
+        rows.append(reading("idle", pid, upstream_port, admin, args.maps))
         if args.load > 0:
             script = os.path.join(tmp, f"wrk-{port}.lua")
             with open(script, "w") as f:
                 f.write(compare.request_lua(compare.PASS_THROUGH_REQUEST) + compare.WRK_LUA)
             r = compare.run_wrk(port, args.load, 32, script)
             print(f"{'':>12}  wrk {r['rps']:.0f} req/s, errors {r['errors'] + r['non2xx']}", flush=True)
-            rows.append(reading("after wrk", pid, upstream_port, admin))
+            rows.append(reading("after wrk", pid, upstream_port, admin, args.maps))
         socks = compare.hold_connections(port, 1000)
         time.sleep(0.5)
-        rows.append(reading("1k held", pid, upstream_port, admin))
+        rows.append(reading("1k held", pid, upstream_port, admin, args.maps))
         for s in socks:
             s.close()
         closed = time.monotonic()
         for at in [1, 5] + [int(x) for x in args.later.split(",") if x]:
             time.sleep(max(0.0, closed + at - time.monotonic()))
-            rows.append(reading(f"+{at} s", pid, upstream_port, admin))
+            rows.append(reading(f"+{at} s", pid, upstream_port, admin, args.maps))
     finally:
         compare.stop(proc)
         compare.stop(upstream)
@@ -128,6 +145,7 @@ def main():
     ap.add_argument("--app", default="", help="extra app: settings, e.g. 'max_idle_connections: 32'")
     ap.add_argument("--later", default="", help="further readings, seconds after the close, e.g. 20,95")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--maps", action="store_true", help="file-backed RSS per mapped file at each reading")
     ap.add_argument("--mock", action="store_true",
                     help="the route answers itself: inbound connections only, no app connections")
     args = ap.parse_args()
