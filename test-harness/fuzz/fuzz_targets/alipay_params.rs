@@ -1,6 +1,8 @@
 //! Alipay RSA2 parameters: the first line is the query string, the rest the
 //! form body. Collected, prepared (signed content, `sign`, timestamp) under
-//! both variants, checked for freshness and verified with an RSA key.
+//! both variants, checked for freshness and verified with an RSA key. The
+//! collected parameters must be `form_urlencoded`'s reading of both parts,
+//! refused exactly when a part does not percent-decode to UTF-8.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -63,12 +65,32 @@ fn key<'a>(policy: &'a Policy, config: &AlipayConfig, app_id: &str) -> Option<&'
     policy.keys.get(id)
 }
 
+/// `form_urlencoded`'s pairs of every part, or None when a part does not
+/// percent-decode to UTF-8.
+fn reference(parts: &[&[u8]]) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    for raw in parts {
+        percent_encoding::percent_decode(raw).decode_utf8().ok()?;
+        pairs.extend(form_urlencoded::parse(raw).map(|(k, v)| (k.into_owned(), v.into_owned())));
+    }
+    Some(pairs)
+}
+
 fuzz_target!(|data: &[u8]| {
     let (query, body) = split_line(data);
     let query = String::from_utf8_lossy(query);
     let setup = &*SETUP;
     for form in [Some(body), None] {
-        let Ok(params) = AlipayParams::collect(Some(&query), form) else {
+        let collected = AlipayParams::collect(Some(&query), form);
+        let parts: Vec<&[u8]> = [Some(query.as_bytes()), form].into_iter().flatten().collect();
+        let pairs = collected.as_ref().ok().map(|p| {
+            p.params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(pairs, reference(&parts), "{data:?}");
+        let Ok(params) = collected else {
             continue;
         };
         for config in &setup.configs {
