@@ -10,6 +10,10 @@
 #   `- alipay-rsa2` is pass-through of the Alipay chain's POST.
 #   APP_BINARY is started with 127.0.0.1:PORT (the echo app, or a wrapper).
 # CALLGRIND_KEEP=DIR keeps the callgrind output there, for callgrind_annotate.
+# The totals are right for any build; for a profile by function, build with
+# thin LTO (CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=4
+# cargo build --release -p meshgate --target-dir target/thin): callgrind_annotate
+# puts nearly all of a fat-LTO binary's cost on one frame.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 meshgate=$1 echo_app=$2 chain=${3:-}
