@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::{http1, http2};
@@ -354,25 +353,15 @@ where
             Served::Http2(conn) => Pin::new(conn.as_mut()).graceful_shutdown(),
         }
     }
-}
 
-impl<I, S, B> Future for Served<I, S>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Unpin,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Output = Result<(), hyper::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
+    /// Serves the connection until it ends; dropping the future leaves it
+    /// where it was, so it can be awaited again.
+    async fn run(&mut self) -> Result<(), hyper::Error> {
+        std::future::poll_fn(|cx| match self {
             Served::Http1(conn) => Pin::new(conn).poll(cx),
             Served::Http2(conn) => Pin::new(conn.as_mut()).poll(cx),
-        }
+        })
+        .await
     }
 }
 
@@ -392,7 +381,7 @@ pub async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (conn, header_timeout, idle_timeout, activity) = {
+    let (mut conn, header_timeout, idle_timeout, activity) = {
         let snapshot = shared.store.load();
         let inbound = &snapshot.config.inbound;
         let activity = Activity::new();
@@ -435,9 +424,8 @@ pub async fn serve_connection<I>(
         };
         (conn, inbound.header_timeout, inbound.idle_timeout, activity)
     };
-    let mut conn = conn;
     tokio::select! {
-        result = &mut conn => {
+        result = conn.run() => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -451,7 +439,7 @@ pub async fn serve_connection<I>(
                     // Streams that raced the GOAWAY may finish; once none is
                     // in flight, a peer that does not close is dropped.
                     loop {
-                        match tokio::time::timeout(IDLE_CLOSE_GRACE, &mut conn).await {
+                        match tokio::time::timeout(IDLE_CLOSE_GRACE, conn.run()).await {
                             Ok(result) => {
                                 if let Err(e) = result {
                                     tracing::debug!(error = %e, "idle connection closed with an error");
@@ -468,7 +456,7 @@ pub async fn serve_connection<I>(
         _ = drain.started() => {
             while !activity.may_close() {
                 tokio::select! {
-                    result = &mut conn => {
+                    result = conn.run() => {
                         if let Err(e) = result {
                             tracing::debug!(error = %e, "connection ended with an error while draining");
                         }
@@ -478,7 +466,7 @@ pub async fn serve_connection<I>(
                 }
             }
             conn.graceful_shutdown();
-            if let Err(e) = conn.await {
+            if let Err(e) = conn.run().await {
                 tracing::debug!(error = %e, "connection ended with an error while draining");
             }
         }
