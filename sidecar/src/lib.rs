@@ -25,6 +25,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+mod woken;
 pub mod xds_source;
 
 use std::net::SocketAddr;

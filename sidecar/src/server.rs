@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::drain::Drain;
 use crate::proxy::{self, ConnInfo, Shared, Side};
+use crate::woken::PollWhenWoken;
 
 /// Binds a listening socket with a deep accept queue. Shared with the
 /// upgrade handover, which passes these same sockets to the next process.
@@ -264,31 +265,57 @@ impl Activity {
     }
 }
 
-/// Why the idle watch ends a connection.
-enum IdleEnd {
+/// Why the watch ends a connection.
+enum WatchEnd {
     /// No request head within `header_timeout` of the connection's start:
     /// a silent client, or an HTTP/2 preface without HEADERS.
     NoRequest,
-    /// No request in flight for `idle_timeout`.
+    /// No request in flight for the idle limit.
     Idle,
+    /// The process drains.
+    Drain,
+}
+
+/// How long a connection may go without a request in flight. HTTP/1.1: the
+/// shorter of `idle_timeout` and `header_timeout`, which so also bounds the
+/// time to receive a keep-alive connection's next request head, however
+/// slowly it trickles in (the head is not in flight until it is complete).
+fn idle_limit(protocol: Protocol, header_timeout: Duration, idle_timeout: Duration) -> Duration {
+    match protocol {
+        Protocol::Http1 => idle_timeout.min(header_timeout),
+        Protocol::Http2 => idle_timeout,
+    }
 }
 
 /// Resolves when the connection should be closed for want of requests.
-/// HTTP/1.1 additionally has hyper's header read timeout, which also runs
-/// while a keep-alive connection waits for its next request.
 async fn idle_watch(
     activity: &Activity,
     header_deadline: tokio::time::Instant,
-    idle_timeout: Duration,
-) -> IdleEnd {
+    idle_limit: Duration,
+) -> WatchEnd {
     tokio::time::sleep_until(header_deadline).await;
     if !activity.any_request.load(Ordering::Relaxed) {
-        return IdleEnd::NoRequest;
+        return WatchEnd::NoRequest;
     }
-    while let Some(left) = activity.idle_left(idle_timeout) {
+    while let Some(left) = activity.idle_left(idle_limit) {
         tokio::time::sleep(left).await;
     }
-    IdleEnd::Idle
+    WatchEnd::Idle
+}
+
+/// The idle limits and the drain, as one future. Its timers are set once
+/// per idle period, not per request: requests only mark [`Activity`].
+async fn watch(
+    activity: &Activity,
+    header_deadline: tokio::time::Instant,
+    idle_limit: Duration,
+    drain: &Drain,
+) -> WatchEnd {
+    tokio::select! {
+        biased;
+        () = drain.started() => WatchEnd::Drain,
+        end = idle_watch(activity, header_deadline, idle_limit) => end,
+    }
 }
 
 /// How long a connection closed for idleness gets to finish its GOAWAY
@@ -297,12 +324,14 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The HTTP/1 settings of both listeners' connections. hyper's own buffer
 /// must hold a head a little over our limit, so that the data path can
-/// answer an oversized head with the JSON 431.
+/// answer an oversized head with the JSON 431. hyper's header read timeout
+/// is off: it would arm a timer for every request; the connection's
+/// [`watch`] bounds head reads instead (see [`idle_limit`]).
 fn http1_builder(inbound: &Inbound) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(inbound.header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(head_buffer(inbound))
         .keep_alive(true);
     builder
@@ -424,36 +453,44 @@ pub async fn serve_connection<I>(
         };
         (conn, inbound.header_timeout, inbound.idle_timeout, activity)
     };
-    tokio::select! {
+    let watch = watch(
+        &activity,
+        started + header_timeout,
+        idle_limit(protocol, header_timeout, idle_timeout),
+        &drain,
+    );
+    tokio::pin!(watch);
+    let end = tokio::select! {
+        biased;
         result = conn.run() => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            return;
         }
-        end = idle_watch(&activity, started + header_timeout, idle_timeout) => {
-            match end {
-                // Nothing to finish: dropping the connection closes it.
-                IdleEnd::NoRequest => tracing::debug!("no request within the header timeout; closing"),
-                IdleEnd::Idle => {
-                    conn.graceful_shutdown();
-                    // Streams that raced the GOAWAY may finish; once none is
-                    // in flight, a peer that does not close is dropped.
-                    loop {
-                        match tokio::time::timeout(IDLE_CLOSE_GRACE, conn.run()).await {
-                            Ok(result) => {
-                                if let Err(e) = result {
-                                    tracing::debug!(error = %e, "idle connection closed with an error");
-                                }
-                                break;
-                            }
-                            Err(_) if activity.in_flight.load(Ordering::Acquire) == 0 => break,
-                            Err(_) => {}
+        end = PollWhenWoken::new(watch) => end,
+    };
+    match end {
+        // Nothing to finish: dropping the connection closes it.
+        WatchEnd::NoRequest => tracing::debug!("no request within the header timeout; closing"),
+        WatchEnd::Idle => {
+            conn.graceful_shutdown();
+            // Streams that raced the GOAWAY may finish; once none is
+            // in flight, a peer that does not close is dropped.
+            loop {
+                match tokio::time::timeout(IDLE_CLOSE_GRACE, conn.run()).await {
+                    Ok(result) => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "idle connection closed with an error");
                         }
+                        break;
                     }
+                    Err(_) if activity.in_flight.load(Ordering::Acquire) == 0 => break,
+                    Err(_) => {}
                 }
             }
         }
-        _ = drain.started() => {
+        WatchEnd::Drain => {
             while !activity.may_close() {
                 tokio::select! {
                     result = conn.run() => {
@@ -511,7 +548,7 @@ mod tests {
         let a = activity();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
         let end = idle_watch(&a, deadline, Duration::from_secs(60)).await;
-        assert!(matches!(end, IdleEnd::NoRequest));
+        assert!(matches!(end, WatchEnd::NoRequest));
     }
 
     #[tokio::test]
@@ -533,7 +570,7 @@ mod tests {
         );
         drop(in_flight);
         let started = Instant::now();
-        assert!(matches!(watch.await, IdleEnd::Idle));
+        assert!(matches!(watch.await, WatchEnd::Idle));
         assert!(started.elapsed() >= Duration::from_millis(25));
     }
 }

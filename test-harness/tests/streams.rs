@@ -462,6 +462,87 @@ async fn connections_without_requests_are_closed_after_the_header_timeout() {
     }
 }
 
+/// Writes `first`, then one header line every 200 ms without ever ending
+/// the head, until the peer closes (or `limit`). Returns when it closed.
+async fn trickle_head(conn: RawConn, first: &str, limit: Duration) -> Option<Instant> {
+    let (mut read, mut write) = conn.into_stream().into_split();
+    write
+        .write_all(first.as_bytes())
+        .await
+        .expect("first bytes");
+    let trickle = tokio::spawn(async move {
+        for i in 0.. {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write
+                .write_all(format!("X-Slow-{i}: a\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let closed = tokio::time::timeout(limit, async {
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = read.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+        }
+        Instant::now()
+    })
+    .await
+    .ok();
+    trickle.abort();
+    closed
+}
+
+/// A slow client that trickles a request head, never finishing it, is cut
+/// at `header_timeout` however long `idle_timeout` is: on a new connection
+/// and on a keep-alive connection's second request. An idle HTTP/1.1
+/// keep-alive connection is likewise closed at `header_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_request_heads_are_cut_at_the_header_timeout() {
+    let app = EchoApp::start();
+    let sidecar = Sidecar::start(
+        &timeouts_config(&app.addr(), "", "").replace("idle_timeout: 1s", "idle_timeout: 60s"),
+    );
+    let port = sidecar.inbound_port;
+    let limit = Duration::from_secs(5);
+    let head = format!("GET /slow HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+
+    let first = RawConn::connect(port).await;
+    let first_at = Instant::now();
+    let mut second = RawConn::connect(port).await;
+    assert_eq!(get_on(&mut second, port, "/x").await.status, 200);
+    let second_at = Instant::now();
+    let mut idle = RawConn::connect(port).await;
+    assert_eq!(get_on(&mut idle, port, "/x").await.status, 200);
+    let idle_at = Instant::now();
+
+    let (first, second, idle) = tokio::join!(
+        trickle_head(first, &head, limit),
+        trickle_head(second, &head, limit),
+        idle.closed_within(limit),
+    );
+    for (what, since, closed) in [
+        ("head trickled on a new connection", first_at, first),
+        (
+            "head trickled on a keep-alive connection",
+            second_at,
+            second,
+        ),
+        ("idle keep-alive connection", idle_at, idle),
+    ] {
+        let closed = closed.unwrap_or_else(|| panic!("{what}: still open after {limit:?}"));
+        let took = closed - since;
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "{what}: closed after {took:?}"
+        );
+    }
+}
+
 /// An HTTP/2 connection whose streams are done is closed after `idle_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_h2_connection_is_closed() {
