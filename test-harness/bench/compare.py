@@ -221,9 +221,10 @@ NGINX_SAME_HEADERS = NGINX_PLAIN + """
       proxy_hide_header x-meshgate-session-set;"""
 
 
-def start_target(kind, chain, port, app_port, tmp, release, cpu=None):
+def start_target(kind, chain, port, app_port, tmp, release, cpu=None, binary=None):
     pin = ["taskset", "-c", cpu] if cpu is not None else []
     if kind in ("meshgate", "meshgate-access-log"):
+        binary = binary or os.path.join(release, "meshgate")
         admin = free_port()
         cfg = os.path.join(tmp, f"meshgate-{port}.yaml")
         with open(cfg, "w") as f:
@@ -234,7 +235,7 @@ def start_target(kind, chain, port, app_port, tmp, release, cpu=None):
             level, out = "info", open(os.path.join(tmp, f"meshgate-{port}.log"), "wb")
         else:
             level, out = "warn", subprocess.DEVNULL
-        return subprocess.Popen([*pin, os.path.join(release, "meshgate"), "--config", cfg, "--concurrency", "1",
+        return subprocess.Popen([*pin, binary, "--config", cfg, "--concurrency", "1",
                                  "--log-level", level], stdout=out, stderr=subprocess.DEVNULL)
     if kind in ("nginx", "nginx-headers"):
         conf = os.path.join(tmp, f"nginx-{port}.conf")
@@ -294,6 +295,9 @@ def main():
     ap.add_argument("--pinned", action="store_true",
                     help="targets in turns, wrk on CPU 0, proxy and a fixed-response upstream on CPU 1")
     ap.add_argument("--repeat", type=int, default=5, help="pinned mode: rounds, one measured run of each target per round (medians reported)")
+    ap.add_argument("--baseline", default=None, metavar="BINARY",
+                    help="pinned mode: also run this meshgate binary (e.g. a build of an earlier commit) as "
+                         "'meshgate pass-through (baseline)'; its 'CPU vs pass-through' is baseline minus this build")
     args = ap.parse_args()
     if args.pinned and "--duration" not in sys.argv:
         args.duration = 5
@@ -407,8 +411,8 @@ def main():
 OWN_REQUEST_CHAINS = ("alipay-rsa2",)
 
 
-def pinned_specs():
-    """(name, kind, chain file, chain file whose request is sent) of every pinned-mode target."""
+def pinned_specs(baseline=None):
+    """(name, kind, chain file, chain file whose request is sent, binary) of every pinned-mode target."""
     chains_dir = os.path.join(BENCH_DIR, "chains")
     specs = [("fixed upstream alone", None, None, None), ("nginx", "nginx", None, None),
              ("nginx (same headers)", "nginx-headers", None, None), ("haproxy", "haproxy", None, None),
@@ -420,6 +424,9 @@ def pinned_specs():
     for chain in sorted(f for f in os.listdir(chains_dir) if f.endswith(".yaml")):
         path = os.path.join(chains_dir, chain)
         specs.append((f"meshgate {chain[:-5]}", "meshgate", path, path))
+    specs = [(*spec, None) for spec in specs]
+    if baseline:
+        specs.append(("meshgate pass-through (baseline)", "meshgate", None, None, os.path.abspath(baseline)))
     return specs
 
 
@@ -449,10 +456,10 @@ def pinned(args, release, tmp):
     if (os.cpu_count() or 1) < 2:
         sys.exit("--pinned needs 2 CPUs")
     upstream_bin = build_upstream(tmp)
-    specs = pinned_specs()
+    specs = pinned_specs(args.baseline)
     if args.only:
         wanted = {w.strip() for w in args.only.split(",")}
-        unknown = wanted - {name for name, _, _, _ in specs}
+        unknown = wanted - {spec[0] for spec in specs}
         if unknown:
             sys.exit(f"unknown targets: {', '.join(sorted(unknown))}")
         specs = [s for s in specs if s[0] in wanted]
@@ -463,7 +470,7 @@ def pinned(args, release, tmp):
     # are taken between runs of the same round.
     targets = []
     try:
-        for name, kind, chain, request_chain in specs:
+        for name, kind, chain, request_chain, binary in specs:
             upstream_port = free_port()
             t = {"name": name, "request": request_name(request_chain), "proc": None, "runs": []}
             t["upstream"] = subprocess.Popen(["taskset", "-c", PROXY_CPU, upstream_bin, str(upstream_port)],
@@ -473,7 +480,8 @@ def pinned(args, release, tmp):
             t["port"] = upstream_port
             if kind is not None:
                 t["port"] = free_port()
-                t["proc"] = start_target(kind, chain, t["port"], upstream_port, tmp, release, cpu=PROXY_CPU)
+                t["proc"] = start_target(kind, chain, t["port"], upstream_port, tmp, release, cpu=PROXY_CPU,
+                                         binary=binary)
                 wait_port(t["port"])
             t["script"] = os.path.join(tmp, f"wrk-{t['port']}.lua")
             with open(t["script"], "w") as f:
@@ -555,6 +563,8 @@ def render_pinned(results, args, load):
         return f"{paired(r, nginx_same, lambda a, b: a['cpu_us'] / b['cpu_us']):.2f}"
 
     only = f" --only '{args.only}'" if args.only else ""
+    if args.baseline:
+        only += f" --baseline {args.baseline}"
     lines = [f"Command: `python3 test-harness/bench/compare.py --pinned --duration {args.duration} --repeat "
              f"{args.repeat}{only}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average before the "
              f"run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs). wrk `-t1 -c{args.connections}` "

@@ -4,11 +4,12 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use meshgate_filters::{Body, Rejection};
+use tokio::time::Instant;
 
 use super::Exchange;
 use crate::upstream::{classify, ForwardFailure, SendError, Upstream};
@@ -50,14 +51,17 @@ pub fn send<'a>(
     exchange: &'a mut Exchange,
 ) -> impl Future<Output = Result<Response<Incoming>, Rejection>> + Send + 'a {
     async move {
+        // One clock reading gives both the deadline and the upstream time.
         let sent = Instant::now();
-        // `timeout` (not `sent + timeout`): a configured timeout too large to add
-        // to an Instant means "no limit" instead of a panic.
         // Pinned where it is, so that the timeout wraps a pointer and the
         // send's state is not copied into it.
         let call = upstream.send(req);
         tokio::pin!(call);
-        let result = tokio::time::timeout(limits.response, call).await;
+        let result = match sent.checked_add(limits.response) {
+            Some(deadline) => tokio::time::timeout_at(deadline, call).await,
+            // A configured timeout too large to add to an Instant: no limit.
+            None => Ok(call.await),
+        };
         exchange.upstream_time = Some(sent.elapsed());
         let progress = exchange.body_progress.as_deref();
         let client_stalled = progress.is_some_and(|p| p.is_stalled());
