@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 
 seconds="${1:-600}"
 shift || true
-targets=(signature_verify signature_base alipay_params config_validate xds_resource jwt path_normalize)
+targets=(signature_verify signature_base alipay_params config_validate xds_resource jwt path_normalize authority)
 if [ $# -gt 0 ]; then
   targets=("$@")
 fi
