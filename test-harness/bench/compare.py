@@ -25,6 +25,10 @@ served), and RSS idle, with 1,000 open keep-alive connections and idle again
 after the load. Also meshgate pass-through with the access log on (stdout to a
 file). One command to re-run on a quiet machine:
        python3 test-harness/bench/compare.py --pinned [--write BENCHMARKS.md]
+A change's effect, paired round by round against a build of an earlier
+commit (built in a worktree with its own CARGO_TARGET_DIR):
+       python3 test-harness/bench/compare.py --pinned --baseline OLD/release/meshgate \
+           --only 'nginx (same headers),meshgate pass-through,meshgate pass-through (baseline)'
 Only loopback addresses are used; every run is bounded by --duration.
 """
 import argparse
