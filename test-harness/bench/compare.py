@@ -303,6 +303,8 @@ def main():
                     help="pinned mode: also run this meshgate binary (e.g. a build of an earlier commit) as "
                          "'meshgate pass-through (baseline)'; its 'CPU vs pass-through' is baseline minus this build")
     args = ap.parse_args()
+    if args.baseline and not args.pinned:
+        sys.exit("--baseline needs --pinned")
     if args.pinned and "--duration" not in sys.argv:
         args.duration = 5
 
