@@ -29,6 +29,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402
+import symbol_order  # noqa: E402
 
 JEMALLOC = ["allocated", "active", "resident", "metadata", "retained"]
 
@@ -149,6 +150,9 @@ def main():
     ap.add_argument("--mock", action="store_true",
                     help="the route answers itself: inbound connections only, no app connections")
     args = ap.parse_args()
+    # The code's layout decides most of the file-backed figure (symbol_order.py).
+    listed, found = symbol_order.coverage(args.binary)
+    print(f"symbol order: {found} of {listed} listed functions are in the binary", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         upstream_bin = compare.build_upstream(tmp)
         for i in range(args.repeat):
