@@ -40,10 +40,16 @@ pub struct Entry<'a> {
     pub verdicts: &'a [(Arc<str>, &'static str)],
 }
 
+/// Whether the access log is on (target `access` at info); it can change
+/// at run time (admin `/logging`).
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "access", tracing::Level::INFO)
+}
+
 /// Writes the access log line of one request (when the access log is on).
 /// The one call the data path makes per request.
 pub fn record(entry: &Entry<'_>) {
-    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+    if !enabled() {
         return;
     }
     if JSON.load(Ordering::Relaxed) {

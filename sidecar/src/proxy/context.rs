@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
@@ -33,7 +33,8 @@ pub struct Exchange {
     /// What the filters read and write; its `client_ip` is the peer until
     /// admission decides the client address.
     pub filters: RequestCtx,
-    /// Time from sending to the upstream until its response head.
+    /// Time from sending to the upstream until its response head; read
+    /// only while the access log, its one reader, is on.
     pub upstream_time: Option<Duration>,
     /// The request body's `Content-Length`, if announced.
     content_length: u64,
@@ -101,9 +102,12 @@ impl Exchange {
 
     /// The last phase: request metrics and the access log line. Dropping
     /// the exchange then releases the filters' guards and the in-flight mark.
-    fn log(self: Box<Self>, bytes_out: u64) {
-        // The request's arrival, read once for the filters and the log.
-        let elapsed = self.filters.instant.elapsed();
+    fn log(mut self: Box<Self>, bytes_out: u64) {
+        // One reading of the clock ends the request: its duration, and the
+        // time the connection's idle period starts if it was the last one.
+        let ended = Instant::now();
+        let elapsed = ended.saturating_duration_since(self.filters.instant);
+        self._in_flight.ended_at(ended);
         self.route.record(self.status, elapsed.as_secs_f64());
         // A body of announced length is counted from Content-Length; a
         // streamed one by its idle guard as it went.

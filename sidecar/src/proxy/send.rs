@@ -62,7 +62,10 @@ pub fn send<'a>(
             // A configured timeout too large to add to an Instant: no limit.
             None => Ok(call.await),
         };
-        exchange.upstream_time = Some(sent.elapsed());
+        // Only the access log reads the upstream time.
+        if crate::access_log::enabled() {
+            exchange.upstream_time = Some(sent.elapsed());
+        }
         let progress = exchange.body_progress.as_deref();
         let client_stalled = progress.is_some_and(|p| p.is_stalled());
         let client_slow = progress.is_some_and(|p| p.is_stalled() || p.is_waiting_for_sender());
@@ -187,6 +190,13 @@ mod tests {
             &addr.to_string(),
             Duration::from_secs(1),
         ));
+        // The access log on: it is what reads the upstream time.
+        let _log = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(std::io::sink)
+                .finish(),
+        );
         let mut ex = exchange();
         let rej = send(
             &upstream,
