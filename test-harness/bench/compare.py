@@ -19,7 +19,8 @@ once, loaded one at a time in rounds where the targets take turns, each
 with its own minimal fixed-response upstream (bench/fixed_upstream.c, built
 here with gcc, answering a fixed 100-byte body, so the app costs next to
 nothing); wrk `-t1 -c32` on CPU 0, the proxy and the upstream on CPU 1, one
-worker each. Reports req/s and p99 (median of --repeat rounds and their spread),
+worker each. Reports req/s and p99 (median of --repeat rounds and their spread;
+p99 also against nginx with the same headers, paired round by round),
 proxy CPU per request (user+system time of the proxy process over the requests
 served), and RSS idle, with 1,000 open keep-alive connections and idle again
 after the load. Also meshgate pass-through with the access log on (stdout to a
@@ -563,6 +564,11 @@ def render_pinned(results, args, load):
             return "-"
         return f"{paired(r, base, lambda a, b: a['cpu_us'] - b['cpu_us']):+.1f}"
 
+    def p99_ratio(r):
+        if nginx_same is None or r is nginx_same:
+            return "-"
+        return f"{paired(r, nginx_same, lambda a, b: a['p99'] / b['p99']):.2f}"
+
     def cpu_ratio(r):
         if nginx_same is None or r is nginx_same:
             return "-"
@@ -582,13 +588,15 @@ def render_pinned(results, args, load):
              f"CPU is the proxy's user+system time per request. RSS: idle before the load, with 1,000 open "
              f"keep-alive connections, and 5 s after they closed. The alipay-rsa2 chain POSTs a signed form; its "
              f"\"vs pass-through\" columns compare it with pass-through of that same request.", "",
-             "| target | req/s | spread | p50 ms | p99 ms | errors | vs nginx | vs nginx (same headers) "
+             "| target | req/s | spread | p50 ms | p99 ms | p99 vs nginx (same headers) | errors | vs nginx "
+             "| vs nginx (same headers) "
              "| vs pass-through | proxy CPU µs/req | CPU vs nginx (same headers) | CPU vs pass-through µs | RSS idle MB "
              "| RSS 1k conns MB | RSS after load MB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
     for r in results:
         lines.append(f"| {r['name']} | {r['rps']:.0f} | {r['spread'] * 100:.1f}% | {r['p50']/1000:.2f} | "
-                     f"{r['p99']/1000:.2f} | {r['errors']} | {ratio(r, nginx)} | {ratio(r, nginx_same)} | "
+                     f"{r['p99']/1000:.2f} | {p99_ratio(r)} | {r['errors']} | {ratio(r, nginx)} | {ratio(r, nginx_same)} | "
                      f"{ratio(r, passthrough_for(r), True)} | {r['cpu_us']:.2f} | {cpu_ratio(r)} | {cpu_delta(r)} | "
                      f"{r['rss_idle_kb']/1024:.1f} | {r['rss_1000_kb']/1024:.1f} | {r['rss_after_kb']/1024:.1f} |")
     return "\n".join(lines)
