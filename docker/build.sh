@@ -41,6 +41,8 @@ mkdir -p "$work/debs" "$work/pkgs" "$work/debug" "$work/bin"
 # ---- binaries --------------------------------------------------------------
 if [[ -z "${MESHGATE_BUILD_SKIP_CARGO:-}" ]]; then
   log "cargo build --release (meshgate, meshgate-cp, meshctl)"
+  # This package set decides the features cargo unifies and so the symbol
+  # names sidecar/link/symbol-order.txt lists (test-harness/bench/symbol_order.py).
   (cd "$root" && nice -n 10 cargo build --release --locked \
     -p meshgate -p meshgate-control-plane \
     --bin meshgate --bin meshgate-cp --bin meshctl)

@@ -23,10 +23,14 @@ Usage: python3 test-harness/bench/symbol_order.py [--binary target/release/meshg
        python3 test-harness/bench/symbol_order.py --check [--binary ...]
          (how many of the listed functions the binary has: a low share means
          the list is stale; memory.py prints it too)
-Build first: cargo build --release -p meshgate (needs valgrind, h2load, gcc);
-a list written from a binary linked without it converges after one more
-round of build and regenerate (the crate's own symbol names include a hash
-of its build settings).
+Build first, exactly as the images do (docker/build.sh, docker/Dockerfile):
+    cargo build --release -p meshgate -p meshgate-control-plane
+(needs valgrind, h2load, gcc). Symbol names carry a hash of each crate's
+build settings, features included, and cargo unifies features across the
+packages of one build: `-p meshgate` alone, or the whole workspace, links
+differently named functions (about 1,250 of 2,200 match). A list written
+from a binary linked without it converges after one more round of build
+and regenerate.
 """
 import argparse
 import collections

@@ -297,6 +297,57 @@ fn image_files(image: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The release sidecar (the images' binary) has the functions it runs laid
+/// out together, in the order `sidecar/link/symbol-order.txt` lists them:
+/// most of its resident memory is code, and the layout is what keeps it
+/// small (BENCHMARKS.md). Symbol names change with the toolchain and the
+/// crate graph; when this fails after an update, regenerate the list with
+/// `test-harness/bench/symbol_order.py`.
+#[test]
+fn the_sidecar_binary_has_its_code_laid_out() {
+    images();
+    let order = std::fs::read_to_string(workspace_root().join("sidecar/link/symbol-order.txt"))
+        .expect("symbol order");
+    let listed: Vec<&str> = order
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(listed.len() > 1000, "{} functions listed", listed.len());
+    let nm = ok(Command::new("nm")
+        .arg("--defined-only")
+        .arg(target_root().join("release/meshgate")));
+    let mut address = std::collections::HashMap::new();
+    for line in nm.lines() {
+        let mut parts = line.splitn(3, ' ');
+        if let (Some(at), Some(_), Some(name)) = (parts.next(), parts.next(), parts.next()) {
+            if let Ok(at) = u64::from_str_radix(at, 16) {
+                address.entry(name.to_string()).or_insert(at);
+            }
+        }
+    }
+    let found: Vec<u64> = listed
+        .iter()
+        .filter_map(|n| address.get(*n).copied())
+        .collect();
+    assert!(
+        found.len() * 10 >= listed.len() * 9,
+        "only {} of the {} functions in sidecar/link/symbol-order.txt are in the binary: \
+         regenerate it (test-harness/bench/symbol_order.py)",
+        found.len(),
+        listed.len()
+    );
+    // A few listed functions share a section with others (assembly files)
+    // and keep that section's order.
+    let in_order = found.windows(2).filter(|w| w[0] < w[1]).count();
+    assert!(
+        in_order * 100 >= (found.len() - 1) * 95,
+        "{in_order} of {} consecutive listed functions are in the listed order: \
+         the linker did not take the order file (sidecar/build.rs)",
+        found.len() - 1
+    );
+}
+
 #[test]
 fn images_are_small_non_root_and_have_no_shell() {
     images();
