@@ -152,8 +152,7 @@ def main():
                     help="the route answers itself: inbound connections only, no app connections")
     args = ap.parse_args()
     # The code's layout decides most of the file-backed figure (symbol_order.py).
-    listed, found = symbol_order.coverage(args.binary)
-    print(f"symbol order: {found} of {listed} listed functions are in the binary", flush=True)
+    print("symbol order: " + symbol_order.describe(args.binary), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         upstream_bin = compare.build_upstream(tmp)
         for i in range(args.repeat):

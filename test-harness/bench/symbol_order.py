@@ -21,8 +21,9 @@ and the layout falls back to the compiler's order for them).
 Usage: python3 test-harness/bench/symbol_order.py [--binary target/release/meshgate]
        [--out sidecar/link/symbol-order.txt]
        python3 test-harness/bench/symbol_order.py --check [--binary ...]
-         (how many of the listed functions the binary has: a low share means
-         the list is stale; memory.py prints it too)
+         (how many of the listed functions the binary has, and how many sit in
+         the listed order: few found means the list is stale, few in order
+         that the binary was linked without it; memory.py prints it too)
 Build first, exactly as the images do (docker/build.sh, docker/Dockerfile):
     cargo build --release -p meshgate -p meshgate-control-plane
 (needs valgrind, h2load, gcc). Symbol names carry a hash of each crate's
@@ -140,12 +141,26 @@ ORDER_FILE = os.path.join(compare.ROOT, "sidecar", "link", "symbol-order.txt")
 
 
 def coverage(binary, order_file=ORDER_FILE):
-    """(listed, found): the functions the order file lists and how many of them `binary` defines."""
+    """(listed, found, in_order): the functions the order file lists, how many of them `binary`
+    defines, and how many consecutive pairs of those sit in the listed order (all but a few when
+    the binary was linked with this list; about half when it was not)."""
     with open(order_file) as f:
-        listed = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+        listed = [line.strip() for line in f if line.strip() and not line.startswith("#")]
     out = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True).stdout
-    defined = {line.split(" ", 2)[2] for line in out.splitlines() if line.count(" ") >= 2}
-    return len(listed), len(listed & defined)
+    address = {}
+    for line in out.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            address.setdefault(parts[2], int(parts[0], 16))
+    found = [address[name] for name in listed if name in address]
+    in_order = sum(1 for a, b in zip(found, found[1:]) if a < b)
+    return len(listed), len(found), in_order
+
+
+def describe(binary, order_file=ORDER_FILE):
+    listed, found, in_order = coverage(binary, order_file)
+    return (f"{found} of the {listed} functions in {order_file} are in {binary}, "
+            f"{in_order} of {max(found - 1, 0)} consecutive pairs in the listed order")
 
 
 def main():
@@ -155,8 +170,7 @@ def main():
     ap.add_argument("--check", action="store_true", help="only report how much of the list the binary has")
     args = ap.parse_args()
     if args.check:
-        listed, found = coverage(args.binary, args.out)
-        print(f"{found} of the {listed} functions in {args.out} are in {args.binary}")
+        print(describe(args.binary, args.out))
         return
     compare.ensure_tools()
     totals = collections.Counter()
