@@ -198,7 +198,7 @@ impl Default for AppSpec {
             health_path: None,
             health_interval: Duration::from_secs(5),
             health_timeout: Duration::from_secs(1),
-            max_idle_connections: 256,
+            max_idle_connections: 64,
             pool_idle_timeout: Duration::from_secs(90),
         }
     }
