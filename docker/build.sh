@@ -21,7 +21,7 @@
 #   MESHGATE_IMAGE_TAG=ci docker/build.sh
 #   MESHGATE_BUILD_SKIP_CARGO=1      use the release binaries already in target/
 #
-# Needs: cargo, gcc, apt-get/apt-cache/dpkg-deb (Debian 12 package sources),
+# Needs: cargo (rustc), gcc, apt-get/apt-cache/dpkg-deb (Debian 12 package sources),
 # objcopy, docker. The packages come from the machine's apt sources.
 set -euo pipefail
 
@@ -40,12 +40,10 @@ mkdir -p "$work/debs" "$work/pkgs" "$work/debug" "$work/bin"
 
 # ---- binaries --------------------------------------------------------------
 if [[ -z "${MESHGATE_BUILD_SKIP_CARGO:-}" ]]; then
-  log "cargo build --release (meshgate, meshgate-cp, meshctl)"
-  # This package set decides the features cargo unifies and so the symbol
-  # names sidecar/link/symbol-order.txt lists (test-harness/bench/symbol_order.py).
-  (cd "$root" && nice -n 10 cargo build --release --locked \
-    -p meshgate -p meshgate-control-plane \
-    --bin meshgate --bin meshgate-cp --bin meshctl)
+  log "release build (meshgate, meshgate-cp, meshctl)"
+  # release-build.sh: the package set whose symbol names
+  # sidecar/link/symbol-order.txt lists, and the execution profile (PGO).
+  nice -n 10 "$root/docker/release-build.sh" --bin meshgate --bin meshgate-cp --bin meshctl
 fi
 for name in meshgate meshgate-cp meshctl; do
   src="$target/release/$name"

@@ -46,10 +46,20 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BENCH_DIR = os.path.join(ROOT, "test-harness", "bench")
-# The sidecar's release build as the images make it (docker/build.sh). Symbol
-# names depend on the features cargo unifies across the packages of one
-# build, and sidecar/link/symbol-order.txt lists this build's (symbol_order.py).
-RELEASE_BUILD = ["cargo", "build", "--release", "-p", "meshgate", "-p", "meshgate-control-plane"]
+# The sidecar's release build as the images make it (docker/build.sh): the
+# package set whose symbol names sidecar/link/symbol-order.txt lists
+# (symbol_order.py), optimised with the execution profile (pgo.py).
+RELEASE_BUILD = ["bash", os.path.join(ROOT, "docker", "release-build.sh")]
+
+
+def release_env():
+    """The environment of the release build: its RUSTFLAGS (the profile), so that
+    another release build in the same target directory does not undo it."""
+    flags = subprocess.run(RELEASE_BUILD + ["--rustflags"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    env = dict(os.environ)
+    env["RUSTFLAGS"] = " ".join(f for f in (env.get("RUSTFLAGS", ""), flags) if f)
+    return env
 MARK_BEGIN = "<!-- compare.py:begin -->"
 MARK_END = "<!-- compare.py:end -->"
 PINNED_BEGIN = "<!-- compare.py --pinned:begin -->"
@@ -320,7 +330,7 @@ def main():
         subprocess.run(RELEASE_BUILD, cwd=ROOT, check=True)
         if not args.pinned:
             subprocess.run(["cargo", "build", "--release", "-p", "meshgate-test-harness", "--bins"], cwd=ROOT,
-                           check=True)
+                           check=True, env=release_env())
     release = os.path.join(TARGET, "release")
     tmp = tempfile.mkdtemp(prefix="meshgate-bench-")
     if args.pinned:

@@ -17,7 +17,7 @@ Memory figures do not depend on CPU noise, so this runs on a busy machine.
 
 Usage: python3 test-harness/bench/memory.py [--load 3] [--app 'max_idle_connections: 32']
        [--later 20,95] [--binary target/release/meshgate] [--repeat 1] [--mock] [--maps]
-Build first, as the images do: cargo build --release -p meshgate -p meshgate-control-plane
+Build first, as the images do: docker/release-build.sh
 (symbol_order.py: another package set links the code in another layout)
 """
 import argparse

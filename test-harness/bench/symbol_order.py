@@ -25,7 +25,7 @@ Usage: python3 test-harness/bench/symbol_order.py [--binary target/release/meshg
          the listed order: few found means the list is stale, few in order
          that the binary was linked without it; memory.py prints it too)
 Build first, exactly as the images do (docker/build.sh, docker/Dockerfile):
-    cargo build --release -p meshgate -p meshgate-control-plane
+    docker/release-build.sh   (cargo build --release -p meshgate -p meshgate-control-plane, with the profile)
 (needs valgrind, h2load, gcc). Symbol names carry a hash of each crate's
 build settings, features included, and cargo unifies features across the
 packages of one build: `-p meshgate` alone, or the whole workspace, links
@@ -61,7 +61,7 @@ SCENARIOS = [
 ]
 
 
-def load(port, chain, protocol):
+def load(port, chain, protocol, requests=400):
     req = compare.chain_request(os.path.join(compare.BENCH_DIR, "chains", f"{chain}.yaml") if chain else None,
                                 port)
     args = [arg for k, v in req["headers"].items() for arg in ("-H", f"{k}: {v}")]
@@ -71,27 +71,35 @@ def load(port, chain, protocol):
         body.write(req["body"])
         body.close()
         args += ["-d", body.name]
-    mode = ["--h1", "-n", "400", "-c", "8"] if protocol == "h1" else ["-n", "400", "-c", "4", "-m", "4"]
+    n = str(requests)
+    mode = ["--h1", "-n", n, "-c", "8"] if protocol == "h1" else ["-n", n, "-c", "4", "-m", "4"]
     out = subprocess.run(["h2load", *mode, *args, f"http://127.0.0.1:{port}{req['path']}"],
                          capture_output=True, text=True, timeout=300).stdout
     if body:
         os.unlink(body.name)
     codes = re.search(r"status codes: (\d+) 2xx", out)
-    if not codes or codes.group(1) != "400":
+    if not codes or codes.group(1) != n:
         raise RuntimeError(f"{chain or 'pass-through'} over {protocol}: not every request was answered 2xx:\n{out}")
 
 
 def run_scenario(binary, upstream_port, chain, level, protocols, tmp):
+    """One scenario under callgrind; returns its output file."""
+    out_file = os.path.join(tmp, f"cg-{compare.free_port()}.out")
+    drive(["valgrind", "--tool=callgrind", "--demangle=no", "--compress-strings=no", "--compress-pos=no",
+           f"--callgrind-out-file={out_file}", binary], upstream_port, chain, level, protocols, tmp)
+    return out_file
+
+
+def drive(command, upstream_port, chain, level, protocols, tmp, requests=400, env=None):
+    """Runs `command` (meshgate, or a tool wrapping it) with the scenario's config: start-up,
+    the admin API, `requests` requests over each protocol, then the drain at SIGTERM."""
     inbound, admin = compare.free_port(), compare.free_port()
     cfg = os.path.join(tmp, f"order-{inbound}.yaml")
     chain_file = os.path.join(compare.BENCH_DIR, "chains", f"{chain}.yaml") if chain else None
     with open(cfg, "w") as f:
         f.write(compare.meshgate_config(inbound, admin, upstream_port, chain_file))
-    out_file = os.path.join(tmp, f"cg-{inbound}.out")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--demangle=no", "--compress-strings=no",
-                             "--compress-pos=no", f"--callgrind-out-file={out_file}",
-                             binary, "--config", cfg, "--concurrency", "1", "--log-level", level],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*command, "--config", cfg, "--concurrency", "1", "--log-level", level],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         compare.wait_port(admin, timeout=120)
         for path in ("/ready", "/live", "/metrics", "/config"):
@@ -100,7 +108,7 @@ def run_scenario(binary, upstream_port, chain, level, protocols, tmp):
             except OSError:
                 pass  # some admin paths need credentials; the code that answers so is what counts
         for protocol in protocols:
-            load(inbound, chain, protocol)
+            load(inbound, chain, protocol, requests)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -108,7 +116,6 @@ def run_scenario(binary, upstream_port, chain, level, protocols, tmp):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return out_file
 
 
 def self_costs(path, binary):

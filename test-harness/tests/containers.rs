@@ -348,6 +348,46 @@ fn the_sidecar_binary_has_its_code_laid_out() {
     );
 }
 
+/// The images' sidecar is optimised with the execution profile in
+/// `sidecar/link/meshgate.profdata` (docker/release-build.sh): cargo records
+/// the flags of the build that made `target/release/meshgate`, and they must
+/// name a copy of that profile. Fails when this toolchain's LLVM is older
+/// than the one that wrote the profile (regenerate it with
+/// `test-harness/bench/pgo.py`) or when the build lost the flag.
+#[test]
+fn the_sidecar_binary_is_optimised_with_its_profile() {
+    images();
+    let fingerprints = target_root().join("release/.fingerprint");
+    let newest = std::fs::read_dir(&fingerprints)
+        .expect("release fingerprints")
+        .filter_map(|entry| {
+            let path = entry.ok()?.path().join("bin-meshgate.json");
+            let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+            Some((modified, path))
+        })
+        .max()
+        .map(|(_, path)| path)
+        .expect("a fingerprint of the meshgate binary");
+    let fingerprint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&newest).expect("fingerprint")).expect("json");
+    let flags: Vec<&str> = fingerprint["rustflags"]
+        .as_array()
+        .expect("rustflags")
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    let used = flags
+        .iter()
+        .find_map(|f| f.strip_prefix("-Cprofile-use="))
+        .unwrap_or_else(|| panic!("the release build's flags {flags:?} have no -Cprofile-use"));
+    let profile = std::fs::read(workspace_root().join("sidecar/link/meshgate.profdata"))
+        .expect("sidecar/link/meshgate.profdata");
+    assert!(
+        std::fs::read(used).expect("the profile the build used") == profile,
+        "the release build used {used}, which is not sidecar/link/meshgate.profdata"
+    );
+}
+
 #[test]
 fn images_are_small_non_root_and_have_no_shell() {
     images();
