@@ -50,16 +50,6 @@ BENCH_DIR = os.path.join(ROOT, "test-harness", "bench")
 # package set whose symbol names sidecar/link/symbol-order.txt lists
 # (symbol_order.py), optimised with the execution profile (pgo.py).
 RELEASE_BUILD = ["bash", os.path.join(ROOT, "docker", "release-build.sh")]
-
-
-def release_env():
-    """The environment of the release build: its RUSTFLAGS (the profile), so that
-    another release build in the same target directory does not undo it."""
-    flags = subprocess.run(RELEASE_BUILD + ["--rustflags"], capture_output=True, text=True,
-                           check=True).stdout.strip()
-    env = dict(os.environ)
-    env["RUSTFLAGS"] = " ".join(f for f in (env.get("RUSTFLAGS", ""), flags) if f)
-    return env
 MARK_BEGIN = "<!-- compare.py:begin -->"
 MARK_END = "<!-- compare.py:end -->"
 PINNED_BEGIN = "<!-- compare.py --pinned:begin -->"
@@ -294,6 +284,15 @@ backend app
         return subprocess.Popen([*pin, "haproxy", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     raise ValueError(kind)
 
+
+def release_env():
+    """The environment of the release build: its RUSTFLAGS (the profile), so that
+    another release build in the same target directory does not undo it."""
+    flags = subprocess.run(RELEASE_BUILD + ["--rustflags"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    env = dict(os.environ)
+    env["RUSTFLAGS"] = " ".join(f for f in (env.get("RUSTFLAGS", ""), flags) if f)
+    return env
 
 def only_targets(only, names):
     """The targets --only names: a comma-separated list, where a name may hold a

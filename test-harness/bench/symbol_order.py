@@ -84,7 +84,8 @@ def load(port, chain, protocol, requests=400):
 
 def run_scenario(binary, upstream_port, chain, level, protocols, tmp):
     """One scenario under callgrind; returns its output file."""
-    out_file = os.path.join(tmp, f"cg-{compare.free_port()}.out")
+    with tempfile.NamedTemporaryFile(dir=tmp, prefix="cg-", suffix=".out", delete=False) as out:
+        out_file = out.name
     drive(["valgrind", "--tool=callgrind", "--demangle=no", "--compress-strings=no", "--compress-pos=no",
            f"--callgrind-out-file={out_file}", binary], upstream_port, chain, level, protocols, tmp)
     return out_file
